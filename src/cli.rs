@@ -1,0 +1,163 @@
+//! The command line: raw flags, parsed by clap. Commands live in [`crate::command`].
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const ABOUT: &str = "A real-time earthquake data pipeline on Apache Kafka, in one binary.";
+
+const LONG_ABOUT: &str = "\
+A real-time earthquake data pipeline on Apache Kafka, in one binary.
+
+With no Kafka cluster configured, quakestream runs its own embedded Kafka-compatible broker
+(data in ./data/broker), so `quakestream up` needs no infrastructure. Point --brokers at a real
+Kafka, Redpanda or MSK cluster and nothing else changes.
+
+Quick start:
+  quakestream up                                        # start the pipeline (leave it running)
+  quakestream produce --topic mensajes-test --count 10  # in another terminal
+  quakestream consume --topic mensajes-test --from-beginning
+
+Configuration layers, each overriding the one before: built-in defaults, quakestream.toml (or
+--config FILE), QUAKESTREAM_* environment variables, flags. `quakestream config` prints the result.";
+
+#[derive(Debug, Parser)]
+#[command(name = "quakestream", version, about = ABOUT, long_about = LONG_ABOUT)]
+pub struct Cli {
+    /// Config file (TOML). Default: ./quakestream.toml when it exists.
+    #[arg(long, global = true, value_name = "FILE", env = "QUAKESTREAM_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Kafka bootstrap servers of an external cluster. Leave unset to use the embedded broker.
+    #[arg(long, global = true, value_name = "HOST:PORT[,...]")]
+    pub brokers: Option<String>,
+
+    /// Directory for broker storage, component state, the lake and logs. Default: ./data
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every configured component in this process, and the embedded broker when no
+    /// --brokers are configured. Prints where everything runs; Ctrl+C stops it cleanly.
+    Up(UpArgs),
+
+    /// Run only the embedded Kafka-compatible broker, in the foreground. Messages are kept in
+    /// <data-dir>/broker and survive restarts.
+    Broker(ListenArgs),
+
+    /// Run one component alone, so a pipeline can be spread over processes and machines.
+    Run(RunArgs),
+
+    /// List, create and describe topics: partitions, end offsets, consumer group lag.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+
+    /// Send test messages `{id, texto, timestamp}` keyed by id, printing a delivery report
+    /// (partition and offset, or the error) for each. Creates the topic if it is missing.
+    Produce(ProduceArgs),
+
+    /// Print messages of a topic: partition, offset, key and value, one per line. Ctrl+C commits
+    /// the group's offsets and exits.
+    Consume(ConsumeArgs),
+
+    /// Print the effective configuration (all layers applied) as TOML, secrets redacted.
+    Config,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ListenArgs {
+    /// Address the embedded broker listens on. Default: 127.0.0.1:9092 (broker.listen)
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub listen: ListenArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The component to run.
+    pub component: Component,
+
+    #[command(flatten)]
+    pub listen: ListenArgs,
+}
+
+/// Components that `run` can start alone. Sources, processors, sinks and the web dashboard join
+/// this list as they are built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Component {
+    /// The embedded Kafka-compatible broker (same as `quakestream broker`).
+    Broker,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsCommand {
+    /// List topics with their partition and message counts.
+    List,
+    /// Create a topic.
+    Create {
+        /// Topic name: letters, digits, `.`, `_` and `-`, at most 249 characters.
+        topic: String,
+        /// Partitions. Default: topics.partitions (3)
+        #[arg(long)]
+        partitions: Option<i32>,
+        /// Replication factor. Default: topics.replication_factor (1)
+        #[arg(long)]
+        replication_factor: Option<i32>,
+    },
+    /// Show a topic's partitions with start and end offsets, and each consumer group's committed
+    /// offsets and lag on it.
+    Describe {
+        /// Topic name.
+        topic: String,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProduceArgs {
+    /// Topic to write to (created with the configured partitions when missing).
+    #[arg(long, short)]
+    pub topic: String,
+
+    /// How many messages to send.
+    #[arg(long, short, default_value_t = 10)]
+    pub count: u64,
+
+    /// Pause between messages, like "1s" or "250ms". Default: none.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConsumeArgs {
+    /// Topic to read.
+    #[arg(long, short)]
+    pub topic: String,
+
+    /// Consumer group. Its offsets are committed as messages are printed and at exit, so the
+    /// next run resumes after them. Default: a throw-away group that commits nothing.
+    #[arg(long, short)]
+    pub group: Option<String>,
+
+    /// Start at the oldest message when the group has no committed offset (default: only new
+    /// messages).
+    #[arg(long)]
+    pub from_beginning: bool,
+
+    /// Exit after this many messages.
+    #[arg(long, value_name = "N")]
+    pub max_messages: Option<u64>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::config::duration::parse(text)
+}

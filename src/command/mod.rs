@@ -1,0 +1,71 @@
+//! The commands: each takes the effective [`Config`], its own arguments and the shutdown token.
+
+mod broker;
+mod consume;
+mod produce;
+mod topics;
+mod up;
+
+use std::io::Write;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cli::{Cli, Command, Component, ListenArgs},
+    config::Config,
+    error::{Error, Result},
+};
+
+pub use broker::broker;
+pub use consume::consume;
+pub use produce::produce;
+pub use topics::topics;
+pub use up::up;
+
+/// Loads the configuration layers, applies the global flags and runs the command.
+pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
+    let mut config = Config::load(cli.config.as_deref(), std::env::vars())?;
+    if let Some(brokers) = cli.brokers {
+        config.brokers = Some(brokers);
+    }
+    if let Some(dir) = cli.data_dir {
+        config.data_dir = dir;
+    }
+    let listen = |config: &mut Config, args: &ListenArgs| {
+        if let Some(listen) = &args.listen {
+            config.broker.listen = listen.clone();
+        }
+    };
+    match &cli.command {
+        Command::Up(args) => listen(&mut config, &args.listen),
+        Command::Broker(args) => listen(&mut config, args),
+        Command::Run(args) => listen(&mut config, &args.listen),
+        _ => {}
+    }
+    config.validate()?;
+
+    match cli.command {
+        Command::Up(_) => up(&config, shutdown).await,
+        Command::Broker(_) => broker(&config, shutdown).await,
+        Command::Run(args) => match args.component {
+            Component::Broker => broker(&config, shutdown).await,
+        },
+        Command::Topics(command) => topics(&config, command).await,
+        Command::Produce(args) => produce(&config, args, shutdown).await,
+        Command::Consume(args) => consume(&config, args, shutdown).await,
+        Command::Config => {
+            print_out(&config.to_redacted_toml())?;
+            Ok(())
+        }
+    }
+}
+
+/// Writes to stdout; a closed pipe (`| head`) ends the output quietly instead of panicking.
+pub(crate) fn print_out(text: &str) -> Result<bool> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(Error::io("<stdout>")(e)),
+    }
+}

@@ -1,0 +1,411 @@
+//! Topic administration: make sure topics exist, list them, describe partitions and group lag.
+//!
+//! librdkafka's metadata and offset calls block, so they run on tokio's blocking pool.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use rdkafka::{
+    Offset, TopicPartitionList,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    consumer::{BaseConsumer, Consumer},
+    types::RDKafkaErrorCode,
+};
+
+use super::{Context, KafkaSettings, TopicName};
+use crate::error::{Error, Result};
+
+/// An admin connection to the cluster.
+#[derive(Clone)]
+pub struct Admin {
+    client: Arc<AdminClient<Context>>,
+    context: Context,
+    settings: KafkaSettings,
+}
+
+/// One topic as `topics list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSummary {
+    pub name: String,
+    pub partitions: usize,
+    /// Messages currently stored: the sum over partitions of end minus start offset.
+    pub messages: i64,
+}
+
+/// One partition of a described topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub id: i32,
+    pub leader: i32,
+    /// The first offset still stored.
+    pub start: i64,
+    /// The offset the next message will get (the high watermark).
+    pub end: i64,
+}
+
+/// What one consumer group has committed on one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupPartition {
+    pub partition: i32,
+    /// `None` when the group has committed nothing on this partition.
+    pub committed: Option<i64>,
+    pub end: i64,
+    /// Messages the group has not committed yet.
+    pub lag: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupLag {
+    pub group: String,
+    pub partitions: Vec<GroupPartition>,
+}
+
+impl GroupLag {
+    pub fn total(&self) -> i64 {
+        self.partitions.iter().map(|p| p.lag).sum()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDescription {
+    pub name: String,
+    pub partitions: Vec<PartitionInfo>,
+    /// Groups that have committed offsets on this topic.
+    pub groups: Vec<GroupLag>,
+}
+
+impl Admin {
+    /// Connects and checks that the cluster answers within the configured timeout.
+    pub async fn connect(settings: &KafkaSettings) -> Result<Admin> {
+        let context = Context::default();
+        let client: AdminClient<Context> = settings
+            .client_config(&[])
+            .create_with_context(context.clone())
+            .map_err(Error::kafka("creating the admin client"))?;
+        let admin = Admin {
+            client: Arc::new(client),
+            context,
+            settings: settings.clone(),
+        };
+        probe(settings).await?;
+        admin.topic_names().await?;
+        Ok(admin)
+    }
+
+    pub fn settings(&self) -> &KafkaSettings {
+        &self.settings
+    }
+
+    /// Runs a blocking librdkafka call on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&AdminClient<Context>, &KafkaSettings) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let client = self.client.clone();
+        let settings = self.settings.clone();
+        tokio::task::spawn_blocking(move || f(&client, &settings))
+            .await
+            .map_err(|e| Error::Broker(format!("admin task failed: {e}")))?
+    }
+
+    /// Partition counts of every topic, or an [`Error::Unreachable`] naming the address.
+    async fn topic_names(&self) -> Result<BTreeMap<String, Vec<(i32, i32)>>> {
+        let context = self.context.clone();
+        self.blocking(move |client, settings| {
+            let metadata = client
+                .inner()
+                .fetch_metadata(None, settings.timeout)
+                .map_err(|e| match e.rdkafka_error_code() {
+                    Some(
+                        RDKafkaErrorCode::OperationTimedOut
+                        | RDKafkaErrorCode::BrokerTransportFailure
+                        | RDKafkaErrorCode::AllBrokersDown
+                        | RDKafkaErrorCode::Resolve,
+                    ) => settings.unreachable(context.last_error().map(|e| {
+                        format!(
+                            "no answer within {}: {e}",
+                            humantime::format_duration(settings.timeout)
+                        )
+                    })),
+                    _ => Error::Kafka {
+                        what: "reading cluster metadata",
+                        source: e,
+                    },
+                })?;
+            Ok(metadata
+                .topics()
+                .iter()
+                .filter(|t| !t.name().starts_with("__"))
+                .map(|t| {
+                    let partitions = t
+                        .partitions()
+                        .iter()
+                        .map(|p| (p.id(), p.leader()))
+                        .collect();
+                    (t.name().to_string(), partitions)
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Whether a topic exists.
+    pub async fn exists(&self, topic: &TopicName) -> Result<bool> {
+        Ok(self
+            .topic_names()
+            .await?
+            .get(topic.as_str())
+            .is_some_and(|p| !p.is_empty()))
+    }
+
+    /// Creates a topic; an existing topic is an error.
+    pub async fn create(
+        &self,
+        topic: &TopicName,
+        partitions: i32,
+        replication_factor: i32,
+    ) -> Result<()> {
+        let new = NewTopic::new(
+            topic.as_str(),
+            partitions,
+            TopicReplication::Fixed(replication_factor),
+        );
+        let options = AdminOptions::new().operation_timeout(Some(self.settings.timeout));
+        let results = self
+            .client
+            .create_topics([&new], &options)
+            .await
+            .map_err(Error::kafka("creating a topic"))?;
+        for result in results {
+            if let Err((_, code)) = result {
+                return Err(Error::Kafka {
+                    what: if code == RDKafkaErrorCode::TopicAlreadyExists {
+                        "topic already exists"
+                    } else {
+                        "creating a topic"
+                    },
+                    source: rdkafka::error::KafkaError::AdminOp(code),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the topics that do not exist yet, with the configured partitions and replication.
+    /// Returns the names it created.
+    pub async fn ensure_topics(&self, topics: &[TopicName]) -> Result<Vec<TopicName>> {
+        let existing = self.topic_names().await?;
+        let mut created = Vec::new();
+        for topic in topics {
+            if existing.get(topic.as_str()).is_some_and(|p| !p.is_empty()) {
+                continue;
+            }
+            match self
+                .create(
+                    topic,
+                    self.settings.partitions,
+                    self.settings.replication_factor,
+                )
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(topic = %topic, partitions = self.settings.partitions, "created topic");
+                    created.push(topic.clone());
+                }
+                // Another process created it in the meantime.
+                Err(Error::Kafka {
+                    source:
+                        rdkafka::error::KafkaError::AdminOp(RDKafkaErrorCode::TopicAlreadyExists),
+                    ..
+                }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(created)
+    }
+
+    /// Every topic with its partition count and stored message count.
+    pub async fn list(&self) -> Result<Vec<TopicSummary>> {
+        let topics = self.topic_names().await?;
+        self.blocking(move |client, settings| {
+            let mut out = Vec::new();
+            for (name, partitions) in topics {
+                let mut messages = 0;
+                for (id, _) in &partitions {
+                    let (low, high) = client
+                        .inner()
+                        .fetch_watermarks(&name, *id, settings.timeout)
+                        .map_err(Error::kafka("reading offsets"))?;
+                    messages += high - low;
+                }
+                out.push(TopicSummary {
+                    name,
+                    partitions: partitions.len(),
+                    messages,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The consumer groups the cluster knows.
+    pub async fn group_names(&self) -> Result<Vec<String>> {
+        let listed = self
+            .blocking(|client, settings| {
+                client
+                    .inner()
+                    .fetch_group_list(None, settings.timeout)
+                    .map(|list| list.groups().iter().map(|g| g.name().to_string()).collect())
+                    .map_err(Error::kafka("listing consumer groups"))
+            })
+            .await;
+        let mut names: Vec<String> = match listed {
+            Ok(names) => names,
+            // The embedded broker answers librdkafka's ListGroups v0 wrongly; ask each broker
+            // with v1 ourselves.
+            Err(first) => {
+                let brokers = self
+                    .blocking(|client, settings| {
+                        let metadata = client
+                            .inner()
+                            .fetch_metadata(None, settings.timeout)
+                            .map_err(Error::kafka("reading cluster metadata"))?;
+                        Ok(metadata
+                            .brokers()
+                            .iter()
+                            .map(|b| format!("{}:{}", b.host(), b.port()))
+                            .collect::<Vec<_>>())
+                    })
+                    .await?;
+                let mut names = Vec::new();
+                for broker in brokers {
+                    let listed = super::wire::list_groups(
+                        &broker,
+                        &self.settings.client_id,
+                        self.settings.timeout,
+                    )
+                    .await
+                    .map_err(|e| {
+                        Error::Broker(format!("listing consumer groups ({first}; then {e})"))
+                    })?;
+                    names.extend(listed);
+                }
+                names
+            }
+        };
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// Partitions, offsets and the lag of every group that committed offsets on the topic.
+    pub async fn describe(&self, topic: &TopicName) -> Result<TopicDescription> {
+        let topics = self.topic_names().await?;
+        let Some(partitions) = topics
+            .get(topic.as_str())
+            .filter(|p| !p.is_empty())
+            .cloned()
+        else {
+            return Err(Error::UnknownTopic(topic.to_string()));
+        };
+        let name = topic.to_string();
+        let infos = self
+            .blocking(move |client, settings| {
+                let mut infos = Vec::new();
+                for (id, leader) in partitions {
+                    let (start, end) = client
+                        .inner()
+                        .fetch_watermarks(&name, id, settings.timeout)
+                        .map_err(Error::kafka("reading offsets"))?;
+                    infos.push(PartitionInfo {
+                        id,
+                        leader,
+                        start,
+                        end,
+                    });
+                }
+                infos.sort_by_key(|p| p.id);
+
+                Ok(infos)
+            })
+            .await?;
+
+        let names = self.group_names().await?;
+        let name = topic.to_string();
+        self.blocking(move |_, settings| {
+            let mut lags = Vec::new();
+            for group in &names {
+                if let Some(lag) = group_lag(settings, group, &name, &infos)? {
+                    lags.push(lag);
+                }
+            }
+            Ok(TopicDescription {
+                name,
+                partitions: infos,
+                groups: lags,
+            })
+        })
+        .await
+    }
+}
+
+/// Fails at once when no bootstrap address accepts a TCP connection (refused, unresolvable),
+/// instead of waiting out the metadata timeout. Anything slower is left to librdkafka.
+async fn probe(settings: &KafkaSettings) -> Result<()> {
+    let wait = settings.timeout.min(std::time::Duration::from_secs(3));
+    let mut reasons = Vec::new();
+    for address in settings.bootstrap.split(',') {
+        let address = address.trim();
+        let address = address.split_once("://").map_or(address, |(_, a)| a);
+        match tokio::time::timeout(wait, tokio::net::TcpStream::connect(address)).await {
+            Ok(Ok(_)) | Err(_) => return Ok(()),
+            Ok(Err(e)) => reasons.push(format!("{address}: {e}")),
+        }
+    }
+    Err(settings.unreachable(Some(reasons.join("; "))))
+}
+
+/// Reads a group's committed offsets on a topic (without joining the group).
+fn group_lag(
+    settings: &KafkaSettings,
+    group: &str,
+    topic: &str,
+    partitions: &[PartitionInfo],
+) -> Result<Option<GroupLag>> {
+    let consumer: BaseConsumer<Context> = settings
+        .client_config(&[("group.id", group.to_string())])
+        .create_with_context(Context::default())
+        .map_err(Error::kafka("creating an offsets reader"))?;
+    let mut wanted = TopicPartitionList::new();
+    for p in partitions {
+        wanted.add_partition(topic, p.id);
+    }
+    let committed = consumer
+        .committed_offsets(wanted, settings.timeout)
+        .map_err(Error::kafka("reading committed offsets"))?;
+    let mut out = Vec::new();
+    let mut any = false;
+    for p in partitions {
+        let offset = committed
+            .find_partition(topic, p.id)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            });
+        any |= offset.is_some();
+        let lag = match offset {
+            Some(o) => (p.end - o).max(0),
+            None => p.end - p.start,
+        };
+        out.push(GroupPartition {
+            partition: p.id,
+            committed: offset,
+            end: p.end,
+            lag,
+        });
+    }
+    Ok(any.then(|| GroupLag {
+        group: group.to_string(),
+        partitions: out,
+    }))
+}

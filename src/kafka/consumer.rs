@@ -1,0 +1,105 @@
+//! The consumer every component reads with.
+//!
+//! Delivery semantics: at least once. Offsets are *stored* only when the caller says a message
+//! has been handled ([`Consumer::handled`]); librdkafka commits stored offsets in the background,
+//! before a rebalance takes partitions away, and [`Consumer::commit`] commits them synchronously
+//! at shutdown. A crash therefore re-delivers what was not handled and skips nothing.
+
+use rdkafka::{
+    consumer::{CommitMode, Consumer as _, StreamConsumer},
+    message::BorrowedMessage,
+    types::RDKafkaErrorCode,
+};
+
+use super::{Context, KafkaSettings, TopicName};
+use crate::error::{Error, Result};
+
+/// Where a new group starts reading when it has no committed offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    Earliest,
+    Latest,
+}
+
+pub struct Consumer {
+    inner: StreamConsumer<Context>,
+    settings: KafkaSettings,
+    commits: bool,
+}
+
+impl Consumer {
+    /// A member of `group`. With `commits` false the group's offsets are never committed (a
+    /// throw-away group, as the console consumer uses).
+    pub fn new(
+        settings: &KafkaSettings,
+        group: &str,
+        start: StartFrom,
+        commits: bool,
+    ) -> Result<Consumer> {
+        let reset = match start {
+            StartFrom::Earliest => "earliest",
+            StartFrom::Latest => "latest",
+        };
+        let inner = settings
+            .client_config(&[
+                ("group.id", group.to_string()),
+                ("enable.auto.commit", commits.to_string()),
+                ("enable.auto.offset.store", "false".into()),
+                ("auto.offset.reset", reset.into()),
+                ("auto.commit.interval.ms", "1000".into()),
+                ("session.timeout.ms", "10000".into()),
+                ("heartbeat.interval.ms", "1000".into()),
+            ])
+            .create_with_context(Context::default())
+            .map_err(Error::kafka("creating the consumer"))?;
+        Ok(Consumer {
+            inner,
+            settings: settings.clone(),
+            commits,
+        })
+    }
+
+    pub fn subscribe(&self, topics: &[TopicName]) -> Result<()> {
+        let names: Vec<&str> = topics.iter().map(TopicName::as_str).collect();
+        self.inner
+            .subscribe(&names)
+            .map_err(Error::kafka("subscribing"))
+    }
+
+    /// The next message. Errors are the consumer's, not a message's: the caller logs them and
+    /// calls again, since librdkafka recovers from transient ones itself.
+    pub async fn recv(&self) -> Result<BorrowedMessage<'_>> {
+        self.inner.recv().await.map_err(Error::kafka("consuming"))
+    }
+
+    /// Marks a message as handled: its offset will be committed.
+    pub fn handled(&self, message: &BorrowedMessage<'_>) -> Result<()> {
+        self.inner
+            .store_offset_from_message(message)
+            .map_err(Error::kafka("storing an offset"))
+    }
+
+    /// Commits every handled message now and waits for the broker's answer.
+    pub fn commit(&self) -> Result<()> {
+        if !self.commits {
+            return Ok(());
+        }
+        match self.inner.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => Ok(()),
+            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => Ok(()),
+            Err(e) => Err(Error::Kafka {
+                what: "committing offsets",
+                source: e,
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &KafkaSettings {
+        &self.settings
+    }
+
+    /// The underlying librdkafka consumer, for calls this wrapper does not cover.
+    pub fn raw(&self) -> &StreamConsumer<Context> {
+        &self.inner
+    }
+}

@@ -1,0 +1,234 @@
+//! The embedded Kafka-compatible broker: tansu, in-process, with SQLite storage.
+//!
+//! It speaks the real Kafka protocol on a TCP port, so quakestream's own components and any
+//! other Kafka client (Spark, confluent-kafka, kcat with a recent librdkafka) talk to it as to a
+//! cluster of one. Messages live in `<data_dir>/broker/tansu.db` and survive restarts. tansu's
+//! memory engine is not used: it reports wrong high watermarks.
+//!
+//! We drive tansu's `serve` ourselves instead of its `main`, which installs its own signal
+//! handlers and clears the terminal: the broker stops when our shutdown token is cancelled.
+
+use std::{
+    net::{SocketAddr, TcpListener as StdListener, ToSocketAddrs},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use tansu_broker::{NODE_ID, broker::Broker, coordinator::group::administrator::Controller};
+use tansu_storage::StorageContainer;
+use tokio::{net::TcpStream, task::JoinHandle, time::Instant};
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::{
+    config::BrokerConfig,
+    error::{Error, Result},
+};
+
+/// tansu's broker with its group coordinator, over the storage engine chosen by URL.
+type TansuBroker = Broker<Controller<StorageContainer>, StorageContainer>;
+
+/// File name of the broker's SQLite database inside `<data_dir>/broker`.
+pub const DB_FILE: &str = "tansu.db";
+
+/// A running embedded broker.
+pub struct EmbeddedBroker {
+    addr: SocketAddr,
+    advertised: String,
+    db: PathBuf,
+    task: JoinHandle<Result<()>>,
+}
+
+impl EmbeddedBroker {
+    /// Starts the broker and returns once it accepts connections. It stops when `shutdown` is
+    /// cancelled; [`EmbeddedBroker::stopped`] waits for that.
+    pub async fn start(
+        config: &BrokerConfig,
+        data_dir: &Path,
+        shutdown: CancellationToken,
+    ) -> Result<EmbeddedBroker> {
+        let addr = resolve(&config.listen)?;
+        // tansu binds the port itself and only logs a failure; check first for a clear error.
+        drop(StdListener::bind(addr).map_err(|e| {
+            Error::Broker(format!(
+                "cannot listen on {addr}: {e} (is another broker running there? choose another \
+                 address with --listen)"
+            ))
+        })?);
+
+        let dir = absolute(&data_dir.join("broker"))?;
+        std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+        let db = dir.join(DB_FILE);
+        let advertised = config
+            .advertised
+            .clone()
+            .unwrap_or_else(|| addr.to_string());
+
+        let listener = tcp_url(&addr.to_string())?;
+        let advertised_url = tcp_url(&advertised)?;
+        let storage = storage_url(&db)?;
+        tracing::debug!(%listener, %advertised_url, %storage, "starting embedded broker");
+
+        let mut broker = TansuBroker::builder()
+            .node_id(NODE_ID)
+            .cluster_id(config.cluster_id.clone())
+            .incarnation_id(uuid::Uuid::new_v4())
+            .advertised_listener(advertised_url)
+            .storage(storage)
+            .listener(listener)
+            .silent(true)
+            .build()
+            .await
+            .map_err(|e| Error::Broker(format!("cannot open storage {}: {e}", db.display())))?;
+
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                result = broker.serve(Instant::now()) => {
+                    result.map_err(|e| Error::Broker(e.to_string()))
+                }
+                () = shutdown.cancelled() => Ok(()),
+            }
+        });
+
+        let mut running = EmbeddedBroker {
+            addr,
+            advertised,
+            db,
+            task,
+        };
+        running.wait_listening().await?;
+        Ok(running)
+    }
+
+    /// Polls the port until it accepts a connection, or reports why the broker stopped.
+    async fn wait_listening(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.task.is_finished() {
+                let result = (&mut self.task)
+                    .await
+                    .map_err(|e| Error::Broker(e.to_string()))?;
+                return Err(result.err().unwrap_or_else(|| {
+                    Error::Broker("stopped before it started listening".into())
+                }));
+            }
+            if TcpStream::connect(self.addr).await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Broker(format!(
+                    "not listening on {} after 30s",
+                    self.addr
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The address clients should use as `bootstrap.servers`.
+    pub fn bootstrap(&self) -> &str {
+        &self.advertised
+    }
+
+    /// The SQLite database holding every message.
+    pub fn db_path(&self) -> &Path {
+        &self.db
+    }
+
+    /// Waits until the broker has stopped (after the shutdown token is cancelled, or on a
+    /// failure).
+    pub async fn stopped(self) -> Result<()> {
+        self.task
+            .await
+            .map_err(|e| Error::Broker(format!("broker task failed: {e}")))?
+    }
+}
+
+fn resolve(listen: &str) -> Result<SocketAddr> {
+    listen
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| Error::Config {
+            origin: "broker.listen".into(),
+            message: format!("{listen:?} is not a HOST:PORT address"),
+        })
+}
+
+fn tcp_url(addr: &str) -> Result<Url> {
+    Url::parse(&format!("tcp://{addr}")).map_err(|e| Error::Config {
+        origin: "broker".into(),
+        message: format!("{addr:?} is not a HOST:PORT address: {e}"),
+    })
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(Error::io(path))
+}
+
+/// tansu resolves a `sqlite://` URL's path against the working directory by pushing it onto
+/// it; an empty host and a path that starts with `//` make that push an absolute path, so the
+/// database lands exactly at `db` wherever the process runs.
+fn storage_url(db: &Path) -> Result<Url> {
+    let text = db.to_str().ok_or_else(|| {
+        Error::Broker(format!(
+            "the data directory path {} is not UTF-8",
+            db.display()
+        ))
+    })?;
+    let mut url = Url::parse("sqlite://").map_err(|e| Error::Broker(e.to_string()))?;
+    let path = format!("/{text}");
+    url.set_path(&path);
+    // tansu reads the path still percent-encoded: a character that needs encoding would send
+    // the database elsewhere.
+    if url.path() != path {
+        return Err(Error::Broker(format!(
+            "the data directory path {} has characters the embedded broker cannot use (spaces, \
+             `%`, `#`, `?`, non-ASCII); choose another --data-dir",
+            db.display()
+        )));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What tansu's SQLite engine does with the URL: working directory, then host, then path
+    /// without its first `/`.
+    fn tansu_path(url: &Url) -> PathBuf {
+        let mut path = PathBuf::from("/some/cwd");
+        if let Some(domain) = url.domain() {
+            path.push(domain);
+        }
+        let p = url.path();
+        path.push(p.strip_prefix('/').unwrap_or(p));
+        path
+    }
+
+    #[test]
+    fn storage_url_points_at_the_absolute_path() {
+        let db = Path::new("/tmp/qs-data/run_1/broker/tansu.db");
+        let url = storage_url(db).unwrap();
+        assert_eq!(url.scheme(), "sqlite");
+        assert_eq!(tansu_path(&url), db);
+    }
+
+    #[test]
+    fn storage_url_refuses_paths_tansu_would_misread() {
+        for db in [
+            "/tmp/qs data/tansu.db",
+            "/tmp/100%/tansu.db",
+            "/tmp/sí/tansu.db",
+        ] {
+            let err = storage_url(Path::new(db)).unwrap_err().to_string();
+            assert!(err.contains("--data-dir"), "{db}: {err}");
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! quakestream: a real-time earthquake data pipeline on Apache Kafka.
+//!
+//! A map of the crate:
+//!
+//! - [`cli`]: the command line's flags (clap); [`command`]: what each command does.
+//! - [`config`]: the one typed configuration tree and its layers (defaults, file, environment,
+//!   flags).
+//! - [`kafka`]: the Kafka plumbing every component stands on: client settings, the idempotent
+//!   [`kafka::producer`], the store-after-handling [`kafka::consumer`], topic administration in
+//!   [`kafka::admin`], and the in-process [`kafka::embedded`] broker.
+//! - [`shutdown`]: the cancellation token that SIGINT and SIGTERM cancel.
+//! - [`error`]: the library's error type, which tells who is at fault and whether to retry.
+//!
+//! Sources (`source/`), processors (`process/`), sinks (`sink/`) and the web dashboard (`web/`)
+//! each get a folder of their own, one file per component, and a variant of
+//! [`cli::Component`] so that `quakestream run <component>` can start them alone.
+
+pub mod cli;
+pub mod command;
+pub mod config;
+pub mod error;
+pub mod kafka;
+pub mod shutdown;
+
+pub use config::Config;
+pub use error::{Error, Result};
