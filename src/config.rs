@@ -199,12 +199,12 @@ impl Config {
             origin: "config".into(),
             message,
         };
-        if let Some(brokers) = &self.brokers {
-            if brokers.split(',').any(|b| b.trim().is_empty()) {
-                return Err(bad(format!(
-                    "brokers = {brokers:?}: expected HOST:PORT[,HOST:PORT…]"
-                )));
-            }
+        if let Some(brokers) = &self.brokers
+            && brokers.split(',').any(|b| b.trim().is_empty())
+        {
+            return Err(bad(format!(
+                "brokers = {brokers:?}: expected HOST:PORT[,HOST:PORT…]"
+            )));
         }
         if self.topics.partitions < 1 {
             return Err(bad(format!(

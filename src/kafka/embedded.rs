@@ -175,23 +175,21 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 /// it; an empty host and a path that starts with `//` make that push an absolute path, so the
 /// database lands exactly at `db` wherever the process runs.
 fn storage_url(db: &Path) -> Result<Url> {
-    let text = db.to_str().ok_or_else(|| {
+    let unusable = || {
         Error::Broker(format!(
-            "the data directory path {} is not UTF-8",
+            "the data directory path {} has characters the embedded broker cannot use (spaces, \
+             `#`, `?`, non-ASCII); choose another --data-dir",
             db.display()
         ))
-    })?;
+    };
+    let text = db.to_str().ok_or_else(unusable)?;
     let mut url = Url::parse("sqlite://").map_err(|e| Error::Broker(e.to_string()))?;
     let path = format!("/{text}");
     url.set_path(&path);
     // tansu reads the path still percent-encoded: a character that needs encoding would send
     // the database elsewhere.
     if url.path() != path {
-        return Err(Error::Broker(format!(
-            "the data directory path {} has characters the embedded broker cannot use (spaces, \
-             `%`, `#`, `?`, non-ASCII); choose another --data-dir",
-            db.display()
-        )));
+        return Err(unusable());
     }
     Ok(url)
 }
@@ -224,7 +222,7 @@ mod tests {
     fn storage_url_refuses_paths_tansu_would_misread() {
         for db in [
             "/tmp/qs data/tansu.db",
-            "/tmp/100%/tansu.db",
+            "/tmp/a#b/tansu.db",
             "/tmp/sí/tansu.db",
         ] {
             let err = storage_url(Path::new(db)).unwrap_err().to_string();

@@ -23,6 +23,7 @@ use rdkafka::{
     config::RDKafkaLogLevel,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance},
     error::KafkaError,
+    types::RDKafkaErrorCode,
 };
 
 pub use topic::TopicName;
@@ -63,9 +64,10 @@ impl KafkaSettings {
 
     /// Settings for a test or a tool that talks to one broker with defaults.
     pub fn for_bootstrap(bootstrap: impl Into<String>) -> KafkaSettings {
-        let mut config = Config::default();
-        config.brokers = Some(bootstrap.into());
-        KafkaSettings::from_config(&config)
+        KafkaSettings::from_config(&Config {
+            brokers: Some(bootstrap.into()),
+            ..Config::default()
+        })
     }
 
     /// The properties every client shares, with the user's applied on top.
@@ -160,16 +162,14 @@ impl ConsumerContext for Context {
     /// Before partitions are taken away, commit what has been handled, so the next owner starts
     /// right after it instead of re-reading it.
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(partitions) = rebalance {
-            if partitions.count() > 0 {
-                match consumer.commit_consumer_state(CommitMode::Sync) {
-                    Ok(()) => tracing::debug!("committed stored offsets before a rebalance"),
-                    // Nothing stored since the last commit.
-                    Err(e)
-                        if e.rdkafka_error_code()
-                            == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) => {}
-                    Err(e) => tracing::warn!(error = %e, "commit before a rebalance failed"),
-                }
+        if let Rebalance::Revoke(partitions) = rebalance
+            && partitions.count() > 0
+        {
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => tracing::debug!("committed stored offsets before a rebalance"),
+                // Nothing stored since the last commit.
+                Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => {}
+                Err(e) => tracing::warn!(error = %e, "commit before a rebalance failed"),
             }
         }
     }

@@ -1,0 +1,308 @@
+//! The command line against a real embedded broker in a child process, as a user runs it.
+
+mod common;
+
+use std::{collections::BTreeSet, time::Duration};
+
+use common::{Spawned, free_port, quakestream, run, start_broker};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// An error a user sees: one line, the exit code non-zero, no panic and no backtrace.
+fn assert_one_line_error(finished: &common::Finished) -> String {
+    assert!(!finished.status.success(), "must fail: {finished:?}");
+    let text = finished.stderr_text();
+    assert_eq!(finished.stderr.len(), 1, "one line expected: {text}");
+    assert!(text.starts_with("error: "), "{text}");
+    assert!(
+        !text.contains("panicked") && !text.contains("backtrace"),
+        "{text}"
+    );
+    text
+}
+
+#[test]
+fn unknown_config_key_names_the_key_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("quakestream.toml");
+    std::fs::write(
+        &file,
+        "[broker]\nlisten = \"127.0.0.1:9092\"\nlistn = \"oops\"\n",
+    )
+    .unwrap();
+    let finished = run(quakestream(&dir.path().join("data"))
+        .arg("--config")
+        .arg(&file)
+        .arg("config"));
+    let text = assert_one_line_error(&finished);
+    assert!(text.contains("listn"), "{text}");
+    assert!(text.contains("quakestream.toml:3"), "{text}");
+}
+
+#[test]
+fn unreachable_external_broker_names_the_address_and_embedded_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let finished =
+        run(quakestream(&dir.path().join("data")).args(["--brokers", &addr, "topics", "list"]));
+    let text = assert_one_line_error(&finished);
+    assert!(text.contains(&addr), "{text}");
+    assert!(text.contains("embedded broker"), "{text}");
+}
+
+#[test]
+fn invalid_topic_name_is_refused_before_any_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let finished = run(quakestream(&dir.path().join("data")).args([
+        "--brokers",
+        "127.0.0.1:1",
+        "produce",
+        "--topic",
+        "bad topic!",
+    ]));
+    let text = assert_one_line_error(&finished);
+    assert!(text.contains("invalid topic name \"bad topic!\""), "{text}");
+}
+
+#[test]
+fn config_prints_layers_with_secrets_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("q.toml");
+    std::fs::write(&file, "[kafka]\nsecurity.protocol = \"SASL_SSL\"\n").unwrap();
+    let finished = run(quakestream(&dir.path().join("data"))
+        .env("QUAKESTREAM_KAFKA_SASL_PASSWORD", "hunter2")
+        .env("QUAKESTREAM_TOPICS_PARTITIONS", "7")
+        .args(["--brokers", "kafka.example:9092", "--config"])
+        .arg(&file)
+        .arg("config"));
+    assert!(finished.status.success(), "{finished:?}");
+    let out = finished.stdout.join("\n");
+    assert!(out.contains("brokers = \"kafka.example:9092\""), "{out}");
+    assert!(out.contains("partitions = 7"), "{out}");
+    assert!(
+        out.contains("\"security.protocol\" = \"SASL_SSL\""),
+        "{out}"
+    );
+    assert!(out.contains("\"sasl.password\" = \"***\""), "{out}");
+    assert!(!out.contains("hunter2"), "{out}");
+}
+
+/// The tutorial's first steps: produce ten messages, read them back; the broker keeps them
+/// across a restart and stops cleanly on SIGTERM and SIGINT.
+#[test]
+fn broker_keeps_messages_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut broker, addr) = start_broker(&data);
+
+    let produced = run(quakestream(&data).args([
+        "--brokers",
+        &addr,
+        "produce",
+        "--topic",
+        "mensajes-test",
+        "--count",
+        "10",
+    ]));
+    assert!(produced.status.success(), "{produced:?}");
+    let delivered: Vec<&String> = produced
+        .stdout
+        .iter()
+        .filter(|l| l.starts_with("delivered key="))
+        .collect();
+    assert_eq!(delivered.len(), 10, "{produced:?}");
+    assert!(
+        delivered
+            .iter()
+            .all(|l| l.contains(" partition=") && l.contains(" offset="))
+    );
+
+    broker.signal("TERM");
+    assert!(broker.wait(LIMIT).success(), "SIGTERM must exit 0");
+    assert!(data.join("broker/tansu.db").is_file());
+
+    let mut broker = Spawned::start(quakestream(&data).args(["broker", "--listen", &addr]));
+    broker.wait_for(|l| l.contains("Press Ctrl+C"), LIMIT);
+    let consumed = run(quakestream(&data).args([
+        "--brokers",
+        &addr,
+        "consume",
+        "--topic",
+        "mensajes-test",
+        "--from-beginning",
+        "--max-messages",
+        "10",
+    ]));
+    assert!(consumed.status.success(), "{consumed:?}");
+    let keys: BTreeSet<u64> = consumed
+        .stdout
+        .iter()
+        .map(|line| {
+            assert!(line.starts_with("partition="), "{line}");
+            assert!(line.contains(" offset="), "{line}");
+            let key = line
+                .split(" key=")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap();
+            let value = line.split(" value=").nth(1).unwrap();
+            let json: serde_json::Value = serde_json::from_str(value).unwrap();
+            assert_eq!(json["id"].to_string(), key, "key is the id: {line}");
+            assert!(
+                json["texto"].is_string() && json["timestamp"].is_string(),
+                "{line}"
+            );
+            key.parse().unwrap()
+        })
+        .collect();
+    assert_eq!(keys, (1..=10).collect());
+
+    broker.signal("INT");
+    assert!(broker.wait(LIMIT).success(), "SIGINT must exit 0");
+}
+
+/// `topics describe` shows partitions, end offsets and the lag of a group that read only part.
+#[test]
+fn describe_shows_the_lag_of_a_lagging_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (_broker, addr) = start_broker(&data);
+    let q = |args: &[&str]| {
+        let mut c = quakestream(&data);
+        c.args(["--brokers", &addr]).args(args);
+        run(&mut c)
+    };
+    assert!(
+        q(&["produce", "--topic", "lagging", "--count", "10"])
+            .status
+            .success()
+    );
+    let read = q(&[
+        "consume",
+        "--topic",
+        "lagging",
+        "--group",
+        "slow-readers",
+        "--from-beginning",
+        "--max-messages",
+        "4",
+    ]);
+    assert!(read.status.success(), "{read:?}");
+    assert_eq!(read.stdout.len(), 4);
+
+    let described = q(&["topics", "describe", "lagging"]);
+    assert!(described.status.success(), "{described:?}");
+    let out = described.stdout.join("\n");
+    assert!(out.contains("topic lagging: 3 partitions"), "{out}");
+    let ends: i64 = described
+        .stdout
+        .iter()
+        .filter(|l| l.split_whitespace().count() == 4 && l.starts_with(char::is_numeric))
+        .map(|l| l.split_whitespace().nth(3).unwrap().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(ends, 10, "end offsets sum to the messages: {out}");
+    let total = described
+        .stdout
+        .iter()
+        .find(|l| l.starts_with("slow-readers") && l.contains("total"))
+        .unwrap_or_else(|| panic!("group total line: {out}"));
+    assert_eq!(total.split_whitespace().last(), Some("6"), "{out}");
+
+    let listed = q(&["topics", "list"]);
+    let line = listed
+        .stdout
+        .iter()
+        .find(|l| l.starts_with("lagging "))
+        .unwrap_or_else(|| panic!("{listed:?}"));
+    assert_eq!(
+        line.split_whitespace().collect::<Vec<_>>(),
+        ["lagging", "3", "10"]
+    );
+}
+
+/// Ctrl+C in `consume` commits what was printed and exits 0; the next run of the same group
+/// resumes after it.
+#[test]
+fn consume_commits_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (_broker, addr) = start_broker(&data);
+    let mut produce = quakestream(&data);
+    produce.args([
+        "--brokers",
+        &addr,
+        "produce",
+        "--topic",
+        "t",
+        "--count",
+        "10",
+    ]);
+    assert!(run(&mut produce).status.success());
+
+    let mut consume = Spawned::start(quakestream(&data).args([
+        "--brokers",
+        &addr,
+        "consume",
+        "--topic",
+        "t",
+        "--group",
+        "readers",
+        "--from-beginning",
+    ]));
+    for _ in 0..10 {
+        consume.wait_for(|l| l.starts_with("partition="), LIMIT);
+    }
+    consume.signal("INT");
+    assert!(consume.wait(LIMIT).success(), "Ctrl+C must exit 0");
+
+    let mut describe = quakestream(&data);
+    describe.args(["--brokers", &addr, "topics", "describe", "t"]);
+    let described = run(&mut describe);
+    let total = described
+        .stdout
+        .iter()
+        .find(|l| l.starts_with("readers") && l.contains("total"))
+        .unwrap_or_else(|| panic!("{described:?}"));
+    assert_eq!(total.split_whitespace().last(), Some("0"), "{described:?}");
+}
+
+/// `up` starts the embedded broker, prints where it runs, serves clients and stops on Ctrl+C.
+#[test]
+fn up_runs_the_embedded_broker_until_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut up = Spawned::start(quakestream(&data).args(["up", "--listen", &addr]));
+    let summary = up
+        .wait_for(|l| l.contains("Press Ctrl+C"), LIMIT)
+        .join("\n");
+    assert!(
+        summary.contains(&format!("embedded broker on {addr}")),
+        "{summary}"
+    );
+    assert!(summary.contains(&data.display().to_string()), "{summary}");
+
+    let mut produce = quakestream(&data);
+    produce.args([
+        "--brokers",
+        &addr,
+        "produce",
+        "--topic",
+        "mensajes-test",
+        "--count",
+        "3",
+    ]);
+    let produced = run(&mut produce);
+    assert!(produced.status.success(), "{produced:?}");
+    assert_eq!(produced.stdout.len(), 3);
+
+    // A second broker on the same address is a clear error, not a hang.
+    let second = run(quakestream(&dir.path().join("other")).args(["broker", "--listen", &addr]));
+    let text = assert_one_line_error(&second);
+    assert!(text.contains(&addr) && text.contains("--listen"), "{text}");
+
+    up.signal("INT");
+    assert!(up.wait(LIMIT).success(), "Ctrl+C must exit 0");
+}

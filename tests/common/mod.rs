@@ -1,0 +1,197 @@
+//! Helpers shared by the integration tests: free ports, the binary under test, child processes
+//! whose output lines can be awaited.
+
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::TcpListener,
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc::{Receiver, RecvTimeoutError, channel},
+    time::{Duration, Instant},
+};
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// The `quakestream` binary, with a clean environment for its settings.
+pub fn quakestream(data_dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_quakestream"));
+    command.arg("--data-dir").arg(data_dir);
+    command.current_dir(data_dir.parent().unwrap_or(data_dir));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("QUAKESTREAM_") || key == "RUST_LOG" {
+            command.env_remove(key);
+        }
+    }
+    command.env("QUAKESTREAM_CLIENT_TIMEOUT", "20s");
+    command
+}
+
+/// Runs a command to completion (bounded by a generous limit so a hang fails the test).
+pub fn run(command: &mut Command) -> Finished {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn quakestream");
+    let mut spawned = Spawned::wrap(child);
+    let status = spawned.wait(Duration::from_secs(120));
+    Finished {
+        status,
+        stdout: spawned.drain_stdout(),
+        stderr: spawned.drain_stderr(),
+    }
+}
+
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: Vec<String>,
+    pub stderr: Vec<String>,
+}
+
+impl Finished {
+    pub fn stderr_text(&self) -> String {
+        self.stderr.join("\n")
+    }
+}
+
+/// A running child whose stdout and stderr lines arrive on channels.
+pub struct Spawned {
+    child: Option<Child>,
+    stdout: Receiver<String>,
+    stderr: Receiver<String>,
+}
+
+impl Spawned {
+    pub fn start(command: &mut Command) -> Spawned {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn quakestream");
+        Spawned::wrap(child)
+    }
+
+    fn wrap(mut child: Child) -> Spawned {
+        let (out_tx, stdout) = channel();
+        let (err_tx, stderr) = channel();
+        let out = child.stdout.take().expect("piped stdout");
+        let err = child.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = out_tx.send(line);
+            }
+        });
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = err_tx.send(line);
+            }
+        });
+        Spawned {
+            child: Some(child),
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Waits for a stdout line that satisfies `want`, returning every line read up to it.
+    pub fn wait_for(&mut self, want: impl Fn(&str) -> bool, limit: Duration) -> Vec<String> {
+        let deadline = Instant::now() + limit;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(line) => {
+                    let done = want(&line);
+                    seen.push(line);
+                    if done {
+                        return seen;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                    let stderr: Vec<String> = self.stderr.try_iter().collect();
+                    panic!(
+                        "expected line not seen within {limit:?}\nstdout: {seen:#?}\nstderr: {stderr:#?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Sends a signal by name (`INT`, `TERM`, `KILL`).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for exit; kills the child and fails the test past `limit`.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut().expect("child still owned");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.child = None;
+                panic!("process did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn drain_stdout(&self) -> Vec<String> {
+        // The reader threads end with the pipes; give them a moment to deliver the tail.
+        collect_until_closed(&self.stdout)
+    }
+
+    pub fn drain_stderr(&self) -> Vec<String> {
+        collect_until_closed(&self.stderr)
+    }
+}
+
+fn collect_until_closed(rx: &Receiver<String>) -> Vec<String> {
+    let mut lines = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
+        lines.push(line);
+    }
+    lines
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts `quakestream broker` on a free port and waits until it is ready.
+pub fn start_broker(data_dir: &Path) -> (Spawned, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut broker = Spawned::start(quakestream(data_dir).args(["broker", "--listen", &addr]));
+    broker.wait_for(|l| l.contains("Press Ctrl+C"), Duration::from_secs(60));
+    (broker, addr)
+}
