@@ -1,0 +1,17 @@
+//! Sources: poll an API, normalize, dedupe, produce.
+//!
+//! - [`usgs`]: the USGS real-time summary feeds.
+//! - [`backfill`]: the FDSN event service, for history and for revisions and deletions of events
+//!   that left the feeds.
+//! - [`geojson`]: USGS GeoJSON parsed and normalized to [`crate::record::Quake`].
+//! - [`fetch`]: the HTTP poller every source shares (conditional requests, gzip, size cap,
+//!   timeouts, retries with backoff and jitter, `Retry-After`).
+//! - [`dedupe`]: one message per (event, revision), state rebuilt from the topic.
+//! - [`publish`]: writing records, dead letters and output profiles to Kafka.
+
+pub mod backfill;
+pub mod dedupe;
+pub mod fetch;
+pub mod geojson;
+pub mod publish;
+pub mod usgs;
