@@ -67,6 +67,34 @@ pub enum Command {
 
     /// Print the effective configuration (all layers applied) as TOML, secrets redacted.
     Config,
+
+    /// Serve recorded feed files over HTTP, one per request in name order (then the last one
+    /// again, answering conditional requests with 304): an offline USGS for demos and tests.
+    /// Point the source at it with `--usgs-url`.
+    ReplayServer(ReplayArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// Directory of `.json` / `.geojson` feed files.
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// Address to serve on.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8090")]
+    pub listen: String,
+}
+
+/// Source settings that can be given on the command line as well as in the config.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SourceArgs {
+    /// URL of the USGS feed to poll (usgs.url), e.g. a replay server's.
+    #[arg(long, value_name = "URL")]
+    pub usgs_url: Option<String>,
+
+    /// Time between polls (usgs.interval), like "60s".
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -80,6 +108,9 @@ pub struct ListenArgs {
 pub struct UpArgs {
     #[command(flatten)]
     pub listen: ListenArgs,
+
+    #[command(flatten)]
+    pub source: SourceArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -89,6 +120,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub listen: ListenArgs,
+
+    #[command(flatten)]
+    pub source: SourceArgs,
 }
 
 /// Components that `run` can start alone. Sources, processors, sinks and the web dashboard join
@@ -97,6 +131,8 @@ pub struct RunArgs {
 pub enum Component {
     /// The embedded Kafka-compatible broker (same as `quakestream broker`).
     Broker,
+    /// The USGS real-time feed source: polls the feed, publishes each new revision once.
+    Usgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -47,6 +47,8 @@ pub struct Config {
     pub client: ClientConfig,
     /// Defaults for the topics quakestream creates.
     pub topics: TopicsConfig,
+    /// The USGS real-time feed source.
+    pub usgs: crate::source::usgs::UsgsConfig,
     /// librdkafka properties, passed through verbatim to every client (after quakestream's own
     /// settings, so they win): `"security.protocol" = "SASL_SSL"`, `"sasl.mechanisms" =
     /// "PLAIN"`, … Secrets belong in the environment (`QUAKESTREAM_KAFKA_SASL_PASSWORD`).
@@ -62,6 +64,7 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             client: ClientConfig::default(),
             topics: TopicsConfig::default(),
+            usgs: crate::source::usgs::UsgsConfig::default(),
             kafka: BTreeMap::new(),
         }
     }
@@ -125,6 +128,8 @@ pub struct TopicsConfig {
     /// Replication factor of a topic quakestream creates (1 for the embedded broker; 3 is usual
     /// on a production cluster).
     pub replication_factor: i32,
+    /// The dead-letter topic: records that could not be handled, with the reason.
+    pub dlq: String,
 }
 
 impl Default for TopicsConfig {
@@ -132,6 +137,7 @@ impl Default for TopicsConfig {
         TopicsConfig {
             partitions: 3,
             replication_factor: 1,
+            dlq: "quakestream-dlq".into(),
         }
     }
 }
@@ -218,6 +224,7 @@ impl Config {
                 self.topics.replication_factor
             )));
         }
+        self.usgs.validate().map_err(bad)?;
         if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&self.client.compression.as_str()) {
             return Err(bad(format!(
                 "client.compression = {:?}: expected none, gzip, snappy, lz4 or zstd",
@@ -288,10 +295,12 @@ fn env_layer(env: impl IntoIterator<Item = (String, String)>) -> Result<Table> {
     collect_leaves(&defaults, &mut Vec::new(), &mut leaves);
     // Optional keys have no default to find them by.
     leaves.push((vec!["brokers".into()], Value::String(String::new())));
-    leaves.push((
-        vec!["broker".into(), "advertised".into()],
-        Value::String(String::new()),
-    ));
+    for optional in [["broker", "advertised"], ["usgs", "interval"]] {
+        leaves.push((
+            optional.iter().map(|s| s.to_string()).collect(),
+            Value::String(String::new()),
+        ));
+    }
 
     let mut layer = Table::new();
     let mut vars: Vec<(String, String)> = env
@@ -423,6 +432,25 @@ pub mod duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         parse(&text).map_err(serde::de::Error::custom)
+    }
+
+    /// An optional duration; absent means the component's own default.
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            let text = String::deserialize(d)?;
+            super::parse(&text).map(Some).map_err(serde::de::Error::custom)
+        }
     }
 
     /// Parses a duration, with an error that shows the expected form.

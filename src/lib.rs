@@ -10,8 +10,13 @@
 //!   [`kafka::admin`], and the in-process [`kafka::embedded`] broker.
 //! - [`shutdown`]: the cancellation token that SIGINT and SIGTERM cancel.
 //! - [`error`]: the library's error type, which tells who is at fault and whether to retry.
+//! - [`record`]: the records written to Kafka (`Quake`, dead letters).
+//! - [`source`]: sources that poll APIs and publish records (`usgs`), with the shared HTTP
+//!   poller, feed parsing and revision-aware dedupe.
+//! - [`metrics`]: counters and histograms in Prometheus text format.
+//! - [`fake`]: the fake feed server that replays recorded responses and injects faults.
 //!
-//! Sources (`source/`), processors (`process/`), sinks (`sink/`) and the web dashboard (`web/`)
+//! Processors (`process/`), sinks (`sink/`) and the web dashboard (`web/`)
 //! each get a folder of their own, one file per component, and a variant of
 //! [`cli::Component`] so that `quakestream run <component>` can start them alone.
 
@@ -19,8 +24,12 @@ pub mod cli;
 pub mod command;
 pub mod config;
 pub mod error;
+pub mod fake;
 pub mod kafka;
+pub mod metrics;
+pub mod record;
 pub mod shutdown;
+pub mod source;
 
 pub use config::Config;
 pub use error::{Error, Result};

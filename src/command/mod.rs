@@ -3,6 +3,7 @@
 mod broker;
 mod consume;
 mod produce;
+mod replay;
 mod topics;
 mod up;
 
@@ -11,7 +12,7 @@ use std::io::Write;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cli::{Cli, Command, Component, ListenArgs},
+    cli::{Cli, Command, Component, ListenArgs, SourceArgs},
     config::Config,
     error::{Error, Result},
 };
@@ -19,6 +20,7 @@ use crate::{
 pub use broker::broker;
 pub use consume::consume;
 pub use produce::produce;
+pub use replay::replay_server;
 pub use topics::topics;
 pub use up::up;
 
@@ -36,10 +38,24 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
             config.broker.listen = listen.clone();
         }
     };
+    let source = |config: &mut Config, args: &SourceArgs| {
+        if let Some(url) = &args.usgs_url {
+            config.usgs.url = url.clone();
+        }
+        if let Some(interval) = args.interval {
+            config.usgs.interval = Some(interval);
+        }
+    };
     match &cli.command {
-        Command::Up(args) => listen(&mut config, &args.listen),
+        Command::Up(args) => {
+            listen(&mut config, &args.listen);
+            source(&mut config, &args.source);
+        }
         Command::Broker(args) => listen(&mut config, args),
-        Command::Run(args) => listen(&mut config, &args.listen),
+        Command::Run(args) => {
+            listen(&mut config, &args.listen);
+            source(&mut config, &args.source);
+        }
         _ => {}
     }
     config.validate()?;
@@ -49,10 +65,12 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
         Command::Broker(_) => broker(&config, shutdown).await,
         Command::Run(args) => match args.component {
             Component::Broker => broker(&config, shutdown).await,
+            Component::Usgs => up::run_usgs(&config, shutdown).await,
         },
         Command::Topics(command) => topics(&config, command).await,
         Command::Produce(args) => produce(&config, args, shutdown).await,
         Command::Consume(args) => consume(&config, args, shutdown).await,
+        Command::ReplayServer(args) => replay_server(args, shutdown).await,
         Command::Config => {
             print_out(&config.to_redacted_toml())?;
             Ok(())

@@ -1,13 +1,18 @@
 //! `quakestream up`: every configured component in one process, plus the embedded broker when
-//! no external cluster is configured.
+//! no external cluster is configured; and `run usgs`, the source alone.
 
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::print_out;
 use crate::{
     config::Config,
-    error::Result,
+    error::{Error, Result},
     kafka::{KafkaSettings, admin::Admin, embedded::EmbeddedBroker},
+    metrics::SourceMetrics,
+    source::usgs,
 };
 
 pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
@@ -21,8 +26,28 @@ pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
         settings.bootstrap = broker.bootstrap().to_string();
     }
     // Fails fast, naming the address, when an external cluster does not answer.
-    let admin = Admin::connect(&settings).await?;
-    let topics = admin.list().await?;
+    Admin::connect(&settings).await?;
+
+    // Components stop on their own token, so that the broker outlives them and they can flush.
+    let components_stop = CancellationToken::new();
+    let mut components = JoinSet::new();
+    let mut lines = Vec::new();
+    if config.usgs.enabled {
+        let metrics = Arc::new(SourceMetrics::new("usgs"));
+        let (usgs, dlq, settings) = (config.usgs.clone(), config.topics.dlq.clone(), settings.clone());
+        let stop = components_stop.clone();
+        components.spawn(async move {
+            let result = usgs::run(&usgs, &dlq, &settings, metrics.clone(), stop).await;
+            log_source_summary(&metrics);
+            result.map(|()| "usgs")
+        });
+        lines.push(format!(
+            "  usgs        {} every {} -> topic {}",
+            config.usgs.url(),
+            humantime::format_duration(config.usgs.interval()),
+            config.usgs.topic()
+        ));
+    }
 
     let data_dir = std::path::absolute(&config.data_dir).unwrap_or(config.data_dir.clone());
     let mut summary = format!("quakestream {} is up\n", env!("CARGO_PKG_VERSION"));
@@ -32,29 +57,89 @@ pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
             b.bootstrap(),
             b.db_path().display()
         )),
-        None => summary.push_str(&format!(
-            "  kafka       cluster at {}\n",
-            settings.bootstrap
-        )),
+        None => summary.push_str(&format!("  kafka       cluster at {}\n", settings.bootstrap)),
     }
     summary.push_str(&format!("  data dir    {}\n", data_dir.display()));
-    summary.push_str(&format!("  topics      {}\n", topics.len()));
-    summary.push_str("  components  none yet: sources, processors, sinks and the dashboard come in later releases\n");
+    for line in &lines {
+        summary.push_str(line);
+        summary.push('\n');
+    }
+    if lines.is_empty() {
+        summary.push_str("  components  none enabled\n");
+    }
     summary.push_str(&format!(
-        "Try: quakestream{} produce --topic mensajes-test --count 10\n",
+        "Watch the quakes: quakestream{} consume --topic {} --from-beginning\n",
         if config.embedded() && settings.bootstrap != "127.0.0.1:9092" {
             format!(" --brokers {}", settings.bootstrap)
         } else {
             String::new()
-        }
+        },
+        config.usgs.topic()
     ));
     summary.push_str("Press Ctrl+C to stop.\n");
     print_out(&summary)?;
 
-    shutdown.cancelled().await;
+    // Run until Ctrl+C, or until a component fails for good.
+    let mut failure = None;
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        Some(done) = components.join_next() => {
+            failure = component_failure(done);
+        }
+    }
+    components_stop.cancel();
+    while let Some(done) = components.join_next().await {
+        if let Some(e) = component_failure(done) {
+            failure.get_or_insert(e);
+        }
+    }
+    // The broker stops after its clients.
+    shutdown.cancel();
     if let Some(broker) = broker {
         broker.stopped().await?;
     }
+    if let Some(e) = failure {
+        return Err(e);
+    }
     print_out("quakestream stopped\n")?;
     Ok(())
+}
+
+fn component_failure(
+    done: std::result::Result<Result<&'static str>, tokio::task::JoinError>,
+) -> Option<Error> {
+    match done {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e),
+        Err(e) => Some(Error::Broker(format!("a component panicked: {e}"))),
+    }
+}
+
+/// `quakestream run usgs`.
+pub async fn run_usgs(config: &Config, shutdown: CancellationToken) -> Result<()> {
+    let settings = KafkaSettings::from_config(config);
+    let metrics = Arc::new(SourceMetrics::new("usgs"));
+    print_out(&format!(
+        "usgs source: {} every {} -> {} at {}\nPress Ctrl+C to stop.\n",
+        config.usgs.url(),
+        humantime::format_duration(config.usgs.interval()),
+        config.usgs.topic(),
+        settings.bootstrap
+    ))?;
+    let result = usgs::run(&config.usgs, &config.topics.dlq, &settings, metrics.clone(), shutdown).await;
+    log_source_summary(&metrics);
+    result
+}
+
+fn log_source_summary(m: &SourceMetrics) {
+    tracing::info!(
+        source = %m.source,
+        polls = m.polls.get(),
+        not_modified = m.not_modified.get(),
+        published = m.published.get(),
+        duplicates = m.duplicates.get(),
+        dead_letters = m.dead_letters.get(),
+        errors = m.errors_total(),
+        "source summary"
+    );
 }

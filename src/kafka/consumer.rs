@@ -21,8 +21,12 @@ pub enum StartFrom {
     Latest,
 }
 
+/// How long closing a consumer (leaving its group) may take before it is abandoned.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct Consumer {
-    inner: StreamConsumer<Context>,
+    /// Always `Some` until dropped; taken by `Drop` to close it on another thread.
+    inner: Option<StreamConsumer<Context>>,
     settings: KafkaSettings,
     commits: bool,
 }
@@ -53,7 +57,7 @@ impl Consumer {
             .create_with_context(Context::default())
             .map_err(Error::kafka("creating the consumer"))?;
         Ok(Consumer {
-            inner,
+            inner: Some(inner),
             settings: settings.clone(),
             commits,
         })
@@ -61,7 +65,7 @@ impl Consumer {
 
     pub fn subscribe(&self, topics: &[TopicName]) -> Result<()> {
         let names: Vec<&str> = topics.iter().map(TopicName::as_str).collect();
-        self.inner
+        self.raw()
             .subscribe(&names)
             .map_err(Error::kafka("subscribing"))
     }
@@ -69,12 +73,12 @@ impl Consumer {
     /// The next message. Errors are the consumer's, not a message's: the caller logs them and
     /// calls again, since librdkafka recovers from transient ones itself.
     pub async fn recv(&self) -> Result<BorrowedMessage<'_>> {
-        self.inner.recv().await.map_err(Error::kafka("consuming"))
+        self.raw().recv().await.map_err(Error::kafka("consuming"))
     }
 
     /// Marks a message as handled: its offset will be committed.
     pub fn handled(&self, message: &BorrowedMessage<'_>) -> Result<()> {
-        self.inner
+        self.raw()
             .store_offset_from_message(message)
             .map_err(Error::kafka("storing an offset"))
     }
@@ -84,7 +88,7 @@ impl Consumer {
         if !self.commits {
             return Ok(());
         }
-        match self.inner.commit_consumer_state(CommitMode::Sync) {
+        match self.raw().commit_consumer_state(CommitMode::Sync) {
             Ok(()) => Ok(()),
             Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => Ok(()),
             Err(e) => Err(Error::Kafka {
@@ -100,6 +104,33 @@ impl Consumer {
 
     /// The underlying librdkafka consumer, for calls this wrapper does not cover.
     pub fn raw(&self) -> &StreamConsumer<Context> {
-        &self.inner
+        self.inner
+            .as_ref()
+            .expect("the consumer is only taken when dropped")
+    }
+}
+
+/// librdkafka's close leaves the group and waits for the group's answer; a coordinator that
+/// never answers (seen with the embedded broker when two members leave at once) would hang the
+/// shutdown. The close runs on its own thread and is abandoned after [`CLOSE_TIMEOUT`]: the
+/// group then drops the member when its session times out. Offsets were committed before.
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        let (done, closed) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("consumer-close".into())
+            .spawn(move || {
+                drop(inner);
+                let _ = done.send(());
+            });
+        if spawned.is_ok() && closed.recv_timeout(CLOSE_TIMEOUT).is_err() {
+            tracing::warn!(
+                "the consumer did not leave its group within {CLOSE_TIMEOUT:?}; abandoned (the \
+                 group drops it when its session times out)"
+            );
+        }
     }
 }

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod consumer;
 pub mod embedded;
 pub mod producer;
+pub mod reader;
 pub mod topic;
 mod wire;
 

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use rdkafka::{
-    message::OwnedHeaders,
+    message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord, Producer as _},
 };
 
@@ -56,9 +56,29 @@ impl Producer {
         payload: &[u8],
         timestamp_ms: Option<i64>,
     ) -> Result<Delivery> {
+        self.send_with_headers(topic, key, payload, timestamp_ms, &[])
+            .await
+    }
+
+    /// [`Producer::send`] with message headers (name, value).
+    pub async fn send_with_headers(
+        &self,
+        topic: &str,
+        key: Option<&str>,
+        payload: &[u8],
+        timestamp_ms: Option<i64>,
+        headers: &[(&str, &[u8])],
+    ) -> Result<Delivery> {
+        let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+        for (name, value) in headers {
+            owned = owned.insert(Header {
+                key: name,
+                value: Some(*value),
+            });
+        }
         let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
             .payload(payload)
-            .headers(OwnedHeaders::new());
+            .headers(owned);
         if let Some(key) = key {
             record = record.key(key);
         }

@@ -1,0 +1,94 @@
+//! Reading a topic back from the start, without a consumer group: how components rebuild state
+//! from Kafka, the source of truth.
+
+use std::{collections::HashMap, time::Instant};
+
+use rdkafka::{
+    Message, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer},
+    message::BorrowedMessage,
+};
+
+use super::{Context, KafkaSettings};
+use crate::error::{Error, Result};
+
+/// Calls `f` for every message of `topic` that exists now (up to the end offsets read at the
+/// start), partition by partition in offset order. Blocking: run it on the blocking pool.
+/// Returns the number of messages read. A missing topic reads as empty.
+pub fn scan(
+    settings: &KafkaSettings,
+    topic: &str,
+    mut f: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<u64> {
+    let consumer: BaseConsumer<Context> = settings
+        .client_config(&[
+            ("group.id", format!("{}-scan", settings.client_id)),
+            ("enable.auto.commit", "false".into()),
+            ("enable.auto.offset.store", "false".into()),
+            ("enable.partition.eof", "false".into()),
+        ])
+        .create_with_context(Context::default())
+        .map_err(Error::kafka("creating a topic reader"))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), settings.timeout)
+        .map_err(Error::kafka("reading topic metadata"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining: HashMap<i32, i64> = HashMap::new();
+    for partition in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, settings.timeout)
+            .map_err(Error::kafka("reading offsets"))?;
+        if high > low {
+            assignment
+                .add_partition_offset(topic, partition, Offset::Offset(low))
+                .map_err(Error::kafka("assigning partitions"))?;
+            remaining.insert(partition, high);
+        }
+    }
+    if remaining.is_empty() {
+        return Ok(0);
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(Error::kafka("assigning partitions"))?;
+
+    let mut read = 0;
+    let mut last_progress = Instant::now();
+    while !remaining.is_empty() {
+        match consumer.poll(std::time::Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                last_progress = Instant::now();
+                let partition = message.partition();
+                let Some(&end) = remaining.get(&partition) else {
+                    continue;
+                };
+                if message.offset() < end {
+                    f(&message);
+                    read += 1;
+                }
+                if message.offset() + 1 >= end {
+                    remaining.remove(&partition);
+                }
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, topic, "error while reading back a topic");
+            }
+            None => {}
+        }
+        if last_progress.elapsed() > settings.timeout * 3 {
+            return Err(Error::Broker(format!(
+                "reading back {topic}: no progress for {:?} with {} partitions unfinished",
+                settings.timeout * 3,
+                remaining.len()
+            )));
+        }
+    }
+    Ok(read)
+}

@@ -1,0 +1,477 @@
+//! The `usgs` source: polls a USGS real-time summary feed and publishes every new revision of
+//! every event, once.
+//!
+//! Delivery semantics: exactly once per (event, `updated`) in the topic. A revision is
+//! published through the idempotent producer; the dedupe state is rebuilt from the topic at
+//! start and after any failed publish, so neither a `kill -9` nor a broker outage makes it
+//! republish or skip a revision (see [`super::dedupe`]).
+//!
+//! Each poll: a conditional GET (a `304` costs nothing), the feed parsed (a bad feature goes to
+//! the dead-letter topic with its reason, the rest goes on), a feed older than the last one
+//! read is skipped, new revisions are published, old events are forgotten. A failed poll is
+//! counted by kind and retried with exponential backoff and jitter, honouring `Retry-After`.
+
+use std::{sync::Arc, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    dedupe::{Decision, Dedupe, Revision},
+    fetch::{Backoff, FetchError, Fetched, Fetcher, HttpConfig},
+    geojson::{self, FeedError},
+    publish::{Outgoing, Profile, Publisher, generated_of, published_of},
+};
+use crate::{
+    config::duration,
+    error::{Error, Result},
+    kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer, reader},
+    metrics::SourceMetrics,
+    record::parse_millis,
+};
+
+/// The summary feeds' base URL.
+pub const FEED_BASE: &str = "https://earthquake.usgs.gov/earthquakes/feed/v1.0/summary";
+
+const SIZES: &[&str] = &["all", "1.0", "2.5", "4.5", "significant"];
+const AGES: &[(&str, u64)] = &[
+    ("hour", 3_600),
+    ("day", 86_400),
+    ("week", 604_800),
+    ("month", 2_592_000),
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsgsConfig {
+    /// Whether `up` runs this source.
+    pub enabled: bool,
+    /// One of the 20 summary feeds: `{all,1.0,2.5,4.5,significant}_{hour,day,week,month}`.
+    pub feed: String,
+    /// The feed's URL; empty means the USGS URL of `feed`. Set it to poll a mirror or a replay
+    /// server. Flag: `--usgs-url`.
+    pub url: String,
+    /// Time between polls. Default 60 s (30 s with the `sismos` profile): the feed refreshes
+    /// every minute and is cached for 60 s, so polling faster gains nothing. Flag: `--interval`.
+    #[serde(with = "duration::option", skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// What to write: `quakes` (the Quake record), `sismos` (the course's layout) or `raw-feed`
+    /// (each FeatureCollection whole).
+    pub profile: Profile,
+    /// Topic to write; empty means the profile's (`earthquakes`, `sismos`, `earthquake`).
+    pub topic: String,
+    /// How long past the feed's window an event is remembered for dedupe.
+    #[serde(with = "duration")]
+    pub forget_margin: Duration,
+    /// Timeouts, size cap and backoff.
+    pub http: HttpConfig,
+}
+
+impl Default for UsgsConfig {
+    fn default() -> Self {
+        UsgsConfig {
+            enabled: true,
+            feed: "all_hour".into(),
+            url: String::new(),
+            interval: None,
+            profile: Profile::Quakes,
+            topic: String::new(),
+            forget_margin: Duration::from_secs(3_600),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+impl UsgsConfig {
+    pub fn url(&self) -> String {
+        if self.url.is_empty() {
+            format!("{FEED_BASE}/{}.geojson", self.feed)
+        } else {
+            self.url.clone()
+        }
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval.unwrap_or(match self.profile {
+            Profile::Sismos => Duration::from_secs(30),
+            _ => Duration::from_secs(60),
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        if self.topic.is_empty() {
+            self.profile.default_topic()
+        } else {
+            &self.topic
+        }
+    }
+
+    /// How far back the polled feed reaches: the age in its name, or a month when unknown.
+    pub fn window(&self) -> Duration {
+        let name = if self.url.is_empty() { self.feed.as_str() } else { self.url.as_str() };
+        AGES.iter()
+            .find(|(age, _)| name.contains(&format!("_{age}")))
+            .map_or(Duration::from_secs(2_592_000), |(_, secs)| {
+                Duration::from_secs(*secs)
+            })
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let valid = SIZES
+            .iter()
+            .any(|s| AGES.iter().any(|(a, _)| format!("{s}_{a}") == self.feed));
+        if !valid {
+            return Err(format!(
+                "usgs.feed = {:?}: expected SIZE_AGE with SIZE one of all, 1.0, 2.5, 4.5, \
+                 significant and AGE one of hour, day, week, month (like \"all_hour\")",
+                self.feed
+            ));
+        }
+        if !self.url.is_empty() && url::Url::parse(&self.url).is_err() {
+            return Err(format!("usgs.url = {:?} is not a URL", self.url));
+        }
+        if self.interval() < Duration::from_millis(100) {
+            return Err("usgs.interval must be at least 100ms".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why a poll failed.
+#[derive(Debug, thiserror::Error)]
+enum PollError {
+    #[error("{0}")]
+    Fetch(#[from] FetchError),
+    #[error("{0}")]
+    Feed(#[from] FeedError),
+    #[error("{0}")]
+    Publish(Error),
+}
+
+impl PollError {
+    fn kind(&self) -> &'static str {
+        match self {
+            PollError::Fetch(e) => e.kind(),
+            PollError::Feed(FeedError::NotJson(_)) => "malformed",
+            PollError::Feed(FeedError::NotCollection(_)) => "not_a_feed",
+            PollError::Publish(_) => "publish",
+        }
+    }
+}
+
+/// The running source's state.
+struct Poller {
+    config: UsgsConfig,
+    url: String,
+    fetcher: Fetcher,
+    publisher: Publisher,
+    settings: KafkaSettings,
+    dedupe: Dedupe,
+    /// `metadata.generated` of the newest feed handled.
+    last_generated: Option<i64>,
+    /// Set after a failed publish: what reached the topic is unknown until it is read back.
+    needs_rebuild: bool,
+    metrics: Arc<SourceMetrics>,
+}
+
+/// Runs the source until `shutdown` is cancelled.
+pub async fn run(
+    config: &UsgsConfig,
+    dlq: &str,
+    settings: &KafkaSettings,
+    metrics: Arc<SourceMetrics>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    config.validate().map_err(|message| Error::Config {
+        origin: "usgs".into(),
+        message,
+    })?;
+    let topic: TopicName = config.topic().parse()?;
+    let dlq_topic: TopicName = dlq.parse()?;
+    let admin = Admin::connect(settings).await?;
+    admin.ensure_topics(&[topic.clone(), dlq_topic]).await?;
+    let producer = Producer::new(settings)?;
+    let url = config.url();
+    let mut poller = Poller {
+        config: config.clone(),
+        fetcher: Fetcher::new(&url, &config.http).map_err(|e| Error::Config {
+            origin: "usgs.url".into(),
+            message: e.to_string(),
+        })?,
+        url,
+        publisher: Publisher::new(producer, topic.as_str(), dlq, config.profile, "usgs"),
+        settings: settings.clone(),
+        dedupe: Dedupe::new(),
+        last_generated: None,
+        needs_rebuild: true,
+        metrics,
+    };
+    tracing::info!(
+        url = %poller.url,
+        topic = %topic,
+        profile = ?config.profile,
+        interval = %humantime::format_duration(config.interval()),
+        "usgs source started"
+    );
+
+    let mut backoff = Backoff::new(config.http.backoff_initial, config.http.backoff_max);
+    loop {
+        if poller.needs_rebuild {
+            poller.rebuild().await?;
+        }
+        let wait = match poller.poll().await {
+            Ok(()) => {
+                backoff.reset();
+                config.interval()
+            }
+            Err(e) => {
+                poller.metrics.error(e.kind());
+                let retry_after = match &e {
+                    PollError::Fetch(f) => f.retry_after(),
+                    _ => None,
+                };
+                let wait = backoff.next(retry_after);
+                tracing::warn!(
+                    url = %poller.url,
+                    error = %e,
+                    kind = e.kind(),
+                    failures = backoff.failures(),
+                    retry_in = %humantime::format_duration(Duration::from_millis(wait.as_millis() as u64)),
+                    "usgs poll failed"
+                );
+                wait
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+    poller.publisher.flush()?;
+    tracing::info!("usgs source stopped");
+    Ok(())
+}
+
+impl Poller {
+    /// Reads back what the source already published.
+    async fn rebuild(&mut self) -> Result<()> {
+        let settings = self.settings.clone();
+        let topic = self.publisher.topic().to_string();
+        let (published, generated, read) = tokio::task::spawn_blocking(move || {
+            let mut published = Vec::new();
+            let mut generated: Option<i64> = None;
+            let read = reader::scan(&settings, &topic, |message| {
+                if let Some(g) = generated_of(message) {
+                    generated = Some(generated.map_or(g, |max| max.max(g)));
+                }
+                if let Some(p) = published_of(message) {
+                    published.push(p);
+                }
+            })?;
+            Ok::<_, Error>((published, generated, read))
+        })
+        .await
+        .map_err(|e| Error::Broker(format!("rebuild task failed: {e}")))??;
+        let mut dedupe = Dedupe::new();
+        dedupe.rebuild(published);
+        if let Some(g) = generated {
+            dedupe.forget_before(g - self.horizon_ms());
+        }
+        self.last_generated = generated.max(self.last_generated);
+        tracing::info!(
+            records = read,
+            events = dedupe.len(),
+            "usgs: dedupe state rebuilt from {}",
+            self.publisher.topic()
+        );
+        self.dedupe = dedupe;
+        self.needs_rebuild = false;
+        Ok(())
+    }
+
+    fn horizon_ms(&self) -> i64 {
+        (self.config.window() + self.config.forget_margin).as_millis() as i64
+    }
+
+    async fn poll(&mut self) -> std::result::Result<(), PollError> {
+        self.metrics.polls.inc();
+        let body = match self.fetcher.fetch().await? {
+            Fetched::NotModified => {
+                self.metrics.not_modified.inc();
+                self.metrics.last_success_ms.set(now_ms());
+                return Ok(());
+            }
+            Fetched::Body(body) => body,
+        };
+        let parsed = geojson::parse_collection(&body, "usgs")?;
+        let generated = parsed.metadata.generated;
+        if let (Some(g), Some(last)) = (generated, self.last_generated)
+            && g < last
+        {
+            self.metrics.stale_feeds.inc();
+            tracing::warn!(generated = g, newest = last, "usgs: feed older than one already read; skipped");
+            self.fetcher.accept();
+            return Ok(());
+        }
+        if let Some(g) = generated {
+            self.metrics.feed_generated_ms.set(g);
+        }
+
+        if self.config.profile == Profile::RawFeed {
+            self.publish_raw(&body, generated).await?;
+        } else {
+            self.publish_records(parsed, generated).await?;
+        }
+
+        if let Some(g) = generated {
+            self.dedupe.forget_before(g - self.horizon_ms());
+            self.last_generated = Some(g);
+        }
+        self.fetcher.accept();
+        self.metrics.last_success_ms.set(now_ms());
+        Ok(())
+    }
+
+    async fn publish_raw(&mut self, body: &[u8], generated: Option<i64>) -> std::result::Result<(), PollError> {
+        let generated = generated.unwrap_or_else(now_ms);
+        if self.last_generated == Some(generated) {
+            self.metrics.duplicates.inc();
+            return Ok(());
+        }
+        let key = self.config.feed.clone();
+        match self.publisher.publish_raw(&key, body, generated).await {
+            Ok(_) => {
+                self.metrics.published.inc();
+                Ok(())
+            }
+            Err(e) => {
+                self.needs_rebuild = true;
+                Err(PollError::Publish(e))
+            }
+        }
+    }
+
+    async fn publish_records(
+        &mut self,
+        parsed: geojson::Parsed,
+        generated: Option<i64>,
+    ) -> std::result::Result<(), PollError> {
+        for rejected in &parsed.rejected {
+            let key = serde_json::from_str::<serde_json::Value>(&rejected.raw)
+                .ok()
+                .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_string));
+            self.publisher
+                .dead_letter(key.as_deref(), &rejected.reason, &self.url, &rejected.raw)
+                .await
+                .map_err(PollError::Publish)?;
+            self.metrics.dead_letters.inc();
+        }
+
+        let features = parsed.quakes.len();
+        let mut outgoing = Vec::new();
+        for mut quake in parsed.quakes {
+            let (Some(updated_ms), Some(time_ms)) =
+                (parse_millis(&quake.updated), parse_millis(&quake.time))
+            else {
+                continue;
+            };
+            let revision = Revision {
+                ids: quake.ids.clone(),
+                updated_ms,
+                time_ms,
+            };
+            // Recorded at once so that two features of one poll sharing an alias agree on a
+            // key; a failed publish rebuilds the state from the topic.
+            match self.dedupe.check(&revision) {
+                Decision::Duplicate => self.metrics.duplicates.inc(),
+                Decision::Publish { key, merged } => {
+                    self.dedupe.record(&key, &revision, &merged);
+                    for old in merged {
+                        let mut gone = quake.clone();
+                        gone.id = old.clone();
+                        gone.ids = vec![old.clone()];
+                        gone.status = "deleted".into();
+                        outgoing.push(Outgoing {
+                            key: old.clone(),
+                            quake: gone,
+                            revision: Revision {
+                                ids: vec![old],
+                                ..revision.clone()
+                            },
+                            merged_into: Some(key.clone()),
+                            generated_ms: generated,
+                        });
+                    }
+                    quake.id = key.clone();
+                    outgoing.push(Outgoing {
+                        key,
+                        quake,
+                        revision,
+                        merged_into: None,
+                        generated_ms: generated,
+                    });
+                }
+            }
+        }
+
+        let results = self.publisher.publish(&outgoing).await;
+        let now = now_ms();
+        let mut failure = None;
+        for (item, result) in outgoing.iter().zip(results) {
+            match result {
+                Ok(_) => {
+                    self.metrics.published.inc();
+                    self.metrics.origin_delay.observe_ms(now - item.revision.time_ms);
+                    self.metrics.update_delay.observe_ms(now - item.revision.updated_ms);
+                }
+                Err(e) => failure = Some(e),
+            }
+        }
+        if let Some(e) = failure {
+            self.needs_rebuild = true;
+            return Err(PollError::Publish(e));
+        }
+        let published = outgoing.len();
+        if published > 0 || !parsed.rejected.is_empty() {
+            tracing::info!(
+                features,
+                published,
+                rejected = parsed.rejected.len(),
+                events = self.dedupe.len(),
+                "usgs: poll published new revisions"
+            );
+        } else {
+            tracing::debug!(features, "usgs: poll had nothing new");
+        }
+        Ok(())
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feed_names_urls_and_windows() {
+        let mut c = UsgsConfig::default();
+        assert_eq!(c.url(), format!("{FEED_BASE}/all_hour.geojson"));
+        assert_eq!(c.window(), Duration::from_secs(3600));
+        assert_eq!(c.interval(), Duration::from_secs(60));
+        assert_eq!(c.topic(), "earthquakes");
+        c.feed = "2.5_week".into();
+        assert!(c.validate().is_ok());
+        assert_eq!(c.window(), Duration::from_secs(604_800));
+        c.feed = "3.0_day".into();
+        assert!(c.validate().unwrap_err().contains("usgs.feed"));
+        c.feed = "all_day".into();
+        c.profile = Profile::Sismos;
+        assert_eq!(c.interval(), Duration::from_secs(30));
+        assert_eq!(c.topic(), "sismos");
+        c.url = "http://127.0.0.1:9/feed/significant_month.geojson".into();
+        assert_eq!(c.window(), Duration::from_secs(2_592_000));
+    }
+}
