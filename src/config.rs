@@ -449,7 +449,9 @@ pub mod duration {
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
             let text = String::deserialize(d)?;
-            super::parse(&text).map(Some).map_err(serde::de::Error::custom)
+            super::parse(&text)
+                .map(Some)
+                .map_err(serde::de::Error::custom)
         }
     }
 

@@ -115,10 +115,7 @@ impl FakeServer {
         let mut files: Vec<_> = std::fs::read_dir(dir)?
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| {
-                p.extension()
-                    .is_some_and(|e| e == "json" || e == "geojson")
-            })
+            .filter(|p| p.extension().is_some_and(|e| e == "json" || e == "geojson"))
             .collect();
         files.sort();
         files
@@ -198,7 +195,8 @@ impl FakeServer {
                 json(body, &etag, &modified)
             }
             Some(Step::Status { code, retry_after }) => {
-                let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let status =
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 let mut response = plain(status, "fake server: injected error\n");
                 if let Some(secs) = retry_after {
                     response
@@ -224,10 +222,19 @@ impl FakeServer {
             Some(Step::Cut(body)) => {
                 let half = body.slice(..body.len() / 2);
                 let total = body.len();
-                let stream = futures::stream::iter(vec![
-                    Ok::<Bytes, std::io::Error>(half),
-                    Err(std::io::Error::other("fake server: connection cut")),
-                ]);
+                // Headers and half the body go out first; then the connection breaks.
+                let stream = futures::stream::unfold(Some(half), |half| async move {
+                    match half {
+                        Some(half) => Some((Ok::<Bytes, std::io::Error>(half), None)),
+                        None => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            Some((
+                                Err(std::io::Error::other("fake server: connection cut")),
+                                None,
+                            ))
+                        }
+                    }
+                });
                 let mut r = Response::new(Body::from_stream(stream));
                 r.headers_mut()
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(total));

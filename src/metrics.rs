@@ -84,7 +84,11 @@ impl Histogram {
             cumulative += count.load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
         }
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count());
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels},le=\"+Inf\"}} {}",
+            self.count()
+        );
         let sum = self.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0;
         let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
         let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count());
@@ -152,35 +156,78 @@ impl SourceMetrics {
     pub fn render(&self, out: &mut String) {
         let l = format!("source=\"{}\"", self.source);
         let counters = [
-            ("quakestream_source_polls_total", "Polls attempted.", &self.polls),
-            ("quakestream_source_not_modified_total", "Polls answered 304 Not Modified.", &self.not_modified),
-            ("quakestream_source_published_total", "Records published.", &self.published),
-            ("quakestream_source_duplicates_total", "Revisions skipped as already published.", &self.duplicates),
-            ("quakestream_source_dead_letters_total", "Records sent to the dead-letter topic.", &self.dead_letters),
-            ("quakestream_source_stale_feeds_total", "Feeds older than one already read, skipped.", &self.stale_feeds),
+            (
+                "quakestream_source_polls_total",
+                "Polls attempted.",
+                &self.polls,
+            ),
+            (
+                "quakestream_source_not_modified_total",
+                "Polls answered 304 Not Modified.",
+                &self.not_modified,
+            ),
+            (
+                "quakestream_source_published_total",
+                "Records published.",
+                &self.published,
+            ),
+            (
+                "quakestream_source_duplicates_total",
+                "Revisions skipped as already published.",
+                &self.duplicates,
+            ),
+            (
+                "quakestream_source_dead_letters_total",
+                "Records sent to the dead-letter topic.",
+                &self.dead_letters,
+            ),
+            (
+                "quakestream_source_stale_feeds_total",
+                "Feeds older than one already read, skipped.",
+                &self.stale_feeds,
+            ),
         ];
         for (name, help, counter) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             let _ = writeln!(out, "{name}{{{l}}} {}", counter.get());
         }
         let name = "quakestream_source_errors_total";
-        let _ = writeln!(out, "# HELP {name} Failed polls, by kind.\n# TYPE {name} counter");
+        let _ = writeln!(
+            out,
+            "# HELP {name} Failed polls, by kind.\n# TYPE {name} counter"
+        );
         if let Ok(errors) = self.errors.lock() {
             for (kind, n) in errors.iter() {
                 let _ = writeln!(out, "{name}{{{l},kind=\"{kind}\"}} {n}");
             }
         }
         let gauges = [
-            ("quakestream_source_last_success_timestamp_seconds", "When the last poll succeeded.", &self.last_success_ms),
-            ("quakestream_source_feed_generated_timestamp_seconds", "metadata.generated of the newest feed read.", &self.feed_generated_ms),
+            (
+                "quakestream_source_last_success_timestamp_seconds",
+                "When the last poll succeeded.",
+                &self.last_success_ms,
+            ),
+            (
+                "quakestream_source_feed_generated_timestamp_seconds",
+                "metadata.generated of the newest feed read.",
+                &self.feed_generated_ms,
+            ),
         ];
         for (name, help, gauge) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
             let _ = writeln!(out, "{name}{{{l}}} {}", gauge.get() as f64 / 1000.0);
         }
         for (name, help, h) in [
-            ("quakestream_source_origin_to_publish_seconds", "Delay from origin time to publication.", &self.origin_delay),
-            ("quakestream_source_update_to_publish_seconds", "Delay from the revision's updated time to publication.", &self.update_delay),
+            (
+                "quakestream_source_origin_to_publish_seconds",
+                "Delay from origin time to publication.",
+                &self.origin_delay,
+            ),
+            (
+                "quakestream_source_update_to_publish_seconds",
+                "Delay from the revision's updated time to publication.",
+                &self.update_delay,
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
             h.render(name, &l, out);
@@ -202,12 +249,25 @@ mod tests {
         m.origin_delay.observe_ms(100_000_000);
         let mut out = String::new();
         m.render(&mut out);
-        assert!(out.contains("quakestream_source_polls_total{source=\"usgs\"} 3\n"), "{out}");
-        assert!(out.contains("quakestream_source_errors_total{source=\"usgs\",kind=\"timeout\"} 2\n"));
-        assert!(out.contains("quakestream_source_origin_to_publish_seconds_bucket{source=\"usgs\",le=\"1\"} 0\n"));
-        assert!(out.contains("quakestream_source_origin_to_publish_seconds_bucket{source=\"usgs\",le=\"5\"} 1\n"));
-        assert!(out.contains("quakestream_source_origin_to_publish_seconds_bucket{source=\"usgs\",le=\"+Inf\"} 2\n"));
-        assert!(out.contains("quakestream_source_origin_to_publish_seconds_count{source=\"usgs\"} 2\n"));
+        assert!(
+            out.contains("quakestream_source_polls_total{source=\"usgs\"} 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("quakestream_source_errors_total{source=\"usgs\",kind=\"timeout\"} 2\n")
+        );
+        assert!(out.contains(
+            "quakestream_source_origin_to_publish_seconds_bucket{source=\"usgs\",le=\"1\"} 0\n"
+        ));
+        assert!(out.contains(
+            "quakestream_source_origin_to_publish_seconds_bucket{source=\"usgs\",le=\"5\"} 1\n"
+        ));
+        assert!(out.contains(
+            "quakestream_source_origin_to_publish_seconds_bucket{source=\"usgs\",le=\"+Inf\"} 2\n"
+        ));
+        assert!(
+            out.contains("quakestream_source_origin_to_publish_seconds_count{source=\"usgs\"} 2\n")
+        );
         for line in out.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");

@@ -34,7 +34,11 @@ pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
     let mut lines = Vec::new();
     if config.usgs.enabled {
         let metrics = Arc::new(SourceMetrics::new("usgs"));
-        let (usgs, dlq, settings) = (config.usgs.clone(), config.topics.dlq.clone(), settings.clone());
+        let (usgs, dlq, settings) = (
+            config.usgs.clone(),
+            config.topics.dlq.clone(),
+            settings.clone(),
+        );
         let stop = components_stop.clone();
         components.spawn(async move {
             let result = usgs::run(&usgs, &dlq, &settings, metrics.clone(), stop).await;
@@ -57,7 +61,10 @@ pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
             b.bootstrap(),
             b.db_path().display()
         )),
-        None => summary.push_str(&format!("  kafka       cluster at {}\n", settings.bootstrap)),
+        None => summary.push_str(&format!(
+            "  kafka       cluster at {}\n",
+            settings.bootstrap
+        )),
     }
     summary.push_str(&format!("  data dir    {}\n", data_dir.display()));
     for line in &lines {
@@ -126,7 +133,14 @@ pub async fn run_usgs(config: &Config, shutdown: CancellationToken) -> Result<()
         config.usgs.topic(),
         settings.bootstrap
     ))?;
-    let result = usgs::run(&config.usgs, &config.topics.dlq, &settings, metrics.clone(), shutdown).await;
+    let result = usgs::run(
+        &config.usgs,
+        &config.topics.dlq,
+        &settings,
+        metrics.clone(),
+        shutdown,
+    )
+    .await;
     log_source_summary(&metrics);
     result
 }

@@ -76,9 +76,8 @@ impl Producer {
                 value: Some(*value),
             });
         }
-        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
-            .payload(payload)
-            .headers(owned);
+        let mut record: FutureRecord<'_, str, [u8]> =
+            FutureRecord::to(topic).payload(payload).headers(owned);
         if let Some(key) = key {
             record = record.key(key);
         }

@@ -212,10 +212,16 @@ mod tests {
     #[test]
     fn one_message_per_revision() {
         let mut d = Dedupe::new();
-        assert_eq!(publish(&mut d, &rev(&["a1"], 10)), Some(("a1".into(), vec![])));
+        assert_eq!(
+            publish(&mut d, &rev(&["a1"], 10)),
+            Some(("a1".into(), vec![]))
+        );
         assert_eq!(publish(&mut d, &rev(&["a1"], 10)), None);
         assert_eq!(publish(&mut d, &rev(&["a1"], 9)), None, "older revision");
-        assert_eq!(publish(&mut d, &rev(&["a1"], 11)), Some(("a1".into(), vec![])));
+        assert_eq!(
+            publish(&mut d, &rev(&["a1"], 11)),
+            Some(("a1".into(), vec![]))
+        );
     }
 
     #[test]
@@ -223,7 +229,10 @@ mod tests {
         let mut d = Dedupe::new();
         publish(&mut d, &rev(&["ak1", "us1"], 10));
         // The preferred id changes to us1; the event is the same.
-        assert_eq!(publish(&mut d, &rev(&["us1", "ak1", "at1"], 20)), Some(("ak1".into(), vec![])));
+        assert_eq!(
+            publish(&mut d, &rev(&["us1", "ak1", "at1"], 20)),
+            Some(("ak1".into(), vec![]))
+        );
         assert_eq!(publish(&mut d, &rev(&["at1"], 20)), None);
         assert_eq!(d.logical("at1"), Some("ak1"));
         assert_eq!(d.len(), 1);
@@ -259,14 +268,24 @@ mod tests {
                 for m in merged {
                     published.push(Published {
                         key: m.clone(),
-                        revision: Revision { ids: vec![m], ..r.clone() },
+                        revision: Revision {
+                            ids: vec![m],
+                            ..r.clone()
+                        },
                         merged_into: Some(key.clone()),
                     });
                 }
-                published.push(Published { key, revision: r.clone(), merged_into: None });
+                published.push(Published {
+                    key,
+                    revision: r.clone(),
+                    merged_into: None,
+                });
             }
         }
-        assert!(published.iter().any(|p| p.merged_into.is_some()), "the stream merges");
+        assert!(
+            published.iter().any(|p| p.merged_into.is_some()),
+            "the stream merges"
+        );
         for order in [published.clone(), published.iter().rev().cloned().collect()] {
             let mut rebuilt = Dedupe::new();
             rebuilt.rebuild(order);
@@ -277,7 +296,10 @@ mod tests {
     fn assert_rebuilt(rebuilt: &Dedupe, live: &Dedupe, stream: &[Revision]) {
         for r in stream {
             assert_eq!(rebuilt.check(r), Decision::Duplicate, "{r:?}");
-            let newer = Revision { updated_ms: 99, ..r.clone() };
+            let newer = Revision {
+                updated_ms: 99,
+                ..r.clone()
+            };
             assert_eq!(rebuilt.check(&newer), live.check(&newer), "{r:?}");
         }
         assert_eq!(rebuilt.len(), live.len());
@@ -286,8 +308,22 @@ mod tests {
     #[test]
     fn old_events_are_forgotten() {
         let mut d = Dedupe::new();
-        publish(&mut d, &Revision { ids: vec!["old".into(), "old2".into()], updated_ms: 5, time_ms: 100 });
-        publish(&mut d, &Revision { ids: vec!["new".into()], updated_ms: 5, time_ms: 500 });
+        publish(
+            &mut d,
+            &Revision {
+                ids: vec!["old".into(), "old2".into()],
+                updated_ms: 5,
+                time_ms: 100,
+            },
+        );
+        publish(
+            &mut d,
+            &Revision {
+                ids: vec!["new".into()],
+                updated_ms: 5,
+                time_ms: 500,
+            },
+        );
         assert_eq!(d.forget_before(200), 1);
         assert_eq!(d.len(), 1);
         assert_eq!(d.logical("old2"), None);

@@ -145,10 +145,10 @@ impl Fetcher {
 
     /// One GET of any URL (no conditional headers unless `conditional`).
     pub async fn get(&mut self, url: &str, conditional: bool) -> Result<Fetched, FetchError> {
-        let mut request = self
-            .client
-            .get(url)
-            .header(header::ACCEPT, "application/geo+json, application/json;q=0.9, */*;q=0.1");
+        let mut request = self.client.get(url).header(
+            header::ACCEPT,
+            "application/geo+json, application/json;q=0.9, */*;q=0.1",
+        );
         if conditional {
             if let Some(etag) = &self.etag {
                 request = request.header(header::IF_NONE_MATCH, etag);
@@ -328,9 +328,15 @@ mod tests {
         let waits: Vec<Duration> = (0..8).map(|_| b.next(None)).collect();
         for (n, w) in waits.iter().enumerate() {
             let full = Duration::from_secs(1 << n).min(Duration::from_secs(30));
-            assert!(*w >= full / 2 && *w <= full, "failure {n}: {w:?} vs {full:?}");
+            assert!(
+                *w >= full / 2 && *w <= full,
+                "failure {n}: {w:?} vs {full:?}"
+            );
         }
-        assert_eq!(b.next(Some(Duration::from_secs(3600))), Duration::from_secs(30));
+        assert_eq!(
+            b.next(Some(Duration::from_secs(3600))),
+            Duration::from_secs(30)
+        );
         b.reset();
         assert!(b.next(Some(Duration::from_secs(7))) >= Duration::from_secs(7));
     }

@@ -234,7 +234,8 @@ impl Lenient {
 
 /// Parses one feature and normalizes it. The error is the reason, for the dead-letter record.
 pub fn parse_feature(raw: &str, source: &str) -> Result<Quake, String> {
-    let feature: Feature<'_> = serde_json::from_str(raw).map_err(|e| format!("malformed feature: {e}"))?;
+    let feature: Feature<'_> =
+        serde_json::from_str(raw).map_err(|e| format!("malformed feature: {e}"))?;
     normalize(feature, source)
 }
 
@@ -314,9 +315,8 @@ fn normalize(feature: Feature<'_>, source: &str) -> Result<Quake, String> {
             place.as_deref().unwrap_or("unknown place")
         ),
     };
-    let url = non_empty(p.url).unwrap_or_else(|| {
-        format!("https://earthquake.usgs.gov/earthquakes/eventpage/{id}")
-    });
+    let url = non_empty(p.url)
+        .unwrap_or_else(|| format!("https://earthquake.usgs.gov/earthquakes/eventpage/{id}"));
 
     Ok(Quake {
         id: id.to_string(),
@@ -354,7 +354,11 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> Vec<u8> {
-        std::fs::read(format!("{}/fixtures/usgs/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        std::fs::read(format!(
+            "{}/fixtures/usgs/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
     }
 
     #[test]
@@ -379,7 +383,10 @@ mod tests {
                 assert_eq!(q.mag, p["mag"].as_f64());
                 assert_eq!(q.lon, f["geometry"]["coordinates"][0].as_f64().unwrap());
                 assert_eq!(q.lat, f["geometry"]["coordinates"][1].as_f64().unwrap());
-                assert_eq!(q.depth_km, f["geometry"]["coordinates"][2].as_f64().unwrap());
+                assert_eq!(
+                    q.depth_km,
+                    f["geometry"]["coordinates"][2].as_f64().unwrap()
+                );
                 assert_eq!(q.felt, p["felt"].as_i64());
                 assert_eq!(q.sig, p["sig"].as_i64());
                 assert_eq!(q.tsunami, p["tsunami"].as_i64() == Some(1));
@@ -436,22 +443,50 @@ mod tests {
         assert_eq!(q.depth_km, -1.5);
         assert_eq!(q.updated, "2014-05-13T16:53:20.123Z");
         assert_eq!(q.title, "M 2.5 - unknown place");
-        assert_eq!(q.url, "https://earthquake.usgs.gov/earthquakes/eventpage/nc123");
+        assert_eq!(
+            q.url,
+            "https://earthquake.usgs.gov/earthquakes/eventpage/nc123"
+        );
     }
 
     #[test]
     fn a_bad_feature_is_rejected_alone_with_its_reason() {
-        let good = r#"{"id":"a1","properties":{"time":1,"updated":2},"geometry":{"coordinates":[1,2,3]}}"#;
+        let good =
+            r#"{"id":"a1","properties":{"time":1,"updated":2},"geometry":{"coordinates":[1,2,3]}}"#;
         let cases = [
-            (r#"{"properties":{"time":1},"geometry":{"coordinates":[1,2,3]}}"#, "no id"),
-            (r#"{"id":"x","properties":{"time":1},"geometry":{"coordinates":[1]}}"#, "longitude and latitude"),
-            (r#"{"id":"x","properties":{"time":1},"geometry":{"coordinates":[200,2,3]}}"#, "longitude 200"),
-            (r#"{"id":"x","properties":{"time":1},"geometry":{"coordinates":[1,95,3]}}"#, "latitude 95"),
-            (r#"{"id":"x","properties":{},"geometry":{"coordinates":[1,2,3]}}"#, "time is missing"),
-            (r#"{"id":"x","properties":{"time":1,"mag":"big"},"geometry":{"coordinates":[1,2,3]}}"#, "not a number"),
-            (r#"{"id":"x","properties":{"time":1e300},"geometry":{"coordinates":[1,2,3]}}"#, "out of range"),
+            (
+                r#"{"properties":{"time":1},"geometry":{"coordinates":[1,2,3]}}"#,
+                "no id",
+            ),
+            (
+                r#"{"id":"x","properties":{"time":1},"geometry":{"coordinates":[1]}}"#,
+                "longitude and latitude",
+            ),
+            (
+                r#"{"id":"x","properties":{"time":1},"geometry":{"coordinates":[200,2,3]}}"#,
+                "longitude 200",
+            ),
+            (
+                r#"{"id":"x","properties":{"time":1},"geometry":{"coordinates":[1,95,3]}}"#,
+                "latitude 95",
+            ),
+            (
+                r#"{"id":"x","properties":{},"geometry":{"coordinates":[1,2,3]}}"#,
+                "time is missing",
+            ),
+            (
+                r#"{"id":"x","properties":{"time":1,"mag":"big"},"geometry":{"coordinates":[1,2,3]}}"#,
+                "not a number",
+            ),
+            (
+                r#"{"id":"x","properties":{"time":1e300},"geometry":{"coordinates":[1,2,3]}}"#,
+                "out of range",
+            ),
             (r#"{"id":"x","properties":{"time":1}}"#, "no geometry"),
-            (r#"{"id":7,"properties":{"time":1},"geometry":{"coordinates":[1,2,3]}}"#, "malformed"),
+            (
+                r#"{"id":7,"properties":{"time":1},"geometry":{"coordinates":[1,2,3]}}"#,
+                "malformed",
+            ),
             (r#"[1,2]"#, "malformed"),
         ];
         for (bad, reason) in cases {
@@ -461,7 +496,11 @@ mod tests {
             let parsed = parse_collection(body.as_bytes(), "usgs").unwrap();
             assert_eq!(parsed.quakes.len(), 2, "{bad}");
             assert_eq!(parsed.rejected.len(), 1, "{bad}");
-            assert!(parsed.rejected[0].reason.contains(reason), "{bad}: {}", parsed.rejected[0].reason);
+            assert!(
+                parsed.rejected[0].reason.contains(reason),
+                "{bad}: {}",
+                parsed.rejected[0].reason
+            );
             assert_eq!(parsed.rejected[0].raw, bad);
             assert_eq!(parsed.metadata.generated, Some(5));
         }
@@ -478,9 +517,14 @@ mod tests {
             b"\xff\xfe\x00garbage",
             b"null",
         ] {
-            assert!(parse_collection(body, "usgs").is_err(), "{:?}", String::from_utf8_lossy(body));
+            assert!(
+                parse_collection(body, "usgs").is_err(),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
         }
-        let empty = br#"{"type":"FeatureCollection","metadata":{"generated":1,"count":0},"features":[]}"#;
+        let empty =
+            br#"{"type":"FeatureCollection","metadata":{"generated":1,"count":0},"features":[]}"#;
         assert!(parse_collection(empty, "usgs").unwrap().quakes.is_empty());
         let jsonp = br#"eqfeed_callback({"type":"FeatureCollection","features":[]});"#;
         assert!(parse_collection(jsonp, "usgs").is_ok());

@@ -89,7 +89,13 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(producer: Producer, topic: &str, dlq: &str, profile: Profile, source: &str) -> Publisher {
+    pub fn new(
+        producer: Producer,
+        topic: &str,
+        dlq: &str,
+        profile: Profile,
+        source: &str,
+    ) -> Publisher {
         Publisher {
             producer,
             topic: topic.to_string(),
@@ -190,9 +196,7 @@ impl Publisher {
             payload: payload.to_string(),
         };
         let value = serde_json::to_vec(&letter).unwrap_or_default();
-        self.producer
-            .send(&self.dlq, key, &value, None)
-            .await
+        self.producer.send(&self.dlq, key, &value, None).await
     }
 
     pub fn flush(&self) -> Result<()> {
@@ -226,7 +230,11 @@ pub fn published_of(message: &BorrowedMessage<'_>) -> Option<Published> {
         return Some(Published {
             key,
             revision: Revision {
-                ids: ids.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+                ids: ids
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect(),
                 updated_ms: updated.parse().ok()?,
                 time_ms: time.parse().ok()?,
             },

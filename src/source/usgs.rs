@@ -108,7 +108,11 @@ impl UsgsConfig {
 
     /// How far back the polled feed reaches: the age in its name, or a month when unknown.
     pub fn window(&self) -> Duration {
-        let name = if self.url.is_empty() { self.feed.as_str() } else { self.url.as_str() };
+        let name = if self.url.is_empty() {
+            self.feed.as_str()
+        } else {
+            self.url.as_str()
+        };
         AGES.iter()
             .find(|(age, _)| name.contains(&format!("_{age}")))
             .map_or(Duration::from_secs(2_592_000), |(_, secs)| {
@@ -309,7 +313,11 @@ impl Poller {
             && g < last
         {
             self.metrics.stale_feeds.inc();
-            tracing::warn!(generated = g, newest = last, "usgs: feed older than one already read; skipped");
+            tracing::warn!(
+                generated = g,
+                newest = last,
+                "usgs: feed older than one already read; skipped"
+            );
             self.fetcher.accept();
             return Ok(());
         }
@@ -332,7 +340,11 @@ impl Poller {
         Ok(())
     }
 
-    async fn publish_raw(&mut self, body: &[u8], generated: Option<i64>) -> std::result::Result<(), PollError> {
+    async fn publish_raw(
+        &mut self,
+        body: &[u8],
+        generated: Option<i64>,
+    ) -> std::result::Result<(), PollError> {
         let generated = generated.unwrap_or_else(now_ms);
         if self.last_generated == Some(generated) {
             self.metrics.duplicates.inc();
@@ -421,8 +433,12 @@ impl Poller {
             match result {
                 Ok(_) => {
                     self.metrics.published.inc();
-                    self.metrics.origin_delay.observe_ms(now - item.revision.time_ms);
-                    self.metrics.update_delay.observe_ms(now - item.revision.updated_ms);
+                    self.metrics
+                        .origin_delay
+                        .observe_ms(now - item.revision.time_ms);
+                    self.metrics
+                        .update_delay
+                        .observe_ms(now - item.revision.updated_ms);
                 }
                 Err(e) => failure = Some(e),
             }

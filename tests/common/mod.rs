@@ -195,3 +195,96 @@ pub fn start_broker(data_dir: &Path) -> (Spawned, String) {
     broker.wait_for(|l| l.contains("Press Ctrl+C"), Duration::from_secs(60));
     (broker, addr)
 }
+
+/// An embedded broker in this process on a free port, with settings for its clients.
+pub async fn embedded_broker(
+    data_dir: &Path,
+) -> (
+    quakestream::kafka::embedded::EmbeddedBroker,
+    tokio_util::sync::CancellationToken,
+    quakestream::kafka::KafkaSettings,
+) {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let config = quakestream::config::BrokerConfig {
+        listen: format!("127.0.0.1:{}", free_port()),
+        ..Default::default()
+    };
+    let broker =
+        quakestream::kafka::embedded::EmbeddedBroker::start(&config, data_dir, shutdown.clone())
+            .await
+            .expect("embedded broker starts");
+    let settings = quakestream::kafka::KafkaSettings::for_bootstrap(broker.bootstrap());
+    (broker, shutdown, settings)
+}
+
+/// Every message of a topic as (key, headers, value).
+pub async fn read_topic(
+    settings: &quakestream::kafka::KafkaSettings,
+    topic: &str,
+) -> Vec<(String, serde_json::Value)> {
+    let settings = settings.clone();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::Message;
+        let mut out = Vec::new();
+        quakestream::kafka::reader::scan(&settings, &topic, |m| {
+            let key = m
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default();
+            let value =
+                serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON value");
+            out.push((key, value));
+        })
+        .expect("read topic");
+        out
+    })
+    .await
+    .unwrap()
+}
+
+/// A fixture file of the project's `fixtures/` folder.
+pub fn fixture(path: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/fixtures/{path}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("fixture {path}: {e}"))
+}
+
+/// The six recorded `all_day` polls of 2025-05-04, in order.
+pub fn revision_sequence() -> Vec<String> {
+    let dir = format!(
+        "{}/fixtures/usgs/revision_sequence_2025-05-04",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("all_day_"))
+        .map(|n| format!("usgs/revision_sequence_2025-05-04/{n}"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 6);
+    files
+}
+
+/// (feature id, updated ms) of every feature in fixture feeds, computed straight from the JSON.
+pub fn expected_revisions(files: &[String]) -> std::collections::BTreeSet<(String, i64)> {
+    let mut out = std::collections::BTreeSet::new();
+    for file in files {
+        let feed: serde_json::Value = serde_json::from_slice(&fixture(file)).unwrap();
+        for f in feed["features"].as_array().unwrap() {
+            out.insert((
+                f["id"].as_str().unwrap().to_string(),
+                f["properties"]["updated"].as_i64().unwrap(),
+            ));
+        }
+    }
+    out
+}
+
+/// (preferred id, updated ms) of a published Quake record, read without the library's parser.
+pub fn revision_of(quake: &serde_json::Value) -> (String, i64) {
+    let updated = chrono::DateTime::parse_from_rfc3339(quake["updated"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis();
+    (quake["ids"][0].as_str().unwrap().to_string(), updated)
+}
