@@ -65,6 +65,11 @@ pub enum Command {
     /// the group's offsets and exits.
     Consume(ConsumeArgs),
 
+    /// Load history from the FDSN event service into the quakes topic: counted first, split
+    /// under the service's 20,000-event limit, resumable (run the same command again after an
+    /// interruption), deduplicated against what the topic already holds.
+    Backfill(BackfillArgs),
+
     /// Print the effective configuration (all layers applied) as TOML, secrets redacted.
     Config,
 
@@ -72,6 +77,30 @@ pub enum Command {
     /// again, answering conditional requests with 304): an offline USGS for demos and tests.
     /// Point the source at it with `--usgs-url`.
     ReplayServer(ReplayArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackfillArgs {
+    /// First origin time to load: 2024-01-15, 2024-01-15T10:30:00 (UTC) or RFC 3339.
+    #[arg(long)]
+    pub start: String,
+
+    /// End of the range (exclusive). Default: now.
+    #[arg(long)]
+    pub end: Option<String>,
+
+    /// Only events of at least this magnitude.
+    #[arg(long, value_name = "M")]
+    pub min_magnitude: Option<f64>,
+
+    /// Only events updated since this time, deleted ones included (published with status
+    /// "deleted"): a sweep for revisions of events that left the live feed.
+    #[arg(long, value_name = "TIME")]
+    pub updated_after: Option<String>,
+
+    /// Base URL of the FDSN event service (backfill.url).
+    #[arg(long, value_name = "URL")]
+    pub fdsn_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -49,6 +49,8 @@ pub struct Config {
     pub topics: TopicsConfig,
     /// The USGS real-time feed source.
     pub usgs: crate::source::usgs::UsgsConfig,
+    /// The FDSN event service backfill.
+    pub backfill: crate::source::backfill::BackfillConfig,
     /// librdkafka properties, passed through verbatim to every client (after quakestream's own
     /// settings, so they win): `"security.protocol" = "SASL_SSL"`, `"sasl.mechanisms" =
     /// "PLAIN"`, … Secrets belong in the environment (`QUAKESTREAM_KAFKA_SASL_PASSWORD`).
@@ -65,6 +67,7 @@ impl Default for Config {
             client: ClientConfig::default(),
             topics: TopicsConfig::default(),
             usgs: crate::source::usgs::UsgsConfig::default(),
+            backfill: crate::source::backfill::BackfillConfig::default(),
             kafka: BTreeMap::new(),
         }
     }

@@ -1,5 +1,6 @@
 //! The commands: each takes the effective [`Config`], its own arguments and the shutdown token.
 
+mod backfill;
 mod broker;
 mod consume;
 mod produce;
@@ -17,6 +18,7 @@ use crate::{
     error::{Error, Result},
 };
 
+pub use backfill::backfill;
 pub use broker::broker;
 pub use consume::consume;
 pub use produce::produce;
@@ -70,6 +72,12 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
         Command::Topics(command) => topics(&config, command).await,
         Command::Produce(args) => produce(&config, args, shutdown).await,
         Command::Consume(args) => consume(&config, args, shutdown).await,
+        Command::Backfill(mut args) => {
+            if let Some(url) = args.fdsn_url.take() {
+                config.backfill.url = url;
+            }
+            backfill(&config, args, shutdown).await
+        }
         Command::ReplayServer(args) => replay_server(args, shutdown).await,
         Command::Config => {
             print_out(&config.to_redacted_toml())?;

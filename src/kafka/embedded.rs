@@ -81,6 +81,8 @@ impl EmbeddedBroker {
             .await
             .map_err(|e| Error::Broker(format!("cannot open storage {}: {e}", db.display())))?;
 
+        index_headers(&db).await?;
+
         let task = tokio::spawn(async move {
             tokio::select! {
                 result = broker.serve(Instant::now()) => {
@@ -147,6 +149,27 @@ impl EmbeddedBroker {
             .await
             .map_err(|e| Error::Broker(format!("broker task failed: {e}")))?
     }
+}
+
+/// tansu 0.6 stores message headers in a table without an index and looks them up record by
+/// record when serving a fetch, so reading back a partition of many messages with headers takes
+/// time quadratic in its size (minutes for 10,000 messages). An index on the lookup columns
+/// makes each lookup a seek. tansu creates its tables with `if not exists`, so the index stays.
+async fn index_headers(db: &Path) -> Result<()> {
+    let failed = |e: libsql::Error| Error::Broker(format!("indexing {}: {e}", db.display()));
+    let database = libsql::Builder::new_local(db)
+        .build()
+        .await
+        .map_err(failed)?;
+    let connection = database.connect().map_err(failed)?;
+    connection
+        .execute(
+            "create index if not exists quakestream_header_record on header (topition, offset_id)",
+            (),
+        )
+        .await
+        .map_err(failed)?;
+    Ok(())
 }
 
 fn resolve(listen: &str) -> Result<SocketAddr> {

@@ -140,7 +140,7 @@ impl ClientContext for Context {
             | RDKafkaLogLevel::Warning => {
                 tracing::debug!(target: "librdkafka", facility = fac, "{message}")
             }
-            _ => tracing::trace!(target: "librdkafka", facility = fac, "{message}"),
+            _ => tracing::debug!(target: "librdkafka", facility = fac, "{message}"),
         }
     }
 

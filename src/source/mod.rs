@@ -9,6 +9,7 @@
 //! - [`dedupe`]: one message per (event, revision), state rebuilt from the topic.
 //! - [`publish`]: writing records, dead letters and output profiles to Kafka.
 
+pub mod backfill;
 pub mod dedupe;
 pub mod fetch;
 pub mod geojson;
