@@ -268,13 +268,32 @@ fn consume_commits_on_ctrl_c() {
     assert_eq!(total.split_whitespace().last(), Some("0"), "{described:?}");
 }
 
-/// `up` starts the embedded broker, prints where it runs, serves clients and stops on Ctrl+C.
+/// `up` starts the embedded broker and the USGS source, prints where they run, publishes the
+/// feed's quakes, serves other clients and stops on Ctrl+C.
 #[test]
-fn up_runs_the_embedded_broker_until_ctrl_c() {
+fn up_runs_the_pipeline_until_ctrl_c() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let files = common::revision_sequence();
+    let steps = files[..2]
+        .iter()
+        .map(|f| quakestream::fake::Step::Json(common::fixture(f).into()))
+        .collect();
+    let feed = runtime
+        .block_on(quakestream::fake::FakeServer::start("127.0.0.1:0", steps))
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut up = Spawned::start(quakestream(&data).args(["up", "--listen", &addr]));
+    let url = feed.url("/earthquakes/feed/v1.0/summary/all_day.geojson");
+    let mut up = Spawned::start(quakestream(&data).args([
+        "up",
+        "--listen",
+        &addr,
+        "--usgs-url",
+        &url,
+        "--interval",
+        "200ms",
+    ]));
     let summary = up
         .wait_for(|l| l.contains("Press Ctrl+C"), LIMIT)
         .join("\n");
@@ -283,20 +302,32 @@ fn up_runs_the_embedded_broker_until_ctrl_c() {
         "{summary}"
     );
     assert!(summary.contains(&data.display().to_string()), "{summary}");
+    assert!(summary.contains(&url), "{summary}");
 
-    let mut produce = quakestream(&data);
-    produce.args([
+    // Every distinct revision of the two polls arrives on the quakes topic.
+    let expected = common::expected_revisions(&files[..2]);
+    let mut consume = quakestream(&data);
+    consume.args([
         "--brokers",
         &addr,
-        "produce",
+        "consume",
         "--topic",
-        "mensajes-test",
-        "--count",
-        "3",
+        "earthquakes",
+        "--from-beginning",
+        "--max-messages",
+        &expected.len().to_string(),
     ]);
-    let produced = run(&mut produce);
-    assert!(produced.status.success(), "{produced:?}");
-    assert_eq!(produced.stdout.len(), 3);
+    let consumed = run(&mut consume);
+    assert!(consumed.status.success(), "{consumed:?}");
+    let seen: BTreeSet<(String, i64)> = consumed
+        .stdout
+        .iter()
+        .map(|line| {
+            let value = line.split(" value=").nth(1).unwrap();
+            common::revision_of(&serde_json::from_str(value).unwrap())
+        })
+        .collect();
+    assert_eq!(seen, expected);
 
     // A second broker on the same address is a clear error, not a hang.
     let second = run(quakestream(&dir.path().join("other")).args(["broker", "--listen", &addr]));
@@ -305,4 +336,6 @@ fn up_runs_the_embedded_broker_until_ctrl_c() {
 
     up.signal("INT");
     assert!(up.wait(LIMIT).success(), "Ctrl+C must exit 0");
+    let tail = up.drain_stdout().join("\n");
+    assert!(tail.contains("quakestream stopped"), "{tail}");
 }
