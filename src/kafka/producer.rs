@@ -97,6 +97,21 @@ impl Producer {
         }
     }
 
+    /// A fatal error (an idempotence guarantee that can no longer be kept, say after the broker
+    /// lost acknowledged state) leaves the producer unusable: the caller must make a new one.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.inner
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{code:?}: {reason}"))
+    }
+
+    /// Drops every message still queued or in flight without waiting for them.
+    pub fn purge(&self) {
+        self.inner
+            .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+    }
+
     /// Waits until every queued message is delivered (or the timeout passes).
     pub fn flush(&self) -> Result<()> {
         self.inner

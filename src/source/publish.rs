@@ -202,6 +202,19 @@ impl Publisher {
     pub fn flush(&self) -> Result<()> {
         self.producer.flush()
     }
+
+    /// Replaces the producer after a failed publish. Every send of the failed batch has
+    /// already reported its result, so the old producer holds nothing that could still land;
+    /// a new one gets a new producer id, which a broker that lost or never had the old one's
+    /// state (a restart, a fatal idempotence error) accepts.
+    pub fn reset(&mut self, settings: &crate::kafka::KafkaSettings) -> Result<()> {
+        if let Some(reason) = self.producer.fatal_error() {
+            tracing::warn!(%reason, "the producer failed fatally");
+        }
+        self.producer.purge();
+        self.producer = Producer::new(settings)?;
+        Ok(())
+    }
 }
 
 fn header<'a>(message: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a str> {

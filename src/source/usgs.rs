@@ -220,16 +220,25 @@ pub async fn run(
 
     let mut backoff = Backoff::new(config.http.backoff_initial, config.http.backoff_max);
     loop {
-        if poller.needs_rebuild {
-            poller.rebuild().await?;
-        }
-        let wait = match poller.poll().await {
+        let polled = if poller.needs_rebuild {
+            // Kafka may still be away: a failed read-back is retried like a failed poll.
+            match poller.rebuild().await {
+                Ok(()) => poller.poll().await,
+                Err(e) => Err(PollError::Publish(e)),
+            }
+        } else {
+            poller.poll().await
+        };
+        let wait = match polled {
             Ok(()) => {
                 backoff.reset();
                 config.interval()
             }
             Err(e) => {
                 poller.metrics.error(e.kind());
+                if matches!(e, PollError::Publish(_)) {
+                    poller.publisher.reset(&poller.settings)?;
+                }
                 let retry_after = match &e {
                     PollError::Fetch(f) => f.retry_after(),
                     _ => None,
