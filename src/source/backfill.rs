@@ -22,10 +22,10 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    dedupe::{Decision, Dedupe, Revision},
+    dedupe::Dedupe,
     fetch::{Backoff, FetchError, Fetched, Fetcher, HttpConfig},
     geojson,
-    publish::{Outgoing, Profile, Publisher, published_of},
+    publish::{self, Profile, Publisher, published_of},
 };
 use crate::{
     error::{Error, Result},
@@ -439,37 +439,11 @@ impl Run {
                 .await?;
             self.metrics.dead_letters.inc();
         }
-        let mut outgoing = Vec::new();
-        for mut quake in parsed.quakes {
-            self.report.events += 1;
-            let (Some(updated_ms), Some(time_ms)) =
-                (parse_millis(&quake.updated), parse_millis(&quake.time))
-            else {
-                continue;
-            };
-            let revision = Revision {
-                ids: quake.ids.clone(),
-                updated_ms,
-                time_ms,
-            };
-            match self.dedupe.check(&revision) {
-                Decision::Duplicate => {
-                    self.report.duplicates += 1;
-                    self.metrics.duplicates.inc();
-                }
-                Decision::Publish { key, merged } => {
-                    self.dedupe.record(&key, &revision, &merged);
-                    quake.id = key.clone();
-                    outgoing.push(Outgoing {
-                        key,
-                        quake,
-                        revision,
-                        merged_into: None,
-                        generated_ms: parsed.metadata.generated,
-                    });
-                }
-            }
-        }
+        self.report.events += parsed.quakes.len() as u64;
+        let plan = publish::plan(&mut self.dedupe, parsed.quakes, parsed.metadata.generated);
+        self.report.duplicates += plan.duplicates;
+        self.metrics.duplicates.add(plan.duplicates);
+        let outgoing = plan.outgoing;
         for result in self.publisher.publish(&outgoing).await {
             result?;
             self.report.published += 1;

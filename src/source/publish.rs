@@ -12,7 +12,7 @@ use rdkafka::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::dedupe::{Published, Revision};
+use super::dedupe::{Decision, Dedupe, Published, Revision};
 use crate::{
     error::Result,
     kafka::producer::{Delivery, Producer},
@@ -215,6 +215,64 @@ impl Publisher {
         self.producer = Producer::new(settings)?;
         Ok(())
     }
+}
+
+/// What a batch of normalized records comes to after dedupe.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Records to publish: new revisions, and a `deleted` record for every event merged away.
+    pub outgoing: Vec<Outgoing>,
+    /// Revisions already published.
+    pub duplicates: u64,
+}
+
+/// Decides, record by record, what to publish, and records it in `dedupe` at once, so that two
+/// records of one batch sharing an alias agree on a key. If publishing then fails, the caller
+/// must rebuild `dedupe` from the topic.
+pub fn plan(dedupe: &mut Dedupe, quakes: Vec<Quake>, generated_ms: Option<i64>) -> Plan {
+    let mut plan = Plan::default();
+    for mut quake in quakes {
+        let (Some(updated_ms), Some(time_ms)) =
+            (parse_millis(&quake.updated), parse_millis(&quake.time))
+        else {
+            continue;
+        };
+        let revision = Revision {
+            ids: quake.ids.clone(),
+            updated_ms,
+            time_ms,
+        };
+        let Decision::Publish { key, merged } = dedupe.check(&revision) else {
+            plan.duplicates += 1;
+            continue;
+        };
+        dedupe.record(&key, &revision, &merged);
+        for old in merged {
+            let mut gone = quake.clone();
+            gone.id = old.clone();
+            gone.ids = vec![old.clone()];
+            gone.status = "deleted".into();
+            plan.outgoing.push(Outgoing {
+                key: old.clone(),
+                quake: gone,
+                revision: Revision {
+                    ids: vec![old],
+                    ..revision.clone()
+                },
+                merged_into: Some(key.clone()),
+                generated_ms,
+            });
+        }
+        quake.id = key.clone();
+        plan.outgoing.push(Outgoing {
+            key,
+            quake,
+            revision,
+            merged_into: None,
+            generated_ms,
+        });
+    }
+    plan
 }
 
 fn header<'a>(message: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a str> {

@@ -17,17 +17,16 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    dedupe::{Decision, Dedupe, Revision},
+    dedupe::Dedupe,
     fetch::{Backoff, FetchError, Fetched, Fetcher, HttpConfig},
     geojson::{self, FeedError},
-    publish::{Outgoing, Profile, Publisher, generated_of, published_of},
+    publish::{self, Profile, Publisher, generated_of, published_of},
 };
 use crate::{
     config::duration,
     error::{Error, Result},
     kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer, reader},
     metrics::SourceMetrics,
-    record::parse_millis,
 };
 
 /// The summary feeds' base URL.
@@ -389,51 +388,9 @@ impl Poller {
         }
 
         let features = parsed.quakes.len();
-        let mut outgoing = Vec::new();
-        for mut quake in parsed.quakes {
-            let (Some(updated_ms), Some(time_ms)) =
-                (parse_millis(&quake.updated), parse_millis(&quake.time))
-            else {
-                continue;
-            };
-            let revision = Revision {
-                ids: quake.ids.clone(),
-                updated_ms,
-                time_ms,
-            };
-            // Recorded at once so that two features of one poll sharing an alias agree on a
-            // key; a failed publish rebuilds the state from the topic.
-            match self.dedupe.check(&revision) {
-                Decision::Duplicate => self.metrics.duplicates.inc(),
-                Decision::Publish { key, merged } => {
-                    self.dedupe.record(&key, &revision, &merged);
-                    for old in merged {
-                        let mut gone = quake.clone();
-                        gone.id = old.clone();
-                        gone.ids = vec![old.clone()];
-                        gone.status = "deleted".into();
-                        outgoing.push(Outgoing {
-                            key: old.clone(),
-                            quake: gone,
-                            revision: Revision {
-                                ids: vec![old],
-                                ..revision.clone()
-                            },
-                            merged_into: Some(key.clone()),
-                            generated_ms: generated,
-                        });
-                    }
-                    quake.id = key.clone();
-                    outgoing.push(Outgoing {
-                        key,
-                        quake,
-                        revision,
-                        merged_into: None,
-                        generated_ms: generated,
-                    });
-                }
-            }
-        }
+        let plan = publish::plan(&mut self.dedupe, parsed.quakes, generated);
+        self.metrics.duplicates.add(plan.duplicates);
+        let outgoing = plan.outgoing;
 
         let results = self.publisher.publish(&outgoing).await;
         let now = now_ms();
