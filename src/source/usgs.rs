@@ -219,14 +219,11 @@ pub async fn run(
 
     let mut backoff = Backoff::new(config.http.backoff_initial, config.http.backoff_max);
     loop {
-        let polled = if poller.needs_rebuild {
-            // Kafka may still be away: a failed read-back is retried like a failed poll.
-            match poller.rebuild().await {
-                Ok(()) => poller.poll().await,
-                Err(e) => Err(PollError::Publish(e)),
-            }
-        } else {
-            poller.poll().await
+        // A poll is abandoned on shutdown: what it published is in the topic, and the next
+        // start reads it back, so nothing is lost or published twice.
+        let polled = tokio::select! {
+            () = shutdown.cancelled() => break,
+            polled = poller.poll_or_rebuild() => polled,
         };
         let wait = match polled {
             Ok(()) => {
@@ -265,6 +262,14 @@ pub async fn run(
 }
 
 impl Poller {
+    async fn poll_or_rebuild(&mut self) -> std::result::Result<(), PollError> {
+        if self.needs_rebuild {
+            // Kafka may still be away: a failed read-back is retried like a failed poll.
+            self.rebuild().await.map_err(PollError::Publish)?;
+        }
+        self.poll().await
+    }
+
     /// Reads back what the source already published.
     async fn rebuild(&mut self) -> Result<()> {
         let settings = self.settings.clone();
