@@ -566,3 +566,44 @@ mod tests {
         assert!(parse_collection(jsonp, "usgs").is_ok());
     }
 }
+
+#[cfg(test)]
+mod hostile {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn feed() -> Vec<u8> {
+        std::fs::read(format!(
+            "{}/fixtures/usgs/significant_month_2023-10-11T2016Z.geojson",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Arbitrary bytes: an error or a feed, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = parse_collection(&body, "usgs");
+        }
+
+        /// A real feed cut short or with bytes overwritten: never a panic, and whatever is read
+        /// accounts for every feature it saw (kept or set aside).
+        #[test]
+        fn damaged_feeds_never_panic(cut in 0usize..14_066, at in 0usize..14_066, byte in any::<u8>()) {
+            let mut body = feed();
+            let at = at % body.len();
+            body[at] = byte;
+            body.truncate(cut.max(1));
+            if let Ok(parsed) = parse_collection(&body, "usgs") {
+                prop_assert!(parsed.quakes.len() + parsed.rejected.len() <= 18);
+                for q in &parsed.quakes {
+                    prop_assert!((-90.0..=90.0).contains(&q.lat) && (-180.0..=180.0).contains(&q.lon));
+                }
+            }
+        }
+    }
+}
