@@ -3,15 +3,13 @@
 
 mod common;
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, time::Duration};
 
 use common::{expected_revisions, fixture, read_topic, revision_of, revision_sequence};
 use quakestream::{
     fake::{FakeServer, Step},
-    metrics::SourceMetrics,
     source::{fetch::HttpConfig, usgs::UsgsConfig},
 };
-use tokio_util::sync::CancellationToken;
 
 const FEED_PATH: &str = "/earthquakes/feed/v1.0/summary/all_day.geojson";
 
@@ -83,23 +81,9 @@ async fn the_revision_sequence_is_published_exactly_once() {
         .await
         .unwrap();
 
-    let metrics = Arc::new(SourceMetrics::new("usgs"));
-    let stop = CancellationToken::new();
-    let source = tokio::spawn({
-        let (config, settings, metrics, stop) = (
-            config(server.url(FEED_PATH)),
-            settings.clone(),
-            metrics.clone(),
-            stop.clone(),
-        );
-        async move {
-            quakestream::source::usgs::run(&config, "quakestream-dlq", &settings, metrics, stop)
-                .await
-        }
-    });
+    let source = common::RunningSource::spawn(config(server.url(FEED_PATH)), &settings);
     served_all(&server, 3).await;
-    stop.cancel();
-    source.await.unwrap().unwrap();
+    let metrics = source.stop().await;
 
     let expected = expected_revisions(&files);
     assert_eq!(
@@ -173,23 +157,9 @@ async fn every_fault_is_survived_counted_and_followed_by_a_normal_publish() {
         Step::Json(serde_json::to_vec(&empty).unwrap().into()),
     ];
     let server = FakeServer::start("127.0.0.1:0", steps).await.unwrap();
-    let metrics = Arc::new(SourceMetrics::new("usgs"));
-    let stop = CancellationToken::new();
-    let source = tokio::spawn({
-        let (config, settings, metrics, stop) = (
-            config(server.url(FEED_PATH)),
-            settings.clone(),
-            metrics.clone(),
-            stop.clone(),
-        );
-        async move {
-            quakestream::source::usgs::run(&config, "quakestream-dlq", &settings, metrics, stop)
-                .await
-        }
-    });
+    let source = common::RunningSource::spawn(config(server.url(FEED_PATH)), &settings);
     served_all(&server, 1).await;
-    stop.cancel();
-    source.await.unwrap().unwrap();
+    let metrics = source.stop().await;
 
     for (kind, n) in [
         ("server_error", 2),

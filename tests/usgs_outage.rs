@@ -3,14 +3,13 @@
 
 mod common;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use common::{expected_revisions, fixture, read_topic, revision_of, revision_sequence};
 use quakestream::{
     config::BrokerConfig,
     fake::{FakeServer, Step},
     kafka::embedded::EmbeddedBroker,
-    metrics::SourceMetrics,
     source::{fetch::HttpConfig, usgs::UsgsConfig},
 };
 use tokio_util::sync::CancellationToken;
@@ -56,15 +55,8 @@ async fn a_broker_outage_neither_loses_nor_duplicates() {
         },
         ..UsgsConfig::default()
     };
-    let metrics = Arc::new(SourceMetrics::new("usgs"));
-    let stop = CancellationToken::new();
-    let source = tokio::spawn({
-        let (settings, metrics, stop) = (settings.clone(), metrics.clone(), stop.clone());
-        async move {
-            quakestream::source::usgs::run(&config, "quakestream-dlq", &settings, metrics, stop)
-                .await
-        }
-    });
+    let source = common::RunningSource::spawn(config, &settings);
+    let metrics = source.metrics.clone();
     let before = expected_revisions(&files[..2]).len() as u64;
     until("the first two polls", || metrics.published.get() >= before).await;
 
@@ -90,8 +82,7 @@ async fn a_broker_outage_neither_loses_nor_duplicates() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.cancel();
-    source.await.unwrap().unwrap();
+    source.stop().await;
 
     let records = read_topic(&settings, "earthquakes").await;
     let mut seen = std::collections::BTreeSet::new();

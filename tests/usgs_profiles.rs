@@ -11,7 +11,6 @@ use quakestream::{
     metrics::SourceMetrics,
     source::{publish::Profile, usgs::UsgsConfig},
 };
-use tokio_util::sync::CancellationToken;
 
 /// Runs the source over `files` until the server has served them and one repeat.
 async fn run_source(
@@ -30,15 +29,7 @@ async fn run_source(
         profile,
         ..UsgsConfig::default()
     };
-    let metrics = Arc::new(SourceMetrics::new("usgs"));
-    let stop = CancellationToken::new();
-    let task = tokio::spawn({
-        let (settings, metrics, stop) = (settings.clone(), metrics.clone(), stop.clone());
-        async move {
-            quakestream::source::usgs::run(&config, "quakestream-dlq", &settings, metrics, stop)
-                .await
-        }
-    });
+    let source = common::RunningSource::spawn(config, settings);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while server.pending() > 0 || server.requests() <= files.len() {
         assert!(
@@ -48,8 +39,7 @@ async fn run_source(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stop.cancel();
-    task.await.unwrap().unwrap();
+    let metrics = source.stop().await;
     server.stop();
     metrics
 }

@@ -288,3 +288,42 @@ pub fn revision_of(quake: &serde_json::Value) -> (String, i64) {
         .timestamp_millis();
     (quake["ids"][0].as_str().unwrap().to_string(), updated)
 }
+
+/// A USGS source running in this process.
+pub struct RunningSource {
+    pub metrics: std::sync::Arc<quakestream::metrics::SourceMetrics>,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<quakestream::Result<()>>,
+}
+
+impl RunningSource {
+    pub fn spawn(
+        config: quakestream::source::usgs::UsgsConfig,
+        settings: &quakestream::kafka::KafkaSettings,
+    ) -> RunningSource {
+        let metrics = std::sync::Arc::new(quakestream::metrics::SourceMetrics::new("usgs"));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn({
+            let (settings, metrics, stop) = (settings.clone(), metrics.clone(), stop.clone());
+            async move {
+                quakestream::source::usgs::run(&config, "quakestream-dlq", &settings, metrics, stop)
+                    .await
+            }
+        });
+        RunningSource {
+            metrics,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops it as Ctrl+C would, and fails the test if it ended with an error.
+    pub async fn stop(self) -> std::sync::Arc<quakestream::metrics::SourceMetrics> {
+        self.stop.cancel();
+        self.task
+            .await
+            .expect("source task")
+            .expect("source ran without error");
+        self.metrics
+    }
+}
