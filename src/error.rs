@@ -35,6 +35,10 @@ pub enum Error {
     )]
     UnknownTopic(String),
 
+    /// `topics create` of a topic that is already there.
+    #[error("topic {0:?} already exists (see `quakestream topics describe {0}`)")]
+    TopicExists(String),
+
     /// No broker answered at the bootstrap address.
     #[error("{0}")]
     Unreachable(String),
@@ -72,9 +76,10 @@ impl Error {
 
     pub fn fault(&self) -> Fault {
         match self {
-            Error::Config { .. } | Error::InvalidTopic { .. } | Error::UnknownTopic(_) => {
-                Fault::User
-            }
+            Error::Config { .. }
+            | Error::InvalidTopic { .. }
+            | Error::UnknownTopic(_)
+            | Error::TopicExists(_) => Fault::User,
             Error::Unreachable(_) | Error::Kafka { .. } | Error::Io { .. } => Fault::External,
             Error::Broker(_) => Fault::Internal,
         }

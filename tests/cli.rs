@@ -210,6 +210,14 @@ fn describe_shows_the_lag_of_a_lagging_group() {
         .unwrap_or_else(|| panic!("group total line: {out}"));
     assert_eq!(total.split_whitespace().last(), Some("6"), "{out}");
 
+    // Creating it again, or with no partitions, is a clear error.
+    let again = q(&["topics", "create", "lagging"]);
+    let text = assert_one_line_error(&again);
+    assert!(text.contains("topic \"lagging\" already exists"), "{text}");
+    let empty = q(&["topics", "create", "empty", "--partitions", "0"]);
+    let text = assert_one_line_error(&empty);
+    assert!(text.contains("must be at least 1"), "{text}");
+
     let listed = q(&["topics", "list"]);
     let line = listed
         .stdout

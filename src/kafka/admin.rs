@@ -164,6 +164,15 @@ impl Admin {
         partitions: i32,
         replication_factor: i32,
     ) -> Result<()> {
+        if partitions < 1 || replication_factor < 1 {
+            return Err(Error::Config {
+                origin: format!("topic {topic}"),
+                message: format!(
+                    "partitions ({partitions}) and replication factor ({replication_factor}) \
+                     must be at least 1"
+                ),
+            });
+        }
         let new = NewTopic::new(
             topic.as_str(),
             partitions,
@@ -176,15 +185,17 @@ impl Admin {
             .await
             .map_err(Error::kafka("creating a topic"))?;
         for result in results {
-            if let Err((_, code)) = result {
-                return Err(Error::Kafka {
-                    what: if code == RDKafkaErrorCode::TopicAlreadyExists {
-                        "topic already exists"
-                    } else {
-                        "creating a topic"
-                    },
-                    source: rdkafka::error::KafkaError::AdminOp(code),
-                });
+            match result {
+                Ok(_) => {}
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    return Err(Error::TopicExists(topic.to_string()));
+                }
+                Err((_, code)) => {
+                    return Err(Error::Kafka {
+                        what: "creating a topic",
+                        source: rdkafka::error::KafkaError::AdminOp(code),
+                    });
+                }
             }
         }
         Ok(())
@@ -212,11 +223,7 @@ impl Admin {
                     created.push(topic.clone());
                 }
                 // Another process created it in the meantime.
-                Err(Error::Kafka {
-                    source:
-                        rdkafka::error::KafkaError::AdminOp(RDKafkaErrorCode::TopicAlreadyExists),
-                    ..
-                }) => {}
+                Err(Error::TopicExists(_)) => {}
                 Err(e) => return Err(e),
             }
         }
