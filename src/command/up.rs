@@ -74,15 +74,21 @@ pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
     if lines.is_empty() {
         summary.push_str("  components  none enabled\n");
     }
-    summary.push_str(&format!(
-        "Watch the quakes: quakestream{} consume --topic {} --from-beginning\n",
-        if config.embedded() && settings.bootstrap != "127.0.0.1:9092" {
-            format!(" --brokers {}", settings.bootstrap)
-        } else {
-            String::new()
-        },
-        config.usgs.topic()
-    ));
+    let brokers_flag = if config.embedded() && settings.bootstrap != "127.0.0.1:9092" {
+        format!(" --brokers {}", settings.bootstrap)
+    } else {
+        String::new()
+    };
+    if config.usgs.enabled {
+        summary.push_str(&format!(
+            "Watch the quakes: quakestream{brokers_flag} consume --topic {} --from-beginning\n",
+            config.usgs.topic()
+        ));
+    } else {
+        summary.push_str(&format!(
+            "Try: quakestream{brokers_flag} produce --topic mensajes-test --count 10\n"
+        ));
+    }
     summary.push_str("Press Ctrl+C to stop.\n");
     print_out(&summary)?;
 
