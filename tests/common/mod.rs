@@ -36,13 +36,7 @@ pub fn quakestream(data_dir: &Path) -> Command {
 
 /// Runs a command to completion (bounded by a generous limit so a hang fails the test).
 pub fn run(command: &mut Command) -> Finished {
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn quakestream");
-    let mut spawned = Spawned::wrap(child);
+    let mut spawned = Spawned::start(command);
     let status = spawned.wait(Duration::from_secs(120));
     Finished {
         status,
