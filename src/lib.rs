@@ -27,6 +27,7 @@ pub mod error;
 pub mod fake;
 pub mod kafka;
 pub mod metrics;
+pub mod process;
 pub mod record;
 pub mod shutdown;
 pub mod source;
