@@ -354,6 +354,8 @@ fn records() -> impl Strategy<Value = Vec<Vec<Rec>>> {
     })
 }
 
+type Cells = BTreeMap<(i64, String), Expected>;
+
 #[derive(Debug, Clone, PartialEq)]
 struct Expected {
     values: Vec<Option<f64>>,
@@ -375,14 +377,7 @@ fn aggregate(vals: &[Option<f64>]) -> Vec<Option<f64>> {
 
 /// The semantics restated by brute force over the whole stream, batch by batch: which cells
 /// close after which batch, what each holds then, and which records are late.
-fn oracle(
-    spec: Spec,
-    batches: &[Vec<Rec>],
-) -> (
-    BTreeMap<(i64, String), Expected>,
-    BTreeMap<(i64, String), Expected>,
-    usize,
-) {
+fn oracle(spec: Spec, batches: &[Vec<Rec>]) -> (Cells, Cells, usize) {
     let group = |g: bool| if g { r#"["x"]"# } else { r#"["y"]"# }.to_string();
     let flat: Vec<(usize, Rec)> = batches
         .iter()
@@ -464,12 +459,7 @@ fn run_engine(
     batches: &[Vec<Rec>],
     partitions: usize,
     combiners: usize,
-) -> (
-    BTreeMap<(i64, String), Expected>,
-    BTreeMap<(i64, String), Expected>,
-    usize,
-    usize,
-) {
+) -> (Cells, Cells, usize) {
     let layout = layout();
     let mut assigners: Vec<Assigner> = (0..partitions)
         .map(|p| Assigner::new(spec, p as i32))
@@ -533,7 +523,7 @@ fn run_engine(
         }
     }
     assert_eq!(final_count, finals.len(), "one final per cell");
-    (finals, last, late, 0)
+    (finals, last, late)
 }
 
 proptest! {
@@ -553,7 +543,7 @@ proptest! {
             Duration::from_millis(lateness as u64),
         ).unwrap();
         let (finals, open, late) = oracle(spec, &batches);
-        let (got_finals, got_open, got_late, _) = run_engine(spec, &batches, partitions, combiners);
+        let (got_finals, got_open, got_late) = run_engine(spec, &batches, partitions, combiners);
         prop_assert_eq!(got_finals, finals);
         prop_assert_eq!(got_open, open);
         prop_assert_eq!(got_late, late);
