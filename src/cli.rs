@@ -133,6 +133,15 @@ pub struct ListenArgs {
     pub listen: Option<String>,
 }
 
+/// Processor settings that can be given on the command line as well as in the config.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ProcessArgs {
+    /// Print window results as tables (window.console) and alerts as boxes (alerts.console)
+    /// on standard output.
+    #[arg(long)]
+    pub console: bool,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct UpArgs {
     #[command(flatten)]
@@ -140,6 +149,9 @@ pub struct UpArgs {
 
     #[command(flatten)]
     pub source: SourceArgs,
+
+    #[command(flatten)]
+    pub process: ProcessArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -152,6 +164,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub source: SourceArgs,
+
+    #[command(flatten)]
+    pub process: ProcessArgs,
 }
 
 /// Components that `run` can start alone. Sources, processors, sinks and the web dashboard join
@@ -162,6 +177,9 @@ pub enum Component {
     Broker,
     /// The USGS real-time feed source: polls the feed, publishes each new revision once.
     Usgs,
+    /// The window processor: event-time windows over the quakes topic ([window]), results to
+    /// earthquake-stats. Run several with the same window.group_id to share the work.
+    Window,
 }
 
 #[derive(Debug, Subcommand)]

@@ -51,6 +51,8 @@ pub struct Config {
     pub usgs: crate::source::usgs::UsgsConfig,
     /// The FDSN event service backfill.
     pub backfill: crate::source::backfill::BackfillConfig,
+    /// The window processor: event-time windows over the quakes topic.
+    pub window: crate::process::window::WindowConfig,
     /// librdkafka properties, passed through verbatim to every client (after quakestream's own
     /// settings, so they win): `"security.protocol" = "SASL_SSL"`, `"sasl.mechanisms" =
     /// "PLAIN"`, … Secrets belong in the environment (`QUAKESTREAM_KAFKA_SASL_PASSWORD`).
@@ -68,6 +70,7 @@ impl Default for Config {
             topics: TopicsConfig::default(),
             usgs: crate::source::usgs::UsgsConfig::default(),
             backfill: crate::source::backfill::BackfillConfig::default(),
+            window: crate::process::window::WindowConfig::default(),
             kafka: BTreeMap::new(),
         }
     }
@@ -228,6 +231,9 @@ impl Config {
             )));
         }
         self.usgs.validate().map_err(bad)?;
+        self.window
+            .validate()
+            .map_err(|e| bad(format!("[window]: {e}")))?;
         if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&self.client.compression.as_str()) {
             return Err(bad(format!(
                 "client.compression = {:?}: expected none, gzip, snappy, lz4 or zstd",
@@ -298,7 +304,12 @@ fn env_layer(env: impl IntoIterator<Item = (String, String)>) -> Result<Table> {
     collect_leaves(&defaults, &mut Vec::new(), &mut leaves);
     // Optional keys have no default to find them by.
     leaves.push((vec!["brokers".into()], Value::String(String::new())));
-    for optional in [["broker", "advertised"], ["usgs", "interval"]] {
+    for optional in [
+        ["broker", "advertised"],
+        ["usgs", "interval"],
+        ["window", "slide"],
+        ["window", "key_field"],
+    ] {
         leaves.push((
             optional.iter().map(|s| s.to_string()).collect(),
             Value::String(String::new()),

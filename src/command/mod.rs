@@ -13,7 +13,7 @@ use std::io::Write;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cli::{Cli, Command, Component, ListenArgs, SourceArgs},
+    cli::{Cli, Command, Component, ListenArgs, ProcessArgs, SourceArgs},
     config::Config,
     error::{Error, Result},
 };
@@ -48,15 +48,22 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
             config.usgs.interval = Some(interval);
         }
     };
+    let process = |config: &mut Config, args: &ProcessArgs| {
+        if args.console {
+            config.window.console = true;
+        }
+    };
     match &cli.command {
         Command::Up(args) => {
             listen(&mut config, &args.listen);
             source(&mut config, &args.source);
+            process(&mut config, &args.process);
         }
         Command::Broker(args) => listen(&mut config, args),
         Command::Run(args) => {
             listen(&mut config, &args.listen);
             source(&mut config, &args.source);
+            process(&mut config, &args.process);
         }
         _ => {}
     }
@@ -68,6 +75,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
         Command::Run(args) => match args.component {
             Component::Broker => broker(&config, shutdown).await,
             Component::Usgs => up::run_usgs(&config, shutdown).await,
+            Component::Window => up::run_window(&config, shutdown).await,
         },
         Command::Topics(command) => topics(&config, command).await,
         Command::Produce(args) => produce(&config, args, shutdown).await,

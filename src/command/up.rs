@@ -12,6 +12,7 @@ use crate::{
     error::{Error, Result},
     kafka::{KafkaSettings, admin::Admin, embedded::EmbeddedBroker},
     metrics::SourceMetrics,
+    process::window::task::{self, WindowMetrics},
     source::usgs,
 };
 
@@ -54,6 +55,22 @@ pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
     }
 
     let data_dir = std::path::absolute(&config.data_dir).unwrap_or(config.data_dir.clone());
+    if config.window.enabled {
+        let metrics = Arc::new(WindowMetrics::default());
+        let (window, dlq, settings, dir) = (
+            config.window.clone(),
+            config.topics.dlq.clone(),
+            settings.clone(),
+            data_dir.clone(),
+        );
+        let stop = components_stop.clone();
+        components.spawn(async move {
+            let result = task::run(&window, &dlq, &dir, &settings, metrics.clone(), stop).await;
+            log_window_summary(&metrics);
+            result.map(|()| "window")
+        });
+        lines.push(window_line(config));
+    }
     let mut summary = format!("quakestream {} is up\n", env!("CARGO_PKG_VERSION"));
     match &broker {
         Some(b) => summary.push_str(&format!(
@@ -161,5 +178,61 @@ fn log_source_summary(m: &SourceMetrics) {
         dead_letters = m.dead_letters.get(),
         errors = m.errors_total(),
         "source summary"
+    );
+}
+
+fn window_line(config: &Config) -> String {
+    let w = &config.window;
+    let shape = match w.slide {
+        Some(slide) => format!(
+            "{} windows sliding by {}",
+            humantime::format_duration(w.size),
+            humantime::format_duration(slide)
+        ),
+        None => format!("{} windows", humantime::format_duration(w.size)),
+    };
+    let aggregates: Vec<&str> = w.aggregates.iter().map(|a| a.name.as_str()).collect();
+    format!(
+        "  window      {} -> {shape} ({}), lateness {} -> topic {}",
+        w.input,
+        aggregates.join(", "),
+        humantime::format_duration(w.lateness),
+        w.output
+    )
+}
+
+/// `quakestream run window`.
+pub async fn run_window(config: &Config, shutdown: CancellationToken) -> Result<()> {
+    let settings = KafkaSettings::from_config(config);
+    let metrics = Arc::new(WindowMetrics::default());
+    let data_dir = std::path::absolute(&config.data_dir).unwrap_or(config.data_dir.clone());
+    print_out(&format!(
+        "window processor at {}:\n{}\nPress Ctrl+C to stop.\n",
+        settings.bootstrap,
+        window_line(config)
+    ))?;
+    let result = task::run(
+        &config.window,
+        &config.topics.dlq,
+        &data_dir,
+        &settings,
+        metrics.clone(),
+        shutdown,
+    )
+    .await;
+    log_window_summary(&metrics);
+    result
+}
+
+fn log_window_summary(m: &WindowMetrics) {
+    tracing::info!(
+        records = m.records.get(),
+        stale = m.stale.get(),
+        bad = m.bad.get(),
+        late = m.late.get(),
+        updates = m.updates.get(),
+        finals = m.finals.get(),
+        rebuilt = m.rebuilt.get(),
+        "window summary"
     );
 }

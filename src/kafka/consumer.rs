@@ -98,6 +98,27 @@ impl Consumer {
         }
     }
 
+    /// The partition's low and high watermarks as of the last fetch answer, without asking the
+    /// broker (librdkafka keeps them from fetch responses). `None` before the first answer.
+    pub fn cached_watermarks(&self, topic: &str, partition: i32) -> Option<(i64, i64)> {
+        let topic = std::ffi::CString::new(topic).ok()?;
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: the client pointer lives as long as `self`; librdkafka only reads `topic` and
+        // writes the two integers, which outlive the call. rdkafka 0.39 does not wrap this
+        // cache-only variant of `fetch_watermarks`.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.raw().client().native_ptr(),
+                topic.as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+            .then_some((low, high))
+    }
+
     pub fn settings(&self) -> &KafkaSettings {
         &self.settings
     }

@@ -122,9 +122,19 @@ pub(crate) fn millis(d: Duration) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct Context {
     last_error: Arc<Mutex<Option<String>>>,
+    revoked: Arc<Mutex<Vec<(String, i32)>>>,
 }
 
 impl Context {
+    /// Partitions taken away by rebalances since the last call: a stateful processor drops
+    /// what it built for them (the next owner rebuilds it).
+    pub fn take_revoked(&self) -> Vec<(String, i32)> {
+        self.revoked
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default()
+    }
+
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|e| e.clone())
     }
@@ -166,6 +176,14 @@ impl ConsumerContext for Context {
         if let Rebalance::Revoke(partitions) = rebalance
             && partitions.count() > 0
         {
+            if let Ok(mut revoked) = self.revoked.lock() {
+                revoked.extend(
+                    partitions
+                        .elements()
+                        .iter()
+                        .map(|e| (e.topic().to_string(), e.partition())),
+                );
+            }
             match consumer.commit_consumer_state(CommitMode::Sync) {
                 Ok(()) => tracing::debug!("committed stored offsets before a rebalance"),
                 // Nothing stored since the last commit.

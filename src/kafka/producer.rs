@@ -97,6 +97,64 @@ impl Producer {
         }
     }
 
+    /// Queues one message without waiting for its acknowledgement and returns the wait.
+    /// Messages queued in order to one partition land in that order (idempotence keeps retries
+    /// in order too). `partition` `None` lets the key choose. Waits only while the local queue
+    /// is full.
+    pub async fn enqueue(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&str>,
+        payload: &[u8],
+        timestamp_ms: Option<i64>,
+    ) -> Result<impl std::future::Future<Output = Result<Delivery>> + use<>> {
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).payload(payload);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        if let Some(ts) = timestamp_ms {
+            record = record.timestamp(ts);
+        }
+        loop {
+            match self.inner.send_result(record) {
+                Ok(wait) => {
+                    return Ok(async move {
+                        match wait.await {
+                            Ok(Ok(d)) => Ok(Delivery {
+                                partition: d.partition,
+                                offset: d.offset,
+                            }),
+                            Ok(Err((source, _))) => Err(Error::Kafka {
+                                what: "delivering a message",
+                                source,
+                            }),
+                            Err(_) => Err(Error::Broker(
+                                "the producer was dropped before the message was delivered".into(),
+                            )),
+                        }
+                    });
+                }
+                Err((e, back))
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((source, _)) => {
+                    return Err(Error::Kafka {
+                        what: "queueing a message",
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
     /// A fatal error (an idempotence guarantee that can no longer be kept, say after the broker
     /// lost acknowledged state) leaves the producer unusable: the caller must make a new one.
     pub fn fatal_error(&self) -> Option<String> {

@@ -95,3 +95,70 @@ pub fn scan(
     }
     Ok(read)
 }
+
+/// Calls `f` for every message of one partition in `[from, to)`, in offset order (fewer when
+/// the partition's start is past `from`). Blocking: run it on the blocking pool. How a
+/// processor rebuilds the state a partition's committed offset stands for.
+pub fn scan_partition(
+    settings: &KafkaSettings,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
+    mut f: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<u64> {
+    if from >= to {
+        return Ok(0);
+    }
+    let consumer: BaseConsumer<Context> = settings
+        .client_config(&[
+            ("group.id", format!("{}-scan", settings.client_id)),
+            ("enable.auto.commit", "false".into()),
+            ("enable.auto.offset.store", "false".into()),
+            ("enable.partition.eof", "false".into()),
+            ("auto.offset.reset", "earliest".into()),
+            ("isolation.level", "read_uncommitted".into()),
+        ])
+        .create_with_context(Context::default())
+        .map_err(Error::kafka("creating a topic reader"))?;
+    let (low, _) = consumer
+        .fetch_watermarks(topic, partition, settings.timeout)
+        .map_err(Error::kafka("reading offsets"))?;
+    let from = from.max(low);
+    if from >= to {
+        return Ok(0);
+    }
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, partition, Offset::Offset(from))
+        .map_err(Error::kafka("assigning partitions"))?;
+    consumer
+        .assign(&assignment)
+        .map_err(Error::kafka("assigning partitions"))?;
+    let mut read = 0;
+    let mut last_progress = Instant::now();
+    loop {
+        match consumer.poll(std::time::Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                last_progress = Instant::now();
+                if message.offset() < to {
+                    f(&message);
+                    read += 1;
+                }
+                if message.offset() + 1 >= to {
+                    return Ok(read);
+                }
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, topic, partition, "error while reading back a partition");
+            }
+            None => {}
+        }
+        if last_progress.elapsed() > settings.timeout * 3 {
+            return Err(Error::Broker(format!(
+                "reading back {topic}/{partition}: no progress for {:?} before offset {to}",
+                settings.timeout * 3
+            )));
+        }
+    }
+}

@@ -1,4 +1,8 @@
 //! Processors: consume → compute → produce.
 //!
-//! - [`window`]: the event-time window engine (assign, combine, emit), pure logic.
+//! - [`window`]: event-time windows. The engine ([`window::Assigner`], [`window::Combiner`]) is
+//!   pure logic; [`window::task`] runs it on Kafka.
+//! - [`console`]: tables and boxes for the terminal.
+
+pub mod console;
 pub mod window;

@@ -295,8 +295,11 @@ impl Assigner {
         applied
     }
 
-    /// Ends an input batch: forgets keys whose every window has closed for sure, and returns the
-    /// largest event time to announce to the combiners when it moved.
+    /// Announces the partition's progress: forgets keys whose every window has closed for sure,
+    /// and returns the largest event time to send to the combiners when it moved. The runtime
+    /// calls it between input batches once it has caught up with what was in the partitions,
+    /// so that records published together (one poll, spread over partitions fetched at slightly
+    /// different moments) are never late against each other.
     pub fn end_batch(&mut self) -> Option<i64> {
         let max = self.max_time?;
         // This partition's own watermark never exceeds the combiners' (theirs is the largest
@@ -737,6 +740,11 @@ fn lookup<'a>(record: &'a serde_json::Map<String, Value>, field: &str) -> Option
     }
     Some(current)
 }
+
+mod config;
+pub mod task;
+
+pub use config::{AggregateConfig, WindowConfig};
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,860 @@
+//! The window processor on Kafka: input topic → [`Assigner`]s → repartition topic →
+//! [`Combiner`]s → `WindowResult`s on the output topic.
+//!
+//! Delivery semantics: effectively once for results. One consumer (group `group_id`) reads the
+//! input topic and the repartition topic; a batch's changes, announcements, results and dead
+//! letters are all acknowledged by the broker *before* the batch's offsets are committed. After
+//! a crash the uncommitted tail is processed again: assigners are deterministic, so they re-send
+//! the same changes, which combiners recognise by (input partition, offset, number) and skip.
+//!
+//! State is rebuilt, never trusted from disk: when a partition is first seen (start, restart,
+//! rebalance) its state is rebuilt by re-reading the partition from the earliest offset the
+//! state at the committed offset depends on. That offset is remembered in a small file per
+//! partition (`<data_dir>/state/<group_id>/<topic>-<partition>.json`), written before each
+//! commit; when it is missing or belongs to another committed offset (a crash between the two,
+//! another machine), the partition is re-read from its start, which gives the same state.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    future::Future,
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::FutureExt;
+use rdkafka::{
+    Message, Offset, TopicPartitionList,
+    consumer::{CommitMode, Consumer as _},
+};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Applied, Assigner, Change, Combiner, Extractor, Layout, Op, Outcome, Spec, WindowConfig,
+    WindowResult,
+};
+use crate::{
+    error::{Error, Result},
+    kafka::{
+        KafkaSettings, TopicName,
+        admin::Admin,
+        consumer::{Consumer, StartFrom},
+        producer::{Delivery, Producer},
+        reader,
+    },
+    metrics::{Counter, Gauge},
+    record::{DeadLetter, format_millis},
+};
+
+/// Most messages handled as one batch (between commits).
+const MAX_BATCH: usize = 20_000;
+
+/// A pause in arrivals this long ends a batch.
+const BATCH_GAP: Duration = Duration::from_millis(50);
+
+/// Input records after which progress is announced even while behind (a backlog larger than
+/// this advances the watermark part-way instead of holding every window of it open).
+const MAX_UNANNOUNCED: u64 = 500_000;
+
+/// The window processor's counters, for logs and `/metrics`.
+#[derive(Debug, Default)]
+pub struct WindowMetrics {
+    pub records: Counter,
+    pub stale: Counter,
+    pub bad: Counter,
+    pub late: Counter,
+    pub changes: Counter,
+    pub updates: Counter,
+    pub finals: Counter,
+    pub rebuilt: Counter,
+    pub batches: Counter,
+    pub open_cells: Gauge,
+    pub watermark_ms: Gauge,
+}
+
+/// The repartition topic's messages: JSON, so that `quakestream consume` shows them plainly.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+enum Wire {
+    Upsert {
+        src: i32,
+        off: i64,
+        seq: u32,
+        w: i64,
+        g: String,
+        k: String,
+        t: i64,
+        v: Vec<Option<f64>>,
+        last: bool,
+        /// The input record, on the record's last window only: what a late record's dead
+        /// letter carries.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        raw: Option<String>,
+    },
+    Retract {
+        src: i32,
+        off: i64,
+        seq: u32,
+        w: i64,
+        g: String,
+        k: String,
+    },
+    /// An input partition's largest event time so far.
+    Time { src: i32, max_time: i64 },
+}
+
+/// What the state file remembers for one partition at one committed offset.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Checkpoint {
+    committed: i64,
+    replay_from: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    time: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct StateFile {
+    current: Option<Checkpoint>,
+    previous: Option<Checkpoint>,
+}
+
+type Pending = Pin<Box<dyn Future<Output = Result<Delivery>> + Send>>;
+
+struct Processor {
+    config: WindowConfig,
+    spec: Spec,
+    layout: Arc<Layout>,
+    extractor: Extractor,
+    settings: KafkaSettings,
+    producer: Producer,
+    dlq: String,
+    repartition: String,
+    repartitions: i32,
+    state_dir: PathBuf,
+    assigners: HashMap<i32, Assigner>,
+    combiners: HashMap<i32, Combiner>,
+    metrics: Arc<WindowMetrics>,
+    batch_no: u64,
+    changes: Vec<Change>,
+}
+
+/// A message taken out of the consumer.
+struct Incoming {
+    input: bool,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+}
+
+/// Runs the window processor until `shutdown`.
+pub async fn run(
+    config: &WindowConfig,
+    dlq: &str,
+    data_dir: &Path,
+    settings: &KafkaSettings,
+    metrics: Arc<WindowMetrics>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let invalid = |message: String| Error::Config {
+        origin: "[window]".into(),
+        message,
+    };
+    config.validate().map_err(invalid)?;
+    let spec = config.spec().map_err(invalid)?;
+    let extractor = config.extractor().map_err(invalid)?;
+    let names = [
+        config.input.as_str(),
+        &config.repartition_topic(),
+        config.output.as_str(),
+        dlq,
+    ]
+    .iter()
+    .map(|t| t.parse::<TopicName>())
+    .collect::<Result<Vec<_>>>()?;
+    let admin = Admin::connect(settings).await?;
+    admin.ensure_topics(&names).await?;
+    let repartitions = admin.describe(&names[1]).await?.partitions.len() as i32;
+    if repartitions == 0 {
+        return Err(Error::Broker(format!("{} has no partitions", names[1])));
+    }
+    let consumer = Consumer::new(settings, &config.group_id, StartFrom::Earliest, false)?;
+    consumer.subscribe(&names[..2])?;
+    let mut processor = Processor {
+        config: config.clone(),
+        spec,
+        layout: extractor.layout.clone(),
+        extractor,
+        settings: settings.clone(),
+        producer: Producer::new(settings)?,
+        dlq: dlq.to_string(),
+        repartition: config.repartition_topic(),
+        repartitions,
+        state_dir: data_dir.join("state").join(&config.group_id),
+        assigners: HashMap::new(),
+        combiners: HashMap::new(),
+        metrics,
+        batch_no: 0,
+        changes: Vec::new(),
+    };
+    tracing::info!(
+        input = %config.input, output = %config.output, group = %config.group_id,
+        size = ?config.size, lateness = ?config.lateness, "window processor started"
+    );
+    let tick_every = config.emit_interval.max(Duration::from_millis(100));
+    let mut positions: HashMap<i32, i64> = HashMap::new();
+    let mut unannounced = 0u64;
+    let mut tick = tokio::time::interval(tick_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut batch = Vec::new();
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+            message = consumer.recv() => match message {
+                Ok(m) => batch.push(processor.incoming(&m)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "window processor: consumer error");
+                    continue;
+                }
+            },
+        }
+        // What arrives without a pause joins the batch: records published together (one poll
+        // spread over partitions) reach the consumer within milliseconds of each other.
+        while !batch.is_empty() && batch.len() < MAX_BATCH {
+            let next = match consumer.recv().now_or_never() {
+                Some(m) => Some(m),
+                None => tokio::time::timeout(BATCH_GAP, consumer.recv()).await.ok(),
+            };
+            match next {
+                Some(Ok(m)) => batch.push(processor.incoming(&m)),
+                _ => break,
+            }
+        }
+        let revoked = consumer.raw().context().take_revoked();
+        processor.forget(&revoked);
+        for (topic, partition) in &revoked {
+            if *topic == config.input {
+                positions.remove(partition);
+            }
+        }
+        for m in batch.iter().filter(|m| m.input) {
+            positions.insert(m.partition, m.offset + 1);
+            unannounced += 1;
+        }
+        let announce = unannounced >= MAX_UNANNOUNCED || caught_up(&consumer, &config.input, &mut positions);
+        if announce {
+            unannounced = 0;
+        }
+        let commits = processor.handle(batch, announce, false).await?;
+        commit(&consumer, &commits);
+    }
+    // Pending coalesced updates go out before stopping.
+    let commits = processor.handle(Vec::new(), false, true).await?;
+    commit(&consumer, &commits);
+    Ok(())
+}
+
+/// Whether every input partition assigned to this process has been read up to the end the
+/// consumer last saw from the broker. A partition nothing was read from yet starts at its
+/// committed offset (asked once), or at its start.
+fn caught_up(consumer: &Consumer, input: &str, positions: &mut HashMap<i32, i64>) -> bool {
+    let Ok(assignment) = consumer.raw().assignment() else {
+        return false;
+    };
+    let mut caught_up = true;
+    for element in assignment.elements().iter().filter(|e| e.topic() == input) {
+        let partition = element.partition();
+        let Some((low, high)) = consumer.cached_watermarks(input, partition) else {
+            return false;
+        };
+        let position = match positions.get(&partition) {
+            Some(p) => *p,
+            None => {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(input, partition);
+                let committed = consumer
+                    .raw()
+                    .committed_offsets(tpl, Duration::from_secs(2))
+                    .ok()
+                    .and_then(|t| {
+                        t.find_partition(input, partition)
+                            .and_then(|e| e.offset().to_raw())
+                    })
+                    .filter(|o| *o >= 0);
+                let start = committed.unwrap_or(low).max(low);
+                positions.insert(partition, start);
+                start
+            }
+        };
+        caught_up &= position >= high;
+    }
+    caught_up
+}
+
+fn commit(consumer: &Consumer, commits: &[(String, i32, i64)]) {
+    if commits.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, next) in commits {
+        if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+            tracing::warn!(error = %e, "window processor: bad offset to commit");
+        }
+    }
+    // A failed commit (a rebalance under way) is not lost work: the tail is processed again and
+    // its changes are recognised as duplicates.
+    if let Err(e) = consumer.raw().commit(&tpl, CommitMode::Sync) {
+        tracing::warn!(error = %e, "window processor: committing offsets failed");
+    }
+}
+
+impl Processor {
+    fn incoming(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Incoming {
+        Incoming {
+            input: m.topic() == self.config.input,
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+        }
+    }
+
+    fn forget(&mut self, revoked: &[(String, i32)]) {
+        for (topic, partition) in revoked {
+            if *topic == self.config.input {
+                self.assigners.remove(partition);
+            } else {
+                self.combiners.remove(partition);
+            }
+        }
+        self.metrics.open_cells.set(self.open_cells());
+    }
+
+    fn open_cells(&self) -> i64 {
+        self.combiners.values().map(|c| c.open_cells() as i64).sum()
+    }
+
+    /// Handles one batch; returns the offsets to commit once everything it sent is delivered.
+    /// Handles one batch; with `announce`, sends the input partitions' progress (which moves
+    /// the watermark). Returns the offsets to commit, once everything it sent is delivered.
+    async fn handle(
+        &mut self,
+        batch: Vec<Incoming>,
+        announce: bool,
+        draining: bool,
+    ) -> Result<Vec<(String, i32, i64)>> {
+        let mut sends: Vec<Pending> = Vec::new();
+        let mut next: BTreeMap<(bool, i32), i64> = BTreeMap::new();
+        for message in batch {
+            next.insert((message.input, message.partition), message.offset + 1);
+            if message.input {
+                self.on_input(message, &mut sends).await?;
+            } else {
+                self.on_change(message, &mut sends).await?;
+            }
+        }
+        let mut inputs: Vec<i32> = if announce {
+            self.assigners.keys().copied().collect()
+        } else {
+            Vec::new()
+        };
+        inputs.sort_unstable();
+        for partition in inputs {
+            let Some(max_time) = self.assigners.get_mut(&partition).and_then(|a| a.end_batch())
+            else {
+                continue;
+            };
+            let wire = serde_json::to_vec(&Wire::Time {
+                src: partition,
+                max_time,
+            })
+            .unwrap_or_default();
+            for q in 0..self.repartitions {
+                sends.push(Box::pin(
+                    self.producer
+                        .enqueue(&self.repartition, Some(q), None, &wire, Some(max_time))
+                        .await?,
+                ));
+            }
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        let every = if draining {
+            0
+        } else {
+            i64::try_from(self.config.emit_interval.as_millis()).unwrap_or(i64::MAX)
+        };
+        let mut results = Vec::new();
+        let mut partitions: Vec<i32> = self.combiners.keys().copied().collect();
+        partitions.sort_unstable();
+        let mut watermark = None;
+        for q in partitions {
+            let combiner = self.combiners.get_mut(&q).expect("listed above");
+            combiner.end_batch(now, every, &mut results);
+            watermark = watermark.max(combiner.watermark());
+        }
+        if let Some(w) = watermark {
+            self.metrics.watermark_ms.set(w);
+        }
+        self.metrics.open_cells.set(self.open_cells());
+        for result in &results {
+            let (key, value) = render(&self.layout, result);
+            if result.is_final {
+                self.metrics.finals.inc();
+            } else {
+                self.metrics.updates.inc();
+            }
+            sends.push(Box::pin(
+                self.producer
+                    .enqueue(
+                        &self.config.output,
+                        None,
+                        Some(&key),
+                        &value,
+                        Some(result.start),
+                    )
+                    .await?,
+            ));
+        }
+        if self.config.console && !results.is_empty() {
+            self.batch_no += 1;
+            let table = crate::process::console::window_table(&self.layout, self.batch_no, &results);
+            crate::command::print_out(&table)?;
+        }
+        for delivery in futures::future::join_all(sends).await {
+            delivery?;
+        }
+        if !next.is_empty() {
+            self.metrics.batches.inc();
+        }
+        let mut commits = Vec::new();
+        for ((input, partition), offset) in next {
+            let (topic, checkpoint) = if input {
+                let Some(a) = self.assigners.get(&partition) else {
+                    continue;
+                };
+                let checkpoint = Checkpoint {
+                    committed: offset,
+                    replay_from: a.replay_from().unwrap_or(offset),
+                    time: a.max_time(),
+                };
+                (self.config.input.clone(), checkpoint)
+            } else {
+                let Some(c) = self.combiners.get(&partition) else {
+                    continue;
+                };
+                let checkpoint = Checkpoint {
+                    committed: offset,
+                    replay_from: c.replay_from().unwrap_or(offset),
+                    time: c.watermark(),
+                };
+                (self.repartition.clone(), checkpoint)
+            };
+            self.save(&topic, partition, checkpoint);
+            commits.push((topic, partition, offset));
+        }
+        Ok(commits)
+    }
+
+    async fn on_input(&mut self, message: Incoming, sends: &mut Vec<Pending>) -> Result<()> {
+        if !self.assigners.contains_key(&message.partition) {
+            let assigner = self.rebuild_input(message.partition, message.offset).await?;
+            self.assigners.insert(message.partition, assigner);
+        }
+        self.metrics.records.inc();
+        let payload = message.payload.as_deref().unwrap_or_default();
+        let input = match self.extractor.extract(
+            payload,
+            message.key.as_deref(),
+            message.partition,
+            message.offset,
+        ) {
+            Ok(input) => input,
+            Err(reason) => {
+                self.metrics.bad.inc();
+                let letter = DeadLetter {
+                    reason: format!("bad record: {reason}"),
+                    source: "window".into(),
+                    topic: Some(self.config.input.clone()),
+                    partition: Some(message.partition),
+                    offset: Some(message.offset),
+                    payload: String::from_utf8_lossy(payload).into_owned(),
+                };
+                let key = message.key.as_deref().map(String::from_utf8_lossy);
+                sends.push(self.dead_letter(key.as_deref(), &letter).await?);
+                return Ok(());
+            }
+        };
+        let assigner = self
+            .assigners
+            .get_mut(&message.partition)
+            .expect("built above");
+        self.changes.clear();
+        if assigner.apply(message.offset, input, &mut self.changes) == Applied::Stale {
+            self.metrics.stale.inc();
+        }
+        let changes = std::mem::take(&mut self.changes);
+        for change in &changes {
+            self.metrics.changes.inc();
+            let wire = match &change.op {
+                Op::Upsert { time, values, last } => Wire::Upsert {
+                    src: change.src,
+                    off: change.offset,
+                    seq: change.seq,
+                    w: change.start,
+                    g: change.group.to_string(),
+                    k: change.key.to_string(),
+                    t: *time,
+                    v: values.to_vec(),
+                    last: *last,
+                    raw: last.then(|| String::from_utf8_lossy(payload).into_owned()),
+                },
+                Op::Retract => Wire::Retract {
+                    src: change.src,
+                    off: change.offset,
+                    seq: change.seq,
+                    w: change.start,
+                    g: change.group.to_string(),
+                    k: change.key.to_string(),
+                },
+            };
+            let body = serde_json::to_vec(&wire).unwrap_or_default();
+            let q = route(change.start, &change.group, self.repartitions);
+            let cell_key = format!("{}|{}", change.start, change.group);
+            sends.push(Box::pin(
+                self.producer
+                    .enqueue(&self.repartition, Some(q), Some(&cell_key), &body, None)
+                    .await?,
+            ));
+        }
+        self.changes = changes;
+        Ok(())
+    }
+
+    async fn on_change(&mut self, message: Incoming, sends: &mut Vec<Pending>) -> Result<()> {
+        if !self.combiners.contains_key(&message.partition) {
+            let combiner = self.rebuild_combiner(message.partition, message.offset).await?;
+            self.combiners.insert(message.partition, combiner);
+        }
+        let combiner = self
+            .combiners
+            .get_mut(&message.partition)
+            .expect("built above");
+        let payload = message.payload.as_deref().unwrap_or_default();
+        let wire = match serde_json::from_slice::<Wire>(payload) {
+            Ok(wire) => wire,
+            Err(e) => {
+                // Only quakestream writes this topic; something else did.
+                tracing::warn!(partition = message.partition, offset = message.offset, error = %e,
+                    "window processor: unreadable message on the repartition topic, skipped");
+                return Ok(());
+            }
+        };
+        let (change, raw) = match decode(wire) {
+            Decoded::Time { src, max_time } => {
+                combiner.source_time(src, max_time);
+                return Ok(());
+            }
+            Decoded::Change(change, raw) => (change, raw),
+        };
+        if combiner.apply(message.offset, &change) == Outcome::Late {
+            self.metrics.late.inc();
+            let watermark = combiner.watermark().and_then(format_millis).unwrap_or_default();
+            let Op::Upsert { time, .. } = change.op else {
+                return Ok(());
+            };
+            let letter = DeadLetter {
+                reason: format!(
+                    "late: event time {} is behind the watermark {watermark} by more than the \
+                     allowed lateness",
+                    format_millis(time).unwrap_or_default()
+                ),
+                source: "window".into(),
+                topic: Some(self.config.input.clone()),
+                partition: Some(change.src),
+                offset: Some(change.offset),
+                payload: raw.unwrap_or_default(),
+            };
+            sends.push(self.dead_letter(Some(&change.key), &letter).await?);
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&self, key: Option<&str>, letter: &DeadLetter) -> Result<Pending> {
+        let body = serde_json::to_vec(letter).unwrap_or_default();
+        Ok(Box::pin(
+            self.producer
+                .enqueue(&self.dlq, None, key, &body, None)
+                .await?,
+        ))
+    }
+
+    /// The assigner of `partition` as it stood at `committed`.
+    async fn rebuild_input(&self, partition: i32, committed: i64) -> Result<Assigner> {
+        let saved = self.load(&self.config.input, partition, committed);
+        let from = saved.map_or(0, |c| c.replay_from);
+        let (settings, topic, extractor, spec) = (
+            self.settings.clone(),
+            self.config.input.clone(),
+            self.extractor.clone(),
+            self.spec,
+        );
+        let (mut assigner, read) = tokio::task::spawn_blocking(move || {
+            let mut assigner = Assigner::new(spec, partition);
+            let mut scratch = Vec::new();
+            let read = reader::scan_partition(&settings, &topic, partition, from, committed, |m| {
+                let payload = m.payload().unwrap_or_default();
+                if let Ok(input) = extractor.extract(payload, m.key(), partition, m.offset()) {
+                    assigner.apply(m.offset(), input, &mut scratch);
+                    scratch.clear();
+                }
+            })?;
+            Ok::<_, Error>((assigner, read))
+        })
+        .await
+        .map_err(|e| Error::Broker(format!("rebuilding window state: {e}")))??;
+        assigner.restore_max_time(saved.and_then(|c| c.time));
+        assigner.end_batch();
+        self.metrics.rebuilt.add(read);
+        if read > 0 {
+            tracing::info!(topic = %self.config.input, partition, from, committed, read,
+                keys = assigner.keys(), "window state rebuilt");
+        }
+        Ok(assigner)
+    }
+
+    /// The combiner of repartition `partition` as it stood at `committed`.
+    async fn rebuild_combiner(&self, partition: i32, committed: i64) -> Result<Combiner> {
+        let saved = self.load(&self.repartition, partition, committed);
+        let from = saved.map_or(0, |c| c.replay_from);
+        let (settings, topic, spec, layout) = (
+            self.settings.clone(),
+            self.repartition.clone(),
+            self.spec,
+            self.layout.clone(),
+        );
+        let (mut combiner, read) = tokio::task::spawn_blocking(move || {
+            let mut combiner = Combiner::new(spec, layout);
+            let read = reader::scan_partition(&settings, &topic, partition, from, committed, |m| {
+                let Ok(wire) = serde_json::from_slice::<Wire>(m.payload().unwrap_or_default())
+                else {
+                    return;
+                };
+                match decode(wire) {
+                    Decoded::Time { src, max_time } => combiner.source_time(src, max_time),
+                    Decoded::Change(change, _) => {
+                        combiner.apply(m.offset(), &change);
+                    }
+                }
+            })?;
+            Ok::<_, Error>((combiner, read))
+        })
+        .await
+        .map_err(|e| Error::Broker(format!("rebuilding window state: {e}")))??;
+        combiner.restore(saved.and_then(|c| c.time));
+        self.metrics.rebuilt.add(read);
+        if read > 0 {
+            tracing::info!(topic = %self.repartition, partition, from, committed, read,
+                open_cells = combiner.open_cells(), "window state rebuilt");
+        }
+        Ok(combiner)
+    }
+
+    fn state_path(&self, topic: &str, partition: i32) -> PathBuf {
+        self.state_dir.join(format!("{topic}-{partition}.json"))
+    }
+
+    /// The checkpoint saved for exactly this committed offset, if any.
+    fn load(&self, topic: &str, partition: i32, committed: i64) -> Option<Checkpoint> {
+        let text = std::fs::read_to_string(self.state_path(topic, partition)).ok()?;
+        let file: StateFile = serde_json::from_str(&text).ok()?;
+        [file.current, file.previous]
+            .into_iter()
+            .flatten()
+            .find(|c| c.committed == committed && c.replay_from <= committed)
+    }
+
+    /// Writes the checkpoint before its offset is committed. Losing the file (or a write) only
+    /// costs a longer rebuild, so a failure is a warning.
+    fn save(&self, topic: &str, partition: i32, checkpoint: Checkpoint) {
+        let path = self.state_path(topic, partition);
+        let previous = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<StateFile>(&t).ok())
+            .and_then(|f| f.current)
+            .filter(|c| *c != checkpoint);
+        let file = StateFile {
+            current: Some(checkpoint),
+            previous,
+        };
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&self.state_dir)?;
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, serde_json::to_vec(&file).unwrap_or_default())?;
+            std::fs::rename(&tmp, &path)
+        };
+        if let Err(e) = write() {
+            tracing::warn!(path = %path.display(), error = %e, "window processor: state file not written");
+        }
+    }
+}
+
+enum Decoded {
+    Change(Change, Option<String>),
+    Time { src: i32, max_time: i64 },
+}
+
+fn decode(wire: Wire) -> Decoded {
+    match wire {
+        Wire::Upsert {
+            src,
+            off,
+            seq,
+            w,
+            g,
+            k,
+            t,
+            v,
+            last,
+            raw,
+        } => Decoded::Change(
+            Change {
+                src,
+                offset: off,
+                seq,
+                start: w,
+                group: Arc::from(g),
+                key: Arc::from(k),
+                op: Op::Upsert {
+                    time: t,
+                    values: Arc::from(v),
+                    last,
+                },
+            },
+            raw,
+        ),
+        Wire::Retract {
+            src,
+            off,
+            seq,
+            w,
+            g,
+            k,
+        } => Decoded::Change(
+            Change {
+                src,
+                offset: off,
+                seq,
+                start: w,
+                group: Arc::from(g),
+                key: Arc::from(k),
+                op: Op::Retract,
+            },
+            None,
+        ),
+        Wire::Time { src, max_time } => Decoded::Time { src, max_time },
+    }
+}
+
+/// The repartition partition of a cell: FNV-1a, stable across processes and versions.
+fn route(start: i64, group: &str, partitions: i32) -> i32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in start.to_be_bytes().iter().chain(group.as_bytes()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % partitions.max(1) as u64) as i32
+}
+
+/// A result as its Kafka key and JSON value: `window_start`, `window_end`, the group-by fields,
+/// the aggregates, `final`, `emitted_at`.
+pub fn render(layout: &Layout, result: &WindowResult) -> (String, Vec<u8>) {
+    let mut record = serde_json::Map::new();
+    let start = format_millis(result.start).unwrap_or_default();
+    record.insert("window_start".into(), start.clone().into());
+    record.insert(
+        "window_end".into(),
+        format_millis(result.end).unwrap_or_default().into(),
+    );
+    let group: Vec<serde_json::Value> = serde_json::from_str(&result.group).unwrap_or_default();
+    let mut key = start;
+    for (name, value) in layout.group_by.iter().zip(&group) {
+        key.push('|');
+        match value {
+            serde_json::Value::String(s) => key.push_str(s),
+            other => key.push_str(&other.to_string()),
+        }
+        record.insert(name.clone(), value.clone());
+    }
+    for ((name, op, _), value) in layout.aggregates.iter().zip(&result.values) {
+        let json = match (op, value) {
+            (super::AggOp::Count, Some(n)) => serde_json::Value::from(*n as u64),
+            (_, Some(x)) => serde_json::Value::from(*x),
+            (_, None) => serde_json::Value::Null,
+        };
+        record.insert(name.clone(), json);
+    }
+    record.insert("final".into(), result.is_final.into());
+    record.insert(
+        "emitted_at".into(),
+        format_millis(result.emitted_at).unwrap_or_default().into(),
+    );
+    let value = serde_json::to_vec(&serde_json::Value::Object(record)).unwrap_or_default();
+    (key, value)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::process::window::AggOp;
+
+    #[test]
+    fn routing_is_stable_and_spread() {
+        assert_eq!(route(0, "[]", 3), route(0, "[]", 3));
+        let used: BTreeSet<i32> = (0..100).map(|i| route(i * 300_000, "[]", 3)).collect();
+        assert_eq!(used.len(), 3);
+        assert!((0..100).all(|i| (0..3).contains(&route(i, "[\"us\"]", 3))));
+    }
+
+    #[test]
+    fn results_render_like_the_contract() {
+        let layout = Layout::new(
+            &["net".into()],
+            &[
+                ("count".into(), AggOp::Count, None),
+                ("avg_mag".into(), AggOp::Avg, Some("mag".into())),
+            ],
+        )
+        .unwrap();
+        let result = WindowResult {
+            start: 1_746_366_000_000,
+            end: 1_746_366_300_000,
+            group: Arc::from(r#"["us"]"#),
+            values: vec![Some(2.0), None],
+            is_final: true,
+            emitted_at: 1_746_366_018_110,
+        };
+        let (key, value) = render(&layout, &result);
+        assert_eq!(key, "2025-05-04T13:40:00.000Z|us");
+        assert_eq!(
+            String::from_utf8(value).unwrap(),
+            r#"{"window_start":"2025-05-04T13:40:00.000Z","window_end":"2025-05-04T13:45:00.000Z","net":"us","count":2,"avg_mag":null,"final":true,"emitted_at":"2025-05-04T13:40:18.110Z"}"#
+        );
+    }
+
+    #[test]
+    fn wire_messages_round_trip() {
+        let text = r#"{"op":"upsert","src":1,"off":5,"seq":0,"w":0,"g":"[]","k":"us1","t":7,"v":[4.5,null],"last":true}"#;
+        let Decoded::Change(change, raw) = decode(serde_json::from_str(text).unwrap()) else {
+            panic!("a change");
+        };
+        assert_eq!((change.src, change.offset, &*change.key), (1, 5, "us1"));
+        assert_eq!(raw, None);
+        assert!(serde_json::from_str::<Wire>(r#"{"op":"upsert"}"#).is_err());
+        assert!(serde_json::from_str::<Wire>(r#"{"op":"time","src":0,"max_time":1}"#).is_ok());
+    }
+}
