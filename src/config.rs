@@ -309,6 +309,7 @@ fn env_layer(env: impl IntoIterator<Item = (String, String)>) -> Result<Table> {
         ["usgs", "interval"],
         ["window", "slide"],
         ["window", "key_field"],
+        ["window", "instance_id"],
     ] {
         leaves.push((
             optional.iter().map(|s| s.to_string()).collect(),

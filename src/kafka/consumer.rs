@@ -40,20 +40,33 @@ impl Consumer {
         start: StartFrom,
         commits: bool,
     ) -> Result<Consumer> {
+        Consumer::with_properties(settings, group, start, commits, &[])
+    }
+
+    /// [`Consumer::new`] with extra librdkafka properties (the user's `[kafka]` ones still win).
+    pub fn with_properties(
+        settings: &KafkaSettings,
+        group: &str,
+        start: StartFrom,
+        commits: bool,
+        extra: &[(&str, String)],
+    ) -> Result<Consumer> {
         let reset = match start {
             StartFrom::Earliest => "earliest",
             StartFrom::Latest => "latest",
         };
+        let mut own = vec![
+            ("group.id", group.to_string()),
+            ("enable.auto.commit", commits.to_string()),
+            ("enable.auto.offset.store", "false".into()),
+            ("auto.offset.reset", reset.into()),
+            ("auto.commit.interval.ms", "1000".into()),
+            ("session.timeout.ms", "10000".into()),
+            ("heartbeat.interval.ms", "1000".into()),
+        ];
+        own.extend(extra.iter().cloned());
         let inner = settings
-            .client_config(&[
-                ("group.id", group.to_string()),
-                ("enable.auto.commit", commits.to_string()),
-                ("enable.auto.offset.store", "false".into()),
-                ("auto.offset.reset", reset.into()),
-                ("auto.commit.interval.ms", "1000".into()),
-                ("session.timeout.ms", "10000".into()),
-                ("heartbeat.interval.ms", "1000".into()),
-            ])
+            .client_config(&own)
             .create_with_context(Context::default())
             .map_err(Error::kafka("creating the consumer"))?;
         Ok(Consumer {

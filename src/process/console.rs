@@ -19,22 +19,29 @@ pub fn window_table(layout: &Layout, batch: u64, results: &[WindowResult]) -> St
                 format_millis(r.start).unwrap_or_default(),
                 format_millis(r.end).unwrap_or_default(),
             ];
-            let group: Vec<serde_json::Value> =
-                serde_json::from_str(&r.group).unwrap_or_default();
-            row.extend(layout.group_by.iter().enumerate().map(|(i, _)| {
-                match group.get(i) {
-                    Some(serde_json::Value::String(s)) => s.clone(),
-                    Some(serde_json::Value::Null) | None => "null".into(),
-                    Some(v) => v.to_string(),
-                }
-            }));
-            row.extend(layout.aggregates.iter().zip(&r.values).map(|((_, op, _), v)| {
-                match (op, v) {
-                    (AggOp::Count, Some(n)) => format!("{}", *n as u64),
-                    (_, Some(x)) => format!("{x}"),
-                    (_, None) => "null".into(),
-                }
-            }));
+            let group: Vec<serde_json::Value> = serde_json::from_str(&r.group).unwrap_or_default();
+            row.extend(
+                layout
+                    .group_by
+                    .iter()
+                    .enumerate()
+                    .map(|(i, _)| match group.get(i) {
+                        Some(serde_json::Value::String(s)) => s.clone(),
+                        Some(serde_json::Value::Null) | None => "null".into(),
+                        Some(v) => v.to_string(),
+                    }),
+            );
+            row.extend(
+                layout
+                    .aggregates
+                    .iter()
+                    .zip(&r.values)
+                    .map(|((_, op, _), v)| match (op, v) {
+                        (AggOp::Count, Some(n)) => format!("{}", *n as u64),
+                        (_, Some(x)) => format!("{x}"),
+                        (_, None) => "null".into(),
+                    }),
+            );
             row.push(r.is_final.to_string());
             row
         })
@@ -108,9 +115,9 @@ mod tests {
         };
         let text = window_table(&layout, 2, &[result]);
         let expected = "\
-------------------------------------------------------------------------
+-----------------------------------------------------------------------
 Batch: 2
-------------------------------------------------------------------------
+-----------------------------------------------------------------------
 +------------------------+------------------------+-----+-------+-----+
 |window_start            |window_end              |count|max_mag|final|
 +------------------------+------------------------+-----+-------+-----+

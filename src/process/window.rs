@@ -15,10 +15,15 @@
 //! Semantics, which the property test's oracle restates by brute force:
 //! - A record replaces its key's previous record when its version is newer; an older or equal
 //!   version is stale and ignored. `deleted` records retract and add nothing.
-//! - The watermark is the largest event time announced by any input partition minus the allowed
-//!   lateness. Partitions announce after each input batch and the combiner advances between its
-//!   own batches, so a batch (one poll of a feed carrying a day of events) is never late against
-//!   itself, and an idle partition, which announces nothing, stalls nothing.
+//! - Each input partition's progress is the largest event time it has seen; the watermark is the
+//!   smallest progress over the partitions that are not idle (all idle: the largest), minus the
+//!   allowed lateness, and never moves back. There is none until every input partition has
+//!   announced progress or idleness. When the input is quiet it is simply the largest
+//!   event time seen minus the lateness; while partitions are read at different speeds (a
+//!   process restarting, a rebalance, a second process joining) the one behind holds it back,
+//!   so its records are not made late by another partition's progress. Partitions announce
+//!   after input batches and the combiner advances between its own batches, so a batch (one
+//!   poll of a feed carrying a day of events) is never late against itself.
 //! - A cell closes when the watermark reaches its window's end: its final result is emitted and
 //!   its state dropped. Changes to a closed cell are ignored; an upsert that finds every one of
 //!   its record's windows closed makes the record *late* (counted, dead-lettered).
@@ -202,7 +207,7 @@ pub struct Assigner {
     partition: i32,
     keys: HashMap<Arc<str>, Entry>,
     max_time: Option<i64>,
-    announced: Option<i64>,
+    announced: Option<(i64, bool)>,
 }
 
 impl Assigner {
@@ -295,24 +300,26 @@ impl Assigner {
         applied
     }
 
-    /// Announces the partition's progress: forgets keys whose every window has closed for sure,
-    /// and returns the largest event time to send to the combiners when it moved. The runtime
-    /// calls it between input batches once it has caught up with what was in the partitions,
-    /// so that records published together (one poll, spread over partitions fetched at slightly
-    /// different moments) are never late against each other.
-    pub fn end_batch(&mut self) -> Option<i64> {
-        let max = self.max_time?;
-        // This partition's own watermark never exceeds the combiners' (theirs is the largest
-        // over all partitions), so what is closed here is closed there.
-        let watermark = max.saturating_sub(self.spec.lateness);
+    /// The partition's progress to announce to the combiners — (largest event time, idle) —
+    /// when it changed since the last announcement. The runtime calls it between input batches
+    /// once it has caught up with what was in the partitions, so that records published together
+    /// (one poll, spread over partitions fetched at slightly different moments) are never late
+    /// against each other; `idle` when the partition has had nothing new for a while.
+    pub fn end_batch(&mut self, idle: bool) -> Option<(i64, bool)> {
+        let now = (self.max_time?, idle);
+        if self.announced == Some(now) {
+            return None;
+        }
+        self.announced = Some(now);
+        Some(now)
+    }
+
+    /// Forgets keys whose every window is closed at `watermark`, one a combiner has reached:
+    /// a later version of such a key could only change closed windows.
+    pub fn forget_closed(&mut self, watermark: i64) {
         let size = self.spec.size;
         self.keys
             .retain(|_, e| e.time.saturating_add(size) > watermark);
-        if self.announced == Some(max) {
-            return None;
-        }
-        self.announced = Some(max);
-        Some(max)
     }
 
     /// The earliest input offset the current state depends on: a restart re-reads from there.
@@ -324,10 +331,9 @@ impl Assigner {
         self.max_time
     }
 
-    /// After a replay, the largest event time the partition had announced before.
+    /// After a replay, the largest event time the partition had seen before.
     pub fn restore_max_time(&mut self, max_time: Option<i64>) {
         self.max_time = self.max_time.max(max_time);
-        self.announced = self.max_time;
     }
 
     pub fn keys(&self) -> usize {
@@ -449,17 +455,22 @@ pub struct Combiner {
     spec: Spec,
     layout: Arc<Layout>,
     cells: BTreeMap<(i64, Arc<str>), Cell>,
-    sources: HashMap<i32, i64>,
+    /// Input partitions: their number, and each one's last announcement (largest event time
+    /// if it has seen any, idle).
+    inputs: i32,
+    sources: HashMap<i32, (Option<i64>, bool)>,
     applied: HashMap<i32, (i64, u32)>,
     watermark: Option<i64>,
     scratch: Vec<f64>,
 }
 
 impl Combiner {
-    pub fn new(spec: Spec, layout: Arc<Layout>) -> Combiner {
+    /// `inputs`: how many partitions the input topic has.
+    pub fn new(spec: Spec, layout: Arc<Layout>, inputs: i32) -> Combiner {
         Combiner {
             spec,
             layout,
+            inputs,
             cells: BTreeMap::new(),
             sources: HashMap::new(),
             applied: HashMap::new(),
@@ -511,19 +522,33 @@ impl Combiner {
         Outcome::Applied
     }
 
-    /// An input partition's announcement of the largest event time it has seen.
-    pub fn source_time(&mut self, src: i32, max_time: i64) {
-        let known = self.sources.entry(src).or_insert(max_time);
-        *known = (*known).max(max_time);
+    /// An input partition's announcement of the largest event time it has seen, and whether it
+    /// is idle.
+    pub fn source_time(&mut self, src: i32, max_time: Option<i64>, idle: bool) {
+        let known = self.sources.entry(src).or_insert((max_time, idle));
+        *known = (known.0.max(max_time), idle);
+    }
+
+    /// The watermark the announcements allow: the smallest progress of the partitions that are
+    /// not idle (all idle: the largest), minus the lateness; none while a partition is unheard.
+    fn candidate(&self) -> Option<i64> {
+        if (0..self.inputs).any(|p| !self.sources.contains_key(&p)) {
+            return None;
+        }
+        let busy = self
+            .sources
+            .values()
+            .filter(|(_, idle)| !idle)
+            .filter_map(|(t, _)| *t)
+            .min();
+        let progress = busy.or_else(|| self.sources.values().filter_map(|(t, _)| *t).max())?;
+        Some(progress.saturating_sub(self.spec.lateness))
     }
 
     /// Ends a batch: advances the watermark, emits a final result for every cell it closed and an
     /// update for every changed cell whose last emission is at least `every` ms old.
     pub fn end_batch(&mut self, now: i64, every: i64, out: &mut Vec<WindowResult>) {
-        if let Some(max) = self.sources.values().max() {
-            let candidate = max.saturating_sub(self.spec.lateness);
-            self.watermark = self.watermark.max(Some(candidate));
-        }
+        self.watermark = self.watermark.max(self.candidate());
         if let Some(watermark) = self.watermark {
             // Cells are ordered by start; closed ones (end <= watermark) come first.
             let size = self.spec.size;
@@ -603,24 +628,18 @@ impl Combiner {
         self.watermark
     }
 
-    /// After a replay: the watermark reached before, cells it closed dropped without emitting
-    /// (their finals were sent), every open cell marked changed so its current value is sent
-    /// again (the last update may not have been).
+    /// After a replay: the watermark reached before, and cells it closed dropped without
+    /// emitting (their finals were sent). Open cells are not re-sent: updates are previews, and
+    /// the next change or the final carries the current value.
     pub fn restore(&mut self, watermark: Option<i64>) {
-        if let Some(max) = self.sources.values().max() {
-            self.watermark = self
-                .watermark
-                .max(Some(max.saturating_sub(self.spec.lateness)));
-        }
-        self.watermark = self.watermark.max(watermark);
+        self.watermark = self.watermark.max(self.candidate()).max(watermark);
         if let Some(w) = self.watermark {
             let size = self.spec.size;
             self.cells
                 .retain(|(start, _), _| start.saturating_add(size) > w);
         }
         for cell in self.cells.values_mut() {
-            cell.dirty = true;
-            cell.last_emit = None;
+            cell.dirty = false;
         }
     }
 

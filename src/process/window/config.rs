@@ -20,6 +20,10 @@ pub struct WindowConfig {
     /// state directory (`<data_dir>/state/<group_id>`). Processes with the same group share the
     /// work.
     pub group_id: String,
+    /// This process's static member id in the group (`group.instance.id`). Unset: derived from
+    /// the host name and the data directory, so a restarted process takes its old place at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
     /// Field holding the event time: RFC 3339 text or epoch milliseconds.
     pub time_field: String,
     /// Field that identifies a record across its versions. Unset: the Kafka message key (the
@@ -36,9 +40,15 @@ pub struct WindowConfig {
     #[serde(with = "duration::option", skip_serializing_if = "Option::is_none")]
     pub slide: Option<Duration>,
     /// How far behind the largest event time seen a record may arrive and still count. Windows
-    /// close (a final result is written) when the largest event time passes their end by this.
+    /// close (a final result is written) when the largest event time passes their end by this
+    /// (with several input partitions, the largest each has seen, taking the one furthest
+    /// behind among those not idle).
     #[serde(with = "duration")]
     pub lateness: Duration,
+    /// An input partition with no new record for this long (once caught up) stops holding the
+    /// watermark back: the watermark follows the partitions that are still receiving.
+    #[serde(with = "duration")]
+    pub idle_after: Duration,
     /// At most one update per window (and group) per this interval; `0s` writes every change.
     #[serde(with = "duration")]
     pub emit_interval: Duration,
@@ -75,12 +85,14 @@ impl Default for WindowConfig {
             input: "earthquakes".into(),
             output: "earthquake-stats".into(),
             group_id: "quakestream-window".into(),
+            instance_id: None,
             time_field: "time".into(),
             key_field: None,
             version_field: "updated".into(),
             size: Duration::from_secs(300),
             slide: None,
             lateness: Duration::from_secs(2 * 3600),
+            idle_after: Duration::from_secs(30),
             emit_interval: Duration::from_secs(5),
             group_by: Vec::new(),
             aggregates: vec![

@@ -65,7 +65,9 @@ pub struct WindowMetrics {
     pub stale: Counter,
     pub bad: Counter,
     pub late: Counter,
+    /// Changes sent to the repartition topic, and changes read back from it.
     pub changes: Counter,
+    pub combined: Counter,
     pub updates: Counter,
     pub finals: Counter,
     pub rebuilt: Counter,
@@ -101,8 +103,13 @@ enum Wire {
         g: String,
         k: String,
     },
-    /// An input partition's largest event time so far.
-    Time { src: i32, max_time: i64 },
+    /// An input partition's largest event time so far, and whether it is idle.
+    Time {
+        src: i32,
+        max_time: Option<i64>,
+        #[serde(default)]
+        idle: bool,
+    },
 }
 
 /// What the state file remembers for one partition at one committed offset.
@@ -135,6 +142,13 @@ struct Processor {
     state_dir: PathBuf,
     assigners: HashMap<i32, Assigner>,
     combiners: HashMap<i32, Combiner>,
+    /// When each input partition was assigned here and last had a record: quiet for
+    /// `idle_after` means idle. Partitions without records already announced as idle.
+    last_record: HashMap<i32, std::time::Instant>,
+    assigned_at: HashMap<i32, std::time::Instant>,
+    announced_empty: std::collections::HashSet<i32>,
+    /// Partitions of the input topic.
+    inputs: i32,
     metrics: Arc<WindowMetrics>,
     batch_no: u64,
     changes: Vec<Change>,
@@ -176,11 +190,18 @@ pub async fn run(
     .collect::<Result<Vec<_>>>()?;
     let admin = Admin::connect(settings).await?;
     admin.ensure_topics(&names).await?;
+    let inputs = admin.describe(&names[0]).await?.partitions.len() as i32;
     let repartitions = admin.describe(&names[1]).await?.partitions.len() as i32;
     if repartitions == 0 {
         return Err(Error::Broker(format!("{} has no partitions", names[1])));
     }
-    let consumer = Consumer::new(settings, &config.group_id, StartFrom::Earliest, false)?;
+    let consumer = Consumer::with_properties(
+        settings,
+        &config.group_id,
+        StartFrom::Earliest,
+        false,
+        &[("group.instance.id", instance_id(config, data_dir))],
+    )?;
     consumer.subscribe(&names[..2])?;
     let mut processor = Processor {
         config: config.clone(),
@@ -195,6 +216,10 @@ pub async fn run(
         state_dir: data_dir.join("state").join(&config.group_id),
         assigners: HashMap::new(),
         combiners: HashMap::new(),
+        last_record: HashMap::new(),
+        assigned_at: HashMap::new(),
+        announced_empty: std::collections::HashSet::new(),
+        inputs,
         metrics,
         batch_no: 0,
         changes: Vec::new(),
@@ -244,15 +269,16 @@ pub async fn run(
             positions.insert(m.partition, m.offset + 1);
             unannounced += 1;
         }
-        let announce = unannounced >= MAX_UNANNOUNCED || caught_up(&consumer, &config.input, &mut positions);
+        let (caught_up, assigned) = caught_up(&consumer, &config.input, &mut positions);
+        let announce = caught_up || unannounced >= MAX_UNANNOUNCED;
         if announce {
             unannounced = 0;
         }
-        let commits = processor.handle(batch, announce, false).await?;
+        let commits = processor.handle(batch, &assigned, announce, false).await?;
         commit(&consumer, &commits);
     }
     // Pending coalesced updates go out before stopping.
-    let commits = processor.handle(Vec::new(), false, true).await?;
+    let commits = processor.handle(Vec::new(), &[], false, true).await?;
     commit(&consumer, &commits);
     Ok(())
 }
@@ -260,15 +286,25 @@ pub async fn run(
 /// Whether every input partition assigned to this process has been read up to the end the
 /// consumer last saw from the broker. A partition nothing was read from yet starts at its
 /// committed offset (asked once), or at its start.
-fn caught_up(consumer: &Consumer, input: &str, positions: &mut HashMap<i32, i64>) -> bool {
+fn caught_up(
+    consumer: &Consumer,
+    input: &str,
+    positions: &mut HashMap<i32, i64>,
+) -> (bool, Vec<i32>) {
     let Ok(assignment) = consumer.raw().assignment() else {
-        return false;
+        return (false, Vec::new());
     };
+    let assigned: Vec<i32> = assignment
+        .elements()
+        .iter()
+        .filter(|e| e.topic() == input)
+        .map(|e| e.partition())
+        .collect();
     let mut caught_up = true;
-    for element in assignment.elements().iter().filter(|e| e.topic() == input) {
-        let partition = element.partition();
+    for &partition in &assigned {
         let Some((low, high)) = consumer.cached_watermarks(input, partition) else {
-            return false;
+            caught_up = false;
+            continue;
         };
         let position = match positions.get(&partition) {
             Some(p) => *p,
@@ -291,7 +327,27 @@ fn caught_up(consumer: &Consumer, input: &str, positions: &mut HashMap<i32, i64>
         };
         caught_up &= position >= high;
     }
-    caught_up
+    (caught_up, assigned)
+}
+
+/// The static group member id: the same for a process restarted on the same machine and data
+/// directory, different for every other process. A restarted processor takes over its old
+/// membership at once instead of waiting for it to time out (and the embedded broker, tansu 0.6,
+/// never hands partitions to a newcomer while a killed leader is still a member).
+fn instance_id(config: &WindowConfig, data_dir: &Path) -> String {
+    if let Some(id) = &config.instance_id {
+        return id.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    let dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in host.bytes().chain(dir.to_string_lossy().bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{}-{hash:016x}", config.group_id)
 }
 
 fn commit(consumer: &Consumer, commits: &[(String, i32, i64)]) {
@@ -326,6 +382,9 @@ impl Processor {
         for (topic, partition) in revoked {
             if *topic == self.config.input {
                 self.assigners.remove(partition);
+                self.last_record.remove(partition);
+                self.assigned_at.remove(partition);
+                self.announced_empty.remove(partition);
             } else {
                 self.combiners.remove(partition);
             }
@@ -338,11 +397,54 @@ impl Processor {
     }
 
     /// Handles one batch; returns the offsets to commit once everything it sent is delivered.
-    /// Handles one batch; with `announce`, sends the input partitions' progress (which moves
-    /// the watermark). Returns the offsets to commit, once everything it sent is delivered.
+    /// Sends the progress of the input partitions assigned here, which moves the watermark: the
+    /// largest event time of each, and whether it is idle (nothing new for `idle_after` since
+    /// it was assigned). A partition that never had a record is announced once it is idle.
+    async fn announce(&mut self, assigned: &[i32], sends: &mut Vec<Pending>) -> Result<()> {
+        let now = std::time::Instant::now();
+        for p in assigned {
+            self.assigned_at.entry(*p).or_insert(now);
+        }
+        let quiet = now.checked_sub(self.config.idle_after).unwrap_or(now);
+        for &partition in assigned {
+            let active = self
+                .last_record
+                .get(&partition)
+                .into_iter()
+                .chain(self.assigned_at.get(&partition))
+                .max();
+            let idle = active.is_none_or(|at| *at <= quiet);
+            let (max_time, idle) = match self.assigners.get_mut(&partition) {
+                Some(assigner) => match assigner.end_batch(idle) {
+                    Some((max, idle)) => (Some(max), idle),
+                    None => continue,
+                },
+                None if idle && self.announced_empty.insert(partition) => (None, true),
+                None => continue,
+            };
+            let wire = serde_json::to_vec(&Wire::Time {
+                src: partition,
+                max_time,
+                idle,
+            })
+            .unwrap_or_default();
+            for q in 0..self.repartitions {
+                sends.push(Box::pin(
+                    self.producer
+                        .enqueue(&self.repartition, Some(q), None, &wire, max_time)
+                        .await?,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles one batch; with `announce`, sends the progress of the `assigned` input
+    /// partitions. Returns the offsets to commit, once everything it sent is delivered.
     async fn handle(
         &mut self,
         batch: Vec<Incoming>,
+        assigned: &[i32],
         announce: bool,
         draining: bool,
     ) -> Result<Vec<(String, i32, i64)>> {
@@ -356,29 +458,8 @@ impl Processor {
                 self.on_change(message, &mut sends).await?;
             }
         }
-        let mut inputs: Vec<i32> = if announce {
-            self.assigners.keys().copied().collect()
-        } else {
-            Vec::new()
-        };
-        inputs.sort_unstable();
-        for partition in inputs {
-            let Some(max_time) = self.assigners.get_mut(&partition).and_then(|a| a.end_batch())
-            else {
-                continue;
-            };
-            let wire = serde_json::to_vec(&Wire::Time {
-                src: partition,
-                max_time,
-            })
-            .unwrap_or_default();
-            for q in 0..self.repartitions {
-                sends.push(Box::pin(
-                    self.producer
-                        .enqueue(&self.repartition, Some(q), None, &wire, Some(max_time))
-                        .await?,
-                ));
-            }
+        if announce {
+            self.announce(assigned, &mut sends).await?;
         }
         let now = chrono::Utc::now().timestamp_millis();
         let every = if draining {
@@ -397,6 +478,10 @@ impl Processor {
         }
         if let Some(w) = watermark {
             self.metrics.watermark_ms.set(w);
+            // A watermark a combiner has reached: keys whose windows all closed can go.
+            for assigner in self.assigners.values_mut() {
+                assigner.forget_closed(w);
+            }
         }
         self.metrics.open_cells.set(self.open_cells());
         for result in &results {
@@ -420,7 +505,8 @@ impl Processor {
         }
         if self.config.console && !results.is_empty() {
             self.batch_no += 1;
-            let table = crate::process::console::window_table(&self.layout, self.batch_no, &results);
+            let table =
+                crate::process::console::window_table(&self.layout, self.batch_no, &results);
             crate::command::print_out(&table)?;
         }
         for delivery in futures::future::join_all(sends).await {
@@ -460,10 +546,15 @@ impl Processor {
 
     async fn on_input(&mut self, message: Incoming, sends: &mut Vec<Pending>) -> Result<()> {
         if !self.assigners.contains_key(&message.partition) {
-            let assigner = self.rebuild_input(message.partition, message.offset).await?;
+            let assigner = self
+                .rebuild_input(message.partition, message.offset)
+                .await?;
             self.assigners.insert(message.partition, assigner);
         }
         self.metrics.records.inc();
+        self.last_record
+            .insert(message.partition, std::time::Instant::now());
+        self.announced_empty.remove(&message.partition);
         let payload = message.payload.as_deref().unwrap_or_default();
         let input = match self.extractor.extract(
             payload,
@@ -535,7 +626,9 @@ impl Processor {
 
     async fn on_change(&mut self, message: Incoming, sends: &mut Vec<Pending>) -> Result<()> {
         if !self.combiners.contains_key(&message.partition) {
-            let combiner = self.rebuild_combiner(message.partition, message.offset).await?;
+            let combiner = self
+                .rebuild_combiner(message.partition, message.offset)
+                .await?;
             self.combiners.insert(message.partition, combiner);
         }
         let combiner = self
@@ -553,15 +646,23 @@ impl Processor {
             }
         };
         let (change, raw) = match decode(wire) {
-            Decoded::Time { src, max_time } => {
-                combiner.source_time(src, max_time);
+            Decoded::Time {
+                src,
+                max_time,
+                idle,
+            } => {
+                combiner.source_time(src, max_time, idle);
                 return Ok(());
             }
             Decoded::Change(change, raw) => (change, raw),
         };
+        self.metrics.combined.inc();
         if combiner.apply(message.offset, &change) == Outcome::Late {
             self.metrics.late.inc();
-            let watermark = combiner.watermark().and_then(format_millis).unwrap_or_default();
+            let watermark = combiner
+                .watermark()
+                .and_then(format_millis)
+                .unwrap_or_default();
             let Op::Upsert { time, .. } = change.op else {
                 return Ok(());
             };
@@ -604,19 +705,27 @@ impl Processor {
         let (mut assigner, read) = tokio::task::spawn_blocking(move || {
             let mut assigner = Assigner::new(spec, partition);
             let mut scratch = Vec::new();
-            let read = reader::scan_partition(&settings, &topic, partition, from, committed, |m| {
-                let payload = m.payload().unwrap_or_default();
-                if let Ok(input) = extractor.extract(payload, m.key(), partition, m.offset()) {
-                    assigner.apply(m.offset(), input, &mut scratch);
-                    scratch.clear();
-                }
-            })?;
+            let read =
+                reader::scan_partition(&settings, &topic, partition, from, committed, |m| {
+                    let payload = m.payload().unwrap_or_default();
+                    if let Ok(input) = extractor.extract(payload, m.key(), partition, m.offset()) {
+                        assigner.apply(m.offset(), input, &mut scratch);
+                        scratch.clear();
+                    }
+                })?;
             Ok::<_, Error>((assigner, read))
         })
         .await
         .map_err(|e| Error::Broker(format!("rebuilding window state: {e}")))??;
         assigner.restore_max_time(saved.and_then(|c| c.time));
-        assigner.end_batch();
+        if let Some(w) = self
+            .combiners
+            .values()
+            .filter_map(Combiner::watermark)
+            .max()
+        {
+            assigner.forget_closed(w);
+        }
         self.metrics.rebuilt.add(read);
         if read > 0 {
             tracing::info!(topic = %self.config.input, partition, from, committed, read,
@@ -629,26 +738,32 @@ impl Processor {
     async fn rebuild_combiner(&self, partition: i32, committed: i64) -> Result<Combiner> {
         let saved = self.load(&self.repartition, partition, committed);
         let from = saved.map_or(0, |c| c.replay_from);
-        let (settings, topic, spec, layout) = (
+        let (settings, topic, spec, layout, inputs) = (
             self.settings.clone(),
             self.repartition.clone(),
             self.spec,
             self.layout.clone(),
+            self.inputs,
         );
         let (mut combiner, read) = tokio::task::spawn_blocking(move || {
-            let mut combiner = Combiner::new(spec, layout);
-            let read = reader::scan_partition(&settings, &topic, partition, from, committed, |m| {
-                let Ok(wire) = serde_json::from_slice::<Wire>(m.payload().unwrap_or_default())
-                else {
-                    return;
-                };
-                match decode(wire) {
-                    Decoded::Time { src, max_time } => combiner.source_time(src, max_time),
-                    Decoded::Change(change, _) => {
-                        combiner.apply(m.offset(), &change);
+            let mut combiner = Combiner::new(spec, layout, inputs);
+            let read =
+                reader::scan_partition(&settings, &topic, partition, from, committed, |m| {
+                    let Ok(wire) = serde_json::from_slice::<Wire>(m.payload().unwrap_or_default())
+                    else {
+                        return;
+                    };
+                    match decode(wire) {
+                        Decoded::Time {
+                            src,
+                            max_time,
+                            idle,
+                        } => combiner.source_time(src, max_time, idle),
+                        Decoded::Change(change, _) => {
+                            combiner.apply(m.offset(), &change);
+                        }
                     }
-                }
-            })?;
+                })?;
             Ok::<_, Error>((combiner, read))
         })
         .await
@@ -703,7 +818,11 @@ impl Processor {
 
 enum Decoded {
     Change(Change, Option<String>),
-    Time { src: i32, max_time: i64 },
+    Time {
+        src: i32,
+        max_time: Option<i64>,
+        idle: bool,
+    },
 }
 
 fn decode(wire: Wire) -> Decoded {
@@ -754,7 +873,15 @@ fn decode(wire: Wire) -> Decoded {
             },
             None,
         ),
-        Wire::Time { src, max_time } => Decoded::Time { src, max_time },
+        Wire::Time {
+            src,
+            max_time,
+            idle,
+        } => Decoded::Time {
+            src,
+            max_time,
+            idle,
+        },
     }
 }
 
@@ -855,6 +982,9 @@ mod tests {
         assert_eq!((change.src, change.offset, &*change.key), (1, 5, "us1"));
         assert_eq!(raw, None);
         assert!(serde_json::from_str::<Wire>(r#"{"op":"upsert"}"#).is_err());
-        assert!(serde_json::from_str::<Wire>(r#"{"op":"time","src":0,"max_time":1}"#).is_ok());
+        assert!(matches!(
+            decode(serde_json::from_str(r#"{"op":"time","src":0,"max_time":1}"#).unwrap()),
+            Decoded::Time { idle: false, .. }
+        ));
     }
 }

@@ -143,7 +143,7 @@ impl Pipe {
         .unwrap();
         Pipe {
             assigner: Assigner::new(spec, 0),
-            combiner: Combiner::new(spec, layout()),
+            combiner: Combiner::new(spec, layout(), 1),
             out: Vec::new(),
             offset: 0,
             late: 0,
@@ -161,10 +161,13 @@ impl Pipe {
                 self.late += 1;
             }
         }
-        if let Some(max) = self.assigner.end_batch() {
-            self.combiner.source_time(0, max);
+        if let Some((max, idle)) = self.assigner.end_batch(false) {
+            self.combiner.source_time(0, Some(max), idle);
         }
         self.combiner.end_batch(self.offset, 0, &mut self.out);
+        if let Some(w) = self.combiner.watermark() {
+            self.assigner.forget_closed(w);
+        }
     }
 }
 
@@ -242,10 +245,39 @@ fn a_batch_is_not_late_against_itself_but_the_next_one_is() {
 }
 
 #[test]
+fn a_partition_behind_holds_the_watermark_until_it_is_idle() {
+    let spec = Spec::new(Duration::from_millis(10), None, Duration::ZERO).unwrap();
+    let mut combiner = Combiner::new(spec, layout(), 3);
+    let mut out = Vec::new();
+    combiner.source_time(0, Some(100), false);
+    combiner.source_time(1, Some(20), false);
+    combiner.end_batch(0, 0, &mut out);
+    assert_eq!(
+        combiner.watermark(),
+        None,
+        "partition 2 is not heard from yet"
+    );
+    combiner.source_time(2, None, true);
+    combiner.end_batch(0, 0, &mut out);
+    assert_eq!(combiner.watermark(), Some(20));
+    combiner.source_time(1, Some(20), true);
+    combiner.end_batch(0, 0, &mut out);
+    assert_eq!(combiner.watermark(), Some(100));
+    // Waking up does not move the watermark back.
+    combiner.source_time(1, Some(30), false);
+    combiner.end_batch(0, 0, &mut out);
+    assert_eq!(combiner.watermark(), Some(100));
+    combiner.source_time(0, Some(100), true);
+    combiner.source_time(1, Some(130), false);
+    combiner.end_batch(0, 0, &mut out);
+    assert_eq!(combiner.watermark(), Some(130));
+}
+
+#[test]
 fn updates_are_coalesced_to_one_per_interval() {
     let spec = Spec::new(Duration::from_millis(10), None, Duration::from_millis(100)).unwrap();
     let mut assigner = Assigner::new(spec, 0);
-    let mut combiner = Combiner::new(spec, layout());
+    let mut combiner = Combiner::new(spec, layout(), 1);
     let mut out = Vec::new();
     let mut changes = Vec::new();
     for (i, now) in [0, 100, 200, 1000, 1100].into_iter().enumerate() {
@@ -272,7 +304,7 @@ fn updates_are_coalesced_to_one_per_interval() {
 fn a_re_sent_change_is_a_duplicate() {
     let spec = Spec::new(Duration::from_millis(10), None, Duration::from_millis(100)).unwrap();
     let mut assigner = Assigner::new(spec, 3);
-    let mut combiner = Combiner::new(spec, layout());
+    let mut combiner = Combiner::new(spec, layout(), 1);
     let mut changes = Vec::new();
     assigner.apply(7, input("a", 1.0, 1, false, "[]", Some(1.0)), &mut changes);
     assert_eq!(combiner.apply(0, &changes[0]), Outcome::Applied);
@@ -377,20 +409,31 @@ fn aggregate(vals: &[Option<f64>]) -> Vec<Option<f64>> {
 
 /// The semantics restated by brute force over the whole stream, batch by batch: which cells
 /// close after which batch, what each holds then, and which records are late.
-fn oracle(spec: Spec, batches: &[Vec<Rec>]) -> (Cells, Cells, usize) {
+fn oracle(spec: Spec, batches: &[Vec<Rec>], partitions: usize) -> (Cells, Cells, usize) {
     let group = |g: bool| if g { r#"["x"]"# } else { r#"["y"]"# }.to_string();
     let flat: Vec<(usize, Rec)> = batches
         .iter()
         .enumerate()
         .flat_map(|(b, recs)| recs.iter().map(move |r| (b, *r)))
         .collect();
-    let watermark_before = |b: usize| {
-        flat.iter()
-            .filter(|(rb, _)| *rb < b)
-            .map(|(_, r)| r.1)
-            .max()
+    // After batch `b`: the smallest over partitions of their largest event time, minus the
+    // lateness (none while a partition has had no record); the watermark during batch `b` is
+    // the largest of those over the batches before it.
+    let candidate_after = |b: usize| {
+        (0..partitions)
+            .map(|p| {
+                flat.iter()
+                    .filter(|(rb, r)| *rb <= b && usize::from(r.0) % partitions == p)
+                    .map(|(_, r)| r.1)
+                    .max()
+            })
+            .collect::<Option<Vec<i64>>>()?
+            .into_iter()
+            .min()
             .map(|m| m - spec.lateness)
     };
+
+    let watermark_before = |b: usize| (0..b).filter_map(candidate_after).max();
     let contains = |start: i64, t: i64| start <= t && t < start + spec.size;
     // Every cell any record could touch.
     let mut cells: BTreeSet<(i64, String)> = BTreeSet::new();
@@ -465,7 +508,7 @@ fn run_engine(
         .map(|p| Assigner::new(spec, p as i32))
         .collect();
     let mut stage2: Vec<Combiner> = (0..combiners)
-        .map(|_| Combiner::new(spec, layout.clone()))
+        .map(|_| Combiner::new(spec, layout.clone(), partitions as i32))
         .collect();
     let mut offsets = vec![0i64; partitions];
     let mut version = 0.0;
@@ -494,14 +537,19 @@ fn run_engine(
             }
         }
         for (p, a) in assigners.iter_mut().enumerate() {
-            if let Some(max) = a.end_batch() {
+            if let Some((max, idle)) = a.end_batch(false) {
                 for c in stage2.iter_mut() {
-                    c.source_time(p as i32, max);
+                    c.source_time(p as i32, Some(max), idle);
                 }
             }
         }
         for c in stage2.iter_mut() {
             c.end_batch(0, 0, &mut out);
+        }
+        if let Some(w) = stage2.iter().filter_map(Combiner::watermark).max() {
+            for a in assigners.iter_mut() {
+                a.forget_closed(w);
+            }
         }
     }
     let mut finals = BTreeMap::new();
@@ -542,7 +590,7 @@ proptest! {
             hopping.then(|| Duration::from_millis(5)),
             Duration::from_millis(lateness as u64),
         ).unwrap();
-        let (finals, open, late) = oracle(spec, &batches);
+        let (finals, open, late) = oracle(spec, &batches, partitions);
         let (got_finals, got_open, got_late) = run_engine(spec, &batches, partitions, combiners);
         prop_assert_eq!(got_finals, finals);
         prop_assert_eq!(got_open, open);
