@@ -180,6 +180,9 @@ pub enum Component {
     /// The window processor: event-time windows over the quakes topic ([window]), results to
     /// earthquake-stats. Run several with the same window.group_id to share the work.
     Window,
+    /// The alert processor: rules over the quakes topic ([alerts]), alerts to
+    /// earthquake-alerts, the log file and webhooks.
+    Alerts,
 }
 
 #[derive(Debug, Subcommand)]

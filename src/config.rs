@@ -53,6 +53,8 @@ pub struct Config {
     pub backfill: crate::source::backfill::BackfillConfig,
     /// The window processor: event-time windows over the quakes topic.
     pub window: crate::process::window::WindowConfig,
+    /// The alert processor: rules over quake revisions.
+    pub alerts: crate::process::alert::AlertsConfig,
     /// librdkafka properties, passed through verbatim to every client (after quakestream's own
     /// settings, so they win): `"security.protocol" = "SASL_SSL"`, `"sasl.mechanisms" =
     /// "PLAIN"`, … Secrets belong in the environment (`QUAKESTREAM_KAFKA_SASL_PASSWORD`).
@@ -71,6 +73,7 @@ impl Default for Config {
             usgs: crate::source::usgs::UsgsConfig::default(),
             backfill: crate::source::backfill::BackfillConfig::default(),
             window: crate::process::window::WindowConfig::default(),
+            alerts: crate::process::alert::AlertsConfig::default(),
             kafka: BTreeMap::new(),
         }
     }
@@ -234,6 +237,9 @@ impl Config {
         self.window
             .validate()
             .map_err(|e| bad(format!("[window]: {e}")))?;
+        self.alerts
+            .validate()
+            .map_err(|e| bad(format!("[alerts]: {e}")))?;
         if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&self.client.compression.as_str()) {
             return Err(bad(format!(
                 "client.compression = {:?}: expected none, gzip, snappy, lz4 or zstd",

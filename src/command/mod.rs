@@ -51,6 +51,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
     let process = |config: &mut Config, args: &ProcessArgs| {
         if args.console {
             config.window.console = true;
+            config.alerts.console = true;
         }
     };
     match &cli.command {
@@ -76,6 +77,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
             Component::Broker => broker(&config, shutdown).await,
             Component::Usgs => up::run_usgs(&config, shutdown).await,
             Component::Window => up::run_window(&config, shutdown).await,
+            Component::Alerts => up::run_alerts(&config, shutdown).await,
         },
         Command::Topics(command) => topics(&config, command).await,
         Command::Produce(args) => produce(&config, args, shutdown).await,

@@ -12,7 +12,10 @@ use crate::{
     error::{Error, Result},
     kafka::{KafkaSettings, admin::Admin, embedded::EmbeddedBroker},
     metrics::SourceMetrics,
-    process::window::task::{self, WindowMetrics},
+    process::{
+        alert::task::{self as alert_task, AlertMetrics},
+        window::task::{self, WindowMetrics},
+    },
     source::usgs,
 };
 
@@ -70,6 +73,23 @@ pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
             result.map(|()| "window")
         });
         lines.push(window_line(config));
+    }
+    if config.alerts.enabled {
+        let metrics = Arc::new(AlertMetrics::default());
+        let (alerts, dlq, settings, dir) = (
+            config.alerts.clone(),
+            config.topics.dlq.clone(),
+            settings.clone(),
+            data_dir.clone(),
+        );
+        let stop = components_stop.clone();
+        components.spawn(async move {
+            let result =
+                alert_task::run(&alerts, &dlq, &dir, &settings, metrics.clone(), stop).await;
+            log_alert_summary(&metrics);
+            result.map(|()| "alerts")
+        });
+        lines.push(alerts_line(config, &data_dir));
     }
     let mut summary = format!("quakestream {} is up\n", env!("CARGO_PKG_VERSION"));
     match &broker {
@@ -234,5 +254,60 @@ fn log_window_summary(m: &WindowMetrics) {
         finals = m.finals.get(),
         rebuilt = m.rebuilt.get(),
         "window summary"
+    );
+}
+
+fn alerts_line(config: &Config, data_dir: &std::path::Path) -> String {
+    let a = &config.alerts;
+    let rules: Vec<&str> = a.rules.iter().map(|r| r.name.as_str()).collect();
+    let mut line = format!(
+        "  alerts      {} -> rules {} -> topic {}",
+        a.input,
+        rules.join(", "),
+        a.output
+    );
+    if !a.log_file.as_os_str().is_empty() {
+        line.push_str(&format!(", log {}", data_dir.join(&a.log_file).display()));
+    }
+    if !a.webhooks.is_empty() {
+        line.push_str(&format!(", {} webhook(s)", a.webhooks.len()));
+    }
+    line
+}
+
+/// `quakestream run alerts`.
+pub async fn run_alerts(config: &Config, shutdown: CancellationToken) -> Result<()> {
+    let settings = KafkaSettings::from_config(config);
+    let metrics = Arc::new(AlertMetrics::default());
+    let data_dir = std::path::absolute(&config.data_dir).unwrap_or(config.data_dir.clone());
+    print_out(&format!(
+        "alert processor at {}:\n{}\nPress Ctrl+C to stop.\n",
+        settings.bootstrap,
+        alerts_line(config, &data_dir)
+    ))?;
+    let result = alert_task::run(
+        &config.alerts,
+        &config.topics.dlq,
+        &data_dir,
+        &settings,
+        metrics.clone(),
+        shutdown,
+    )
+    .await;
+    log_alert_summary(&metrics);
+    result
+}
+
+fn log_alert_summary(m: &AlertMetrics) {
+    tracing::info!(
+        records = m.records.get(),
+        bad = m.bad.get(),
+        new = m.new.get(),
+        upgrades = m.upgrades.get(),
+        cancels = m.cancels.get(),
+        webhooks_sent = m.webhooks.sent.get(),
+        webhooks_failed = m.webhooks.failed.get(),
+        webhooks_dropped = m.webhooks.dropped.get(),
+        "alerts summary"
     );
 }

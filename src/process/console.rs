@@ -1,10 +1,19 @@
 //! Console output for people watching a terminal: window results as a table, like Spark's
 //! console sink, and alerts as a box.
 
+use chrono::{DateTime, FixedOffset, Utc};
+
 use crate::{
-    process::window::{AggOp, Layout, WindowResult},
-    record::format_millis,
+    process::{
+        alert::{Alert, Kind},
+        window::{AggOp, Layout, WindowResult},
+    },
+    record::{format_millis, parse_millis},
 };
+
+/// Width of the alert box, borders included: wide enough for a USGS event URL on one line.
+pub const BOX_WIDTH: usize = 78;
+const LABEL: usize = 11;
 
 /// One batch of window results as a table headed `Batch: n`.
 pub fn window_table(layout: &Layout, batch: u64, results: &[WindowResult]) -> String {
@@ -89,11 +98,239 @@ pub fn table(title: &str, header: &[String], rows: &[Vec<String>]) -> String {
     out
 }
 
+fn text<'a>(alert: &'a Alert, field: &str) -> Option<&'a str> {
+    alert
+        .quake
+        .get(field)
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.trim().is_empty())
+}
+
+fn number(alert: &Alert, field: &str) -> Option<f64> {
+    alert.quake.get(field).and_then(serde_json::Value::as_f64)
+}
+
+fn times(alert: &Alert, local: FixedOffset) -> Option<(String, String)> {
+    let ms = text(alert, "time").and_then(parse_millis)?;
+    let utc: DateTime<Utc> = DateTime::from_timestamp_millis(ms)?;
+    Some((
+        utc.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        utc.with_timezone(&local)
+            .format("%Y-%m-%d %H:%M:%S %:z")
+            .to_string(),
+    ))
+}
+
+/// One line that says it all: what the log file and webhooks carry.
+pub fn alert_line(alert: &Alert) -> String {
+    let mag = number(alert, "mag").map_or("M ?".to_string(), |m| format!("M {m:.1}"));
+    let place = text(alert, "place").unwrap_or("unknown place");
+    let when = times(alert, FixedOffset::east_opt(0).expect("zero offset"))
+        .map(|(utc, _)| utc)
+        .unwrap_or_default();
+    let mut line = format!("[{}] {mag} - {place} - {when}", alert.kind.label());
+    if let Some(level) = text(alert, "alert") {
+        line.push_str(&format!(" - PAGER {level}"));
+    }
+    if alert.quake.get("tsunami") == Some(&serde_json::Value::Bool(true)) {
+        line.push_str(" - tsunami flag");
+    }
+    if alert.kind == Kind::Cancel {
+        line.push_str(&format!(" - {}", alert.reason));
+    } else {
+        line.push_str(&format!(" - rules: {}", alert.rules.join(", ")));
+    }
+    if let Some(url) = text(alert, "url") {
+        line.push_str(&format!(" - {url}"));
+    }
+    line
+}
+
+/// The alert as a Unicode box: aligned labels, long places wrapped at spaces, anything still
+/// too long cut with `…`; origin time in UTC and in `local` time.
+pub fn alert_box(alert: &Alert, local: FixedOffset) -> String {
+    let inner = BOX_WIDTH - 4;
+    let value_width = inner - LABEL;
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut add = |label: &str, value: String| rows.push((label.to_string(), value));
+    let mag = match (number(alert, "mag"), text(alert, "mag_type")) {
+        (Some(m), Some(t)) => format!("{m:.1} {t}"),
+        (Some(m), None) => format!("{m:.1}"),
+        (None, _) => "unknown".into(),
+    };
+    add("Magnitude", mag);
+    add(
+        "Place",
+        text(alert, "place").unwrap_or("unknown").to_string(),
+    );
+    if let Some((utc, local)) = times(alert, local) {
+        add("Time", utc);
+        add("Local", local);
+    }
+    if let (Some(lat), Some(lon)) = (number(alert, "lat"), number(alert, "lon")) {
+        let depth =
+            number(alert, "depth_km").map_or(String::new(), |d| format!(", depth {d:.1} km"));
+        add("Location", format!("{lat:.4}, {lon:.4}{depth}"));
+    }
+    let pager = text(alert, "alert").unwrap_or("none");
+    let tsunami = if alert.quake.get("tsunami") == Some(&serde_json::Value::Bool(true)) {
+        "yes"
+    } else {
+        "no"
+    };
+    add("PAGER", format!("{pager}, tsunami flag {tsunami}"));
+    if alert.kind == Kind::Cancel {
+        add("Why", alert.reason.clone());
+    } else {
+        add("Rules", alert.reason.clone());
+    }
+    if let Some(id) = text(alert, "id") {
+        add("Event", id.to_string());
+    }
+    if let Some(url) = text(alert, "url") {
+        add("URL", cut(url, value_width));
+    }
+
+    let mut out = String::new();
+    let rule = "─".repeat(BOX_WIDTH - 2);
+    out.push_str(&format!("┌{rule}┐\n"));
+    out.push_str(&boxed(
+        &format!("EARTHQUAKE ALERT · {}", alert.kind.label()),
+        inner,
+    ));
+    out.push_str(&format!("├{rule}┤\n"));
+    for (label, value) in rows {
+        for (i, piece) in wrap(&value, value_width).into_iter().enumerate() {
+            let label = if i == 0 { label.as_str() } else { "" };
+            out.push_str(&boxed(&format!("{label:<LABEL$}{piece}"), inner));
+        }
+    }
+    out.push_str(&format!("└{rule}┘\n"));
+    out
+}
+
+fn boxed(content: &str, inner: usize) -> String {
+    let content = cut(content, inner);
+    let pad = inner - content.chars().count();
+    format!("│ {content}{} │\n", " ".repeat(pad))
+}
+
+/// `text` shortened to `width` characters, ending in `…` when cut.
+fn cut(text: &str, width: usize) -> String {
+    let text: String = text.chars().filter(|c| !c.is_control()).collect();
+    if text.chars().count() <= width {
+        return text;
+    }
+    let mut out: String = text.chars().take(width.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// Words laid into lines of at most `width` characters; a word longer than a line is cut.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        let word = cut(word, width);
+        let needed = line.chars().count() + usize::from(!line.is_empty()) + word.chars().count();
+        if needed > width && !line.is_empty() {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(&word);
+    }
+    if !line.is_empty() || lines.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::process::alert::Severity;
+
+    fn alert(place: &str) -> Alert {
+        Alert {
+            kind: Kind::New,
+            rules: vec!["M4.5+".into()],
+            reason: "M4.5+: M ≥ 4.5".into(),
+            severity: Severity::default(),
+            quake: serde_json::json!({
+                "id": "us6000len8", "time": "2023-10-15T03:36:00.937Z", "mag": 6.3,
+                "mag_type": "mww", "place": place, "lat": 34.5565, "lon": 62.0449,
+                "depth_km": 6.0, "alert": "red", "tsunami": false,
+                "url": "https://earthquake.usgs.gov/earthquakes/eventpage/us6000len8",
+            }),
+            emitted_at: "2023-10-15T03:40:00.000Z".into(),
+        }
+    }
+
+    #[test]
+    fn the_alert_box_is_aligned_and_shows_utc_and_local_time() {
+        let text = alert_box(
+            &alert("western Afghanistan"),
+            FixedOffset::east_opt(4 * 3600 + 1800).unwrap(),
+        );
+        for line in text.lines() {
+            assert_eq!(line.chars().count(), BOX_WIDTH, "{line:?}");
+        }
+        assert!(
+            text.contains("│ Time       2023-10-15 03:36:00 UTC"),
+            "{text}"
+        );
+        assert!(
+            text.contains("│ Local      2023-10-15 08:06:00 +04:30"),
+            "{text}"
+        );
+        assert!(text.contains("https://earthquake.usgs.gov/earthquakes/eventpage/us6000len8 "));
+        assert!(text.starts_with("┌") && text.trim_end().ends_with("┘"));
+    }
+
+    #[test]
+    fn long_places_wrap_and_endless_words_are_cut() {
+        let place = "a very long place name that goes on and on past the edge of the box, \
+                     somewhere in the middle of a large ocean far from any coast at all";
+        let text = alert_box(&alert(place), FixedOffset::east_opt(0).unwrap());
+        let place_lines: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("│ Place"))
+            .take_while(|l| !l.starts_with("│ Time"))
+            .collect();
+        assert_eq!(place_lines.len(), 3, "{text}");
+        assert!(
+            place_lines[1].starts_with("│            "),
+            "continuation is indented"
+        );
+        let word = "x".repeat(200);
+        let text = alert_box(&alert(&word), FixedOffset::east_opt(0).unwrap());
+        assert!(text.contains("x…"));
+        for line in text.lines() {
+            assert_eq!(line.chars().count(), BOX_WIDTH);
+        }
+        // Control characters in a hostile place cannot break the box.
+        let text = alert_box(
+            &alert("evil\u{1b}[2J\nplace\r"),
+            FixedOffset::east_opt(0).unwrap(),
+        );
+        assert!(!text.contains('\u{1b}'));
+        let normal = alert_box(&alert("somewhere"), FixedOffset::east_opt(0).unwrap());
+        assert_eq!(text.lines().count(), normal.lines().count());
+    }
+
+    #[test]
+    fn the_alert_line_says_it_all() {
+        let line = alert_line(&alert("western Afghanistan"));
+        assert_eq!(
+            line,
+            "[NEW] M 6.3 - western Afghanistan - 2023-10-15 03:36:00 UTC - PAGER red - rules: \
+             M4.5+ - https://earthquake.usgs.gov/earthquakes/eventpage/us6000len8"
+        );
+    }
 
     #[test]
     fn window_results_print_as_an_aligned_table() {

@@ -40,7 +40,7 @@ use crate::{
     kafka::{
         KafkaSettings, TopicName,
         admin::Admin,
-        consumer::{Consumer, StartFrom},
+        consumer::{Consumer, StartFrom, static_member_id},
         producer::{Delivery, Producer},
         reader,
     },
@@ -200,7 +200,13 @@ pub async fn run(
         &config.group_id,
         StartFrom::Earliest,
         false,
-        &[("group.instance.id", instance_id(config, data_dir))],
+        &[(
+            "group.instance.id",
+            config
+                .instance_id
+                .clone()
+                .unwrap_or_else(|| static_member_id(&config.group_id, data_dir)),
+        )],
     )?;
     consumer.subscribe(&names[..2])?;
     let mut processor = Processor {
@@ -328,26 +334,6 @@ fn caught_up(
         caught_up &= position >= high;
     }
     (caught_up, assigned)
-}
-
-/// The static group member id: the same for a process restarted on the same machine and data
-/// directory, different for every other process. A restarted processor takes over its old
-/// membership at once instead of waiting for it to time out (and the embedded broker, tansu 0.6,
-/// never hands partitions to a newcomer while a killed leader is still a member).
-fn instance_id(config: &WindowConfig, data_dir: &Path) -> String {
-    if let Some(id) = &config.instance_id {
-        return id.clone();
-    }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
-    let dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in host.bytes().chain(dir.to_string_lossy().bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{}-{hash:016x}", config.group_id)
 }
 
 fn commit(consumer: &Consumer, commits: &[(String, i32, i64)]) {
