@@ -205,9 +205,11 @@ struct Entry {
 pub struct Assigner {
     spec: Spec,
     partition: i32,
-    keys: HashMap<Arc<str>, Entry>,
+    keys: FastMap<Arc<str>, Entry>,
     max_time: Option<i64>,
     announced: Option<(i64, bool)>,
+    /// The watermark of the last sweep of forgotten keys.
+    swept: Option<i64>,
 }
 
 impl Assigner {
@@ -215,9 +217,10 @@ impl Assigner {
         Assigner {
             spec,
             partition,
-            keys: HashMap::new(),
+            keys: FastMap::default(),
             max_time: None,
             announced: None,
+            swept: None,
         }
     }
 
@@ -238,9 +241,12 @@ impl Assigner {
             seq += 1;
         };
         let new_starts = || spec.starts(input.time);
-        let applied = match self.keys.get_mut(&input.key) {
-            Some(entry) if input.version <= entry.version => return Applied::Stale,
-            Some(entry) => {
+        let applied = match self.keys.entry(input.key.clone()) {
+            std::collections::hash_map::Entry::Occupied(o) if input.version <= o.get().version => {
+                return Applied::Stale;
+            }
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                let entry = o.get_mut();
                 if !entry.deleted {
                     // Cells the new version upserts into need no retraction: an upsert replaces.
                     let same_group = !input.deleted && entry.group == input.group;
@@ -264,17 +270,14 @@ impl Assigner {
                     Applied::Revised
                 }
             }
-            None => {
-                self.keys.insert(
-                    input.key.clone(),
-                    Entry {
-                        version: input.version,
-                        time: input.time,
-                        group: input.group.clone(),
-                        deleted: input.deleted,
-                        offset,
-                    },
-                );
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Entry {
+                    version: input.version,
+                    time: input.time,
+                    group: input.group.clone(),
+                    deleted: input.deleted,
+                    offset,
+                });
                 if input.deleted {
                     Applied::Deleted
                 } else {
@@ -315,9 +318,19 @@ impl Assigner {
     }
 
     /// Forgets keys whose every window is closed at `watermark`, one a combiner has reached:
-    /// a later version of such a key could only change closed windows.
+    /// a later version of such a key could only change closed windows. The sweep runs once the
+    /// watermark has moved a window length (or the lateness, if longer) since the last one:
+    /// keeping a key longer changes nothing but memory.
     pub fn forget_closed(&mut self, watermark: i64) {
         let size = self.spec.size;
+        let every = size.max(self.spec.lateness);
+        if self
+            .swept
+            .is_some_and(|at| watermark < at.saturating_add(every))
+        {
+            return;
+        }
+        self.swept = Some(watermark);
         self.keys
             .retain(|_, e| e.time.saturating_add(size) > watermark);
     }
@@ -440,9 +453,121 @@ pub enum Outcome {
     Ignored,
 }
 
+/// Hash maps keyed by record keys and groups: foldhash is several times faster than the
+/// standard SipHash on short strings and still randomly seeded, so keys taken from external
+/// data cannot be chosen to collide.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A cell's records, dense: keys and their values side by side (values `width` per key), so
+/// computing a result reads contiguous memory. Small cells (most: a few quakes in five minutes)
+/// find a key by scanning; larger ones keep a hash index.
+#[derive(Debug, Clone, Default)]
+struct Content {
+    /// Each key with a short hash of it, so that a scan compares strings only on a likely match.
+    keys: Vec<(u32, Arc<str>)>,
+    values: Vec<Option<f64>>,
+    index: Option<FastMap<Arc<str>, u32>>,
+}
+
+/// A fixed-seed hash tag for scanning small cells (a collision costs one string compare).
+fn tag(key: &str) -> u32 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x5eed).hash_one(key) as u32
+}
+
+/// Cells up to this many records find keys by scanning.
+const SCAN: usize = 8;
+
+impl Content {
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn position(&self, key: &Arc<str>) -> Option<usize> {
+        self.find(key, tag(key))
+    }
+
+    fn find(&self, key: &Arc<str>, tag: u32) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(key).map(|i| *i as usize),
+            None => self
+                .keys
+                .iter()
+                .position(|(t, k)| *t == tag && (Arc::ptr_eq(k, key) || **k == **key)),
+        }
+    }
+
+    fn insert(&mut self, key: &Arc<str>, values: &[Option<f64>], width: usize) {
+        let mut row = values
+            .iter()
+            .copied()
+            .chain(std::iter::repeat(None))
+            .take(width);
+        let key_tag = tag(key);
+        if let Some(i) = self.find(key, key_tag) {
+            for slot in &mut self.values[i * width..(i + 1) * width] {
+                *slot = row.next().flatten();
+            }
+            return;
+        }
+        if self.keys.is_empty() {
+            self.keys.reserve(4);
+            self.values.reserve(4 * width);
+        }
+        self.keys.push((key_tag, key.clone()));
+        self.values.extend(row);
+        let i = self.keys.len() - 1;
+        match &mut self.index {
+            Some(index) => {
+                index.insert(key.clone(), i as u32);
+            }
+            None if self.keys.len() > SCAN => {
+                let index = self
+                    .keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, k))| (k.clone(), i as u32))
+                    .collect();
+                self.index = Some(index);
+            }
+            None => {}
+        }
+    }
+
+    fn remove(&mut self, key: &Arc<str>, width: usize) -> bool {
+        let Some(i) = self.position(key) else {
+            return false;
+        };
+        if let Some(index) = &mut self.index {
+            index.remove(key);
+        }
+        let last = self.keys.len() - 1;
+        self.keys.swap_remove(i);
+        if i != last {
+            for f in 0..width {
+                self.values[i * width + f] = self.values[last * width + f];
+            }
+            if let Some(index) = &mut self.index {
+                index.insert(self.keys[i].1.clone(), i as u32);
+            }
+        }
+        self.values.truncate(last * width);
+        true
+    }
+
+    /// The non-null values of field `f`.
+    fn field(&self, f: usize, width: usize) -> impl Iterator<Item = f64> + '_ {
+        self.values
+            .iter()
+            .skip(f)
+            .step_by(width.max(1))
+            .filter_map(|v| *v)
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Cell {
-    content: HashMap<Arc<str>, Arc<[Option<f64>]>>,
+    content: Content,
     /// Repartition offset of the change that opened the cell.
     first_offset: i64,
     dirty: bool,
@@ -454,12 +579,14 @@ struct Cell {
 pub struct Combiner {
     spec: Spec,
     layout: Arc<Layout>,
-    cells: BTreeMap<(i64, Arc<str>), Cell>,
+    /// Open cells: windows by start (so closed ones come first), then groups.
+    cells: BTreeMap<i64, FastMap<Arc<str>, Cell>>,
     /// Input partitions: their number, and each one's last announcement (largest event time
     /// if it has seen any, idle).
     inputs: i32,
     sources: HashMap<i32, (Option<i64>, bool)>,
-    applied: HashMap<i32, (i64, u32)>,
+    /// The last change applied from each input partition, by partition number.
+    applied: Vec<Option<(i64, u32)>>,
     watermark: Option<i64>,
     scratch: Vec<f64>,
 }
@@ -473,7 +600,7 @@ impl Combiner {
             inputs,
             cells: BTreeMap::new(),
             sources: HashMap::new(),
-            applied: HashMap::new(),
+            applied: Vec::new(),
             watermark: None,
             scratch: Vec::new(),
         }
@@ -486,12 +613,13 @@ impl Combiner {
     /// Applies the change read at repartition `offset`.
     pub fn apply(&mut self, offset: i64, change: &Change) -> Outcome {
         let position = (change.offset, change.seq);
-        match self.applied.get_mut(&change.src) {
+        let src = usize::try_from(change.src).unwrap_or(0);
+        if self.applied.len() <= src {
+            self.applied.resize(src + 1, None);
+        }
+        match &mut self.applied[src] {
             Some(done) if position <= *done => return Outcome::Duplicate,
-            Some(done) => *done = position,
-            None => {
-                self.applied.insert(change.src, position);
-            }
+            slot => *slot = Some(position),
         }
         if self.closed(change.start) {
             return match change.op {
@@ -499,21 +627,28 @@ impl Combiner {
                 _ => Outcome::Ignored,
             };
         }
-        let cell_key = (change.start, change.group.clone());
+        let width = self.layout.fields.len();
         match &change.op {
             Op::Upsert { values, .. } => {
-                let cell = self.cells.entry(cell_key).or_insert_with(|| Cell {
-                    content: HashMap::new(),
-                    first_offset: offset,
-                    dirty: false,
-                    last_emit: None,
-                });
-                cell.content.insert(change.key.clone(), values.clone());
+                let window = self.cells.entry(change.start).or_default();
+                let cell = match window.get_mut(&change.group) {
+                    Some(cell) => cell,
+                    None => window.entry(change.group.clone()).or_insert(Cell {
+                        content: Content::default(),
+                        first_offset: offset,
+                        dirty: false,
+                        last_emit: None,
+                    }),
+                };
+                cell.content.insert(&change.key, values, width);
                 cell.dirty = true;
             }
             Op::Retract => {
-                if let Some(cell) = self.cells.get_mut(&cell_key)
-                    && cell.content.remove(&change.key).is_some()
+                if let Some(cell) = self
+                    .cells
+                    .get_mut(&change.start)
+                    .and_then(|w| w.get_mut(&change.group))
+                    && cell.content.remove(&change.key, width)
                 {
                     cell.dirty = true;
                 }
@@ -546,82 +681,58 @@ impl Combiner {
     }
 
     /// Ends a batch: advances the watermark, emits a final result for every cell it closed and an
-    /// update for every changed cell whose last emission is at least `every` ms old.
+    /// update for every changed cell whose last emission is at least `every` ms old. Results
+    /// come in window order, then group order.
     pub fn end_batch(&mut self, now: i64, every: i64, out: &mut Vec<WindowResult>) {
         self.watermark = self.watermark.max(self.candidate());
+        let (spec, layout, scratch) = (self.spec, &self.layout, &mut self.scratch);
         if let Some(watermark) = self.watermark {
-            // Cells are ordered by start; closed ones (end <= watermark) come first.
-            let size = self.spec.size;
             while let Some(entry) = self.cells.first_entry() {
-                if entry.key().0.saturating_add(size) > watermark {
+                if spec.end(*entry.key()) > watermark {
                     break;
                 }
-                let ((start, group), cell) = entry.remove_entry();
-                let result = self.result(start, group, &cell, true, now);
-                out.push(result);
+                let (start, window) = entry.remove_entry();
+                let mut groups: Vec<(Arc<str>, Cell)> = window.into_iter().collect();
+                groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                for (group, cell) in groups {
+                    out.push(compute(
+                        spec, layout, scratch, start, group, &cell, true, now,
+                    ));
+                }
             }
         }
-        let due: Vec<(i64, Arc<str>)> = self
-            .cells
-            .iter()
-            .filter(|(_, c)| c.dirty && c.last_emit.is_none_or(|t| now.saturating_sub(t) >= every))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in due {
-            let mut cell = self.cells.remove(&key).expect("the key was just listed");
-            out.push(self.result(key.0, key.1.clone(), &cell, false, now));
-            cell.dirty = false;
-            cell.last_emit = Some(now);
-            self.cells.insert(key, cell);
-        }
-    }
-
-    fn result(
-        &mut self,
-        start: i64,
-        group: Arc<str>,
-        cell: &Cell,
-        is_final: bool,
-        now: i64,
-    ) -> WindowResult {
-        let mut values = Vec::with_capacity(self.layout.aggregates.len());
-        for (_, op, field) in &self.layout.aggregates {
-            let Some(field) = *field else {
-                values.push(Some(cell.content.len() as f64));
-                continue;
-            };
-            self.scratch.clear();
-            self.scratch.extend(
-                cell.content
-                    .values()
-                    .filter_map(|v| v.get(field).copied().flatten()),
-            );
-            // Summing in sorted order makes the result independent of arrival order.
-            self.scratch.sort_unstable_by(f64::total_cmp);
-            let n = self.scratch.len();
-            let value = match op {
-                AggOp::Count => Some(n as f64),
-                _ if n == 0 => None,
-                AggOp::Sum => Some(self.scratch.iter().sum()),
-                AggOp::Avg => Some(self.scratch.iter().sum::<f64>() / n as f64),
-                AggOp::Min => self.scratch.first().copied(),
-                AggOp::Max => self.scratch.last().copied(),
-            };
-            values.push(value);
-        }
-        WindowResult {
-            start,
-            end: self.spec.end(start),
-            group,
-            values,
-            is_final,
-            emitted_at: now,
+        for (&start, window) in &mut self.cells {
+            let first = out.len();
+            for (group, cell) in window.iter_mut() {
+                if cell.dirty
+                    && cell
+                        .last_emit
+                        .is_none_or(|t| now.saturating_sub(t) >= every)
+                {
+                    out.push(compute(
+                        spec,
+                        layout,
+                        scratch,
+                        start,
+                        group.clone(),
+                        cell,
+                        false,
+                        now,
+                    ));
+                    cell.dirty = false;
+                    cell.last_emit = Some(now);
+                }
+            }
+            out[first..].sort_unstable_by(|a, b| a.group.cmp(&b.group));
         }
     }
 
     /// Whether changed cells are waiting for their coalescing interval.
     pub fn pending(&self) -> bool {
-        self.cells.values().any(|c| c.dirty)
+        self.cells
+            .values()
+            .flat_map(|w| w.values())
+            .any(|c| c.dirty)
     }
 
     pub fn watermark(&self) -> Option<i64> {
@@ -634,22 +745,74 @@ impl Combiner {
     pub fn restore(&mut self, watermark: Option<i64>) {
         self.watermark = self.watermark.max(self.candidate()).max(watermark);
         if let Some(w) = self.watermark {
-            let size = self.spec.size;
-            self.cells
-                .retain(|(start, _), _| start.saturating_add(size) > w);
+            let spec = self.spec;
+            self.cells.retain(|start, _| spec.end(*start) > w);
         }
-        for cell in self.cells.values_mut() {
+        for cell in self.cells.values_mut().flat_map(|w| w.values_mut()) {
             cell.dirty = false;
         }
     }
 
     /// The earliest repartition offset an open cell depends on.
     pub fn replay_from(&self) -> Option<i64> {
-        self.cells.values().map(|c| c.first_offset).min()
+        self.cells
+            .values()
+            .flat_map(|w| w.values())
+            .map(|c| c.first_offset)
+            .min()
     }
 
     pub fn open_cells(&self) -> usize {
-        self.cells.len()
+        self.cells.values().map(FastMap::len).sum()
+    }
+}
+
+/// A cell's result: aggregates computed from its contents, summing in sorted order so that the
+/// result is independent of arrival order.
+#[allow(clippy::too_many_arguments)]
+fn compute(
+    spec: Spec,
+    layout: &Layout,
+    scratch: &mut Vec<f64>,
+    start: i64,
+    group: Arc<str>,
+    cell: &Cell,
+    is_final: bool,
+    now: i64,
+) -> WindowResult {
+    let mut values = vec![None; layout.aggregates.len()];
+    for field in 0..layout.fields.len() {
+        scratch.clear();
+        scratch.extend(cell.content.field(field, layout.fields.len()));
+        scratch.sort_unstable_by(f64::total_cmp);
+        let n = scratch.len();
+        let sum = || scratch.iter().sum::<f64>();
+        for (slot, (_, op, f)) in values.iter_mut().zip(&layout.aggregates) {
+            if *f != Some(field) {
+                continue;
+            }
+            *slot = match op {
+                AggOp::Count => Some(n as f64),
+                _ if n == 0 => None,
+                AggOp::Sum => Some(sum()),
+                AggOp::Avg => Some(sum() / n as f64),
+                AggOp::Min => scratch.first().copied(),
+                AggOp::Max => scratch.last().copied(),
+            };
+        }
+    }
+    for (slot, (_, _, f)) in values.iter_mut().zip(&layout.aggregates) {
+        if f.is_none() {
+            *slot = Some(cell.content.len() as f64);
+        }
+    }
+    WindowResult {
+        start,
+        end: spec.end(start),
+        group,
+        values,
+        is_final,
+        emitted_at: now,
     }
 }
 

@@ -597,3 +597,32 @@ proptest! {
         prop_assert_eq!(got_late, late);
     }
 }
+
+proptest! {
+    /// A cell's dense contents behave like a map, below and above the scanning size.
+    #[test]
+    fn cell_contents_behave_like_a_map(ops in prop::collection::vec((0u8..40, any::<bool>(), -5i8..5), 0..300)) {
+        let mut content = Content::default();
+        let mut model: BTreeMap<String, (Option<f64>, Option<f64>)> = BTreeMap::new();
+        for (k, insert, v) in ops {
+            let key: Arc<str> = Arc::from(format!("k{k}"));
+            if insert {
+                let row = [Some(f64::from(v)), (v > 0).then_some(f64::from(v) * 2.0)];
+                content.insert(&key, &row, 2);
+                model.insert(key.to_string(), (row[0], row[1]));
+            } else {
+                prop_assert_eq!(content.remove(&key, 2), model.remove(&*key).is_some());
+            }
+            prop_assert_eq!(content.len(), model.len());
+        }
+        let mut got: Vec<f64> = content.field(1, 2).collect();
+        let mut want: Vec<f64> = model.values().filter_map(|v| v.1).collect();
+        got.sort_by(f64::total_cmp);
+        want.sort_by(f64::total_cmp);
+        prop_assert_eq!(got, want);
+        for (key, row) in &model {
+            let i = content.position(&Arc::from(key.as_str())).unwrap();
+            prop_assert_eq!((content.values[i * 2], content.values[i * 2 + 1]), *row);
+        }
+    }
+}
