@@ -40,6 +40,42 @@ fn unknown_config_key_names_the_key_and_the_file() {
 }
 
 #[test]
+fn bad_window_and_alert_settings_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("quakestream.toml");
+    for (text, expected) in [
+        (
+            "[window]\nsize = \"1m\"\nslide = \"5m\"\n",
+            "longer than the window",
+        ),
+        (
+            "[window]\naggregates = [{ name = \"final\", op = \"count\" }]\n",
+            "`final` is a name the window result uses itself",
+        ),
+        (
+            "[window]\naggregates = [{ name = \"m\", op = \"median\", field = \"mag\" }]\n",
+            "unknown variant `median`",
+        ),
+        (
+            "[[alerts.rules]]\nname = \"x\"\nmin_alert_level = \"purple\"\n",
+            "expected one of green, yellow, orange, red",
+        ),
+        (
+            "[alerts]\nwebhooks = [\"not a url\"]\n",
+            "webhook \"not a url\"",
+        ),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let finished = run(quakestream(&dir.path().join("data"))
+            .arg("--config")
+            .arg(&file)
+            .args(["run", "window"]));
+        let error = assert_one_line_error(&finished);
+        assert!(error.contains(expected), "{text}: {error}");
+    }
+}
+
+#[test]
 fn unreachable_external_broker_names_the_address_and_embedded_mode() {
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
