@@ -630,11 +630,16 @@ impl Combiner {
         let width = self.layout.fields.len();
         match &change.op {
             Op::Upsert { values, .. } => {
-                // A new window is sized like the largest open one: no rehashing as it fills.
-                let expected = self.cells.values().map(FastMap::len).max().unwrap_or(0);
-                let window = self.cells.entry(change.start).or_insert_with(|| {
-                    FastMap::with_capacity_and_hasher(expected, Default::default())
-                });
+                if !self.cells.contains_key(&change.start) {
+                    // A new window is sized like the largest open one: no rehashing as it fills.
+                    let expected = self.cells.values().map(FastMap::len).max().unwrap_or(0);
+                    let window = FastMap::with_capacity_and_hasher(expected, Default::default());
+                    self.cells.insert(change.start, window);
+                }
+                let window = self
+                    .cells
+                    .get_mut(&change.start)
+                    .expect("inserted above when missing");
                 let cell = match window.get_mut(&change.group) {
                     Some(cell) => cell,
                     None => window.entry(change.group.clone()).or_insert(Cell {
