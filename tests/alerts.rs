@@ -110,6 +110,17 @@ fn haversine(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     2.0 * r * h.sqrt().asin()
 }
 
+/// Writes quake records to the `earthquakes` topic, keyed.
+async fn publish(producer: &Producer, records: &[(String, serde_json::Value)]) {
+    for (key, quake) in records {
+        let body = serde_json::to_vec(quake).unwrap();
+        producer
+            .send("earthquakes", Some(key), &body, None)
+            .await
+            .unwrap();
+    }
+}
+
 /// (kind, key) of every alert on a topic, in order.
 async fn alerts(settings: &KafkaSettings, topic: &str) -> Vec<(String, String)> {
     read_topic(settings, topic)
@@ -246,46 +257,20 @@ async fn significant_month_raises_exactly_the_alerts_the_rules_imply() {
     let mut deleted = records.iter().find(|(k, _)| k == "us6000len8").unwrap().1["quake"].clone();
     deleted["status"] = serde_json::json!("deleted");
     deleted["updated"] = serde_json::json!("2023-10-12T00:00:00.000Z");
-    for (key, quake) in [("us6000lec2", &revised), ("us6000len8", &deleted)] {
-        producer
-            .send(
-                "earthquakes",
-                Some(key),
-                &serde_json::to_vec(quake).unwrap(),
-                None,
-            )
-            .await
-            .unwrap();
-    }
+    let changes = [
+        ("us6000lec2".to_string(), revised),
+        ("us6000len8".to_string(), deleted),
+    ];
+    publish(&producer, &changes).await;
     processor.until(20).await;
 
     // The same records again, to the running processor and after a restart: nothing new.
     let everything = read_topic(&settings, "earthquakes").await;
-    for (key, quake) in &everything {
-        producer
-            .send(
-                "earthquakes",
-                Some(key),
-                &serde_json::to_vec(quake).unwrap(),
-                None,
-            )
-            .await
-            .unwrap();
-    }
+    publish(&producer, &everything).await;
     processor.until(20 + everything.len() as u64).await;
     let metrics = processor.stop().await;
     let restarted = start(default_rules, &settings, dir.path());
-    for (key, quake) in &everything {
-        producer
-            .send(
-                "earthquakes",
-                Some(key),
-                &serde_json::to_vec(quake).unwrap(),
-                None,
-            )
-            .await
-            .unwrap();
-    }
+    publish(&producer, &everything).await;
     restarted.until(everything.len() as u64).await;
     let restarted_metrics = restarted.stop().await;
     other.stop().await;

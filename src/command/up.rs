@@ -57,39 +57,16 @@ pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
         ));
     }
 
-    let data_dir = std::path::absolute(&config.data_dir).unwrap_or(config.data_dir.clone());
+    let data_dir = absolute_data_dir(config);
     if config.window.enabled {
-        let metrics = Arc::new(WindowMetrics::default());
-        let (window, dlq, settings, dir) = (
-            config.window.clone(),
-            config.topics.dlq.clone(),
-            settings.clone(),
-            data_dir.clone(),
-        );
-        let stop = components_stop.clone();
-        components.spawn(async move {
-            let result = task::run(&window, &dlq, &dir, &settings, metrics.clone(), stop).await;
-            log_window_summary(&metrics);
-            result.map(|()| "window")
-        });
         lines.push(window_line(config));
+        let (config, settings, stop) = (config.clone(), settings.clone(), components_stop.clone());
+        components.spawn(async move { window(&config, &settings, stop).await.map(|()| "window") });
     }
     if config.alerts.enabled {
-        let metrics = Arc::new(AlertMetrics::default());
-        let (alerts, dlq, settings, dir) = (
-            config.alerts.clone(),
-            config.topics.dlq.clone(),
-            settings.clone(),
-            data_dir.clone(),
-        );
-        let stop = components_stop.clone();
-        components.spawn(async move {
-            let result =
-                alert_task::run(&alerts, &dlq, &dir, &settings, metrics.clone(), stop).await;
-            log_alert_summary(&metrics);
-            result.map(|()| "alerts")
-        });
         lines.push(alerts_line(config, &data_dir));
+        let (config, settings, stop) = (config.clone(), settings.clone(), components_stop.clone());
+        components.spawn(async move { alerts(&config, &settings, stop).await.map(|()| "alerts") });
     }
     let mut summary = format!("quakestream {} is up\n", env!("CARGO_PKG_VERSION"));
     match &broker {
@@ -224,27 +201,32 @@ fn window_line(config: &Config) -> String {
 /// `quakestream run window`.
 pub async fn run_window(config: &Config, shutdown: CancellationToken) -> Result<()> {
     let settings = KafkaSettings::from_config(config);
-    let metrics = Arc::new(WindowMetrics::default());
-    let data_dir = std::path::absolute(&config.data_dir).unwrap_or(config.data_dir.clone());
     print_out(&format!(
         "window processor at {}:\n{}\nPress Ctrl+C to stop.\n",
         settings.bootstrap,
         window_line(config)
     ))?;
+    window(config, &settings, shutdown).await
+}
+
+/// The data directory as an absolute path (state files and logs are named by it).
+fn absolute_data_dir(config: &Config) -> std::path::PathBuf {
+    std::path::absolute(&config.data_dir).unwrap_or(config.data_dir.clone())
+}
+
+/// The window processor until `stop`, then its summary in the log.
+async fn window(config: &Config, settings: &KafkaSettings, stop: CancellationToken) -> Result<()> {
+    let metrics = Arc::new(WindowMetrics::default());
     let result = task::run(
         &config.window,
         &config.topics.dlq,
-        &data_dir,
-        &settings,
+        &absolute_data_dir(config),
+        settings,
         metrics.clone(),
-        shutdown,
+        stop,
     )
     .await;
-    log_window_summary(&metrics);
-    result
-}
-
-fn log_window_summary(m: &WindowMetrics) {
+    let m = &metrics;
     tracing::info!(
         records = m.records.get(),
         stale = m.stale.get(),
@@ -255,6 +237,7 @@ fn log_window_summary(m: &WindowMetrics) {
         rebuilt = m.rebuilt.get(),
         "window summary"
     );
+    result
 }
 
 fn alerts_line(config: &Config, data_dir: &std::path::Path) -> String {
@@ -278,27 +261,27 @@ fn alerts_line(config: &Config, data_dir: &std::path::Path) -> String {
 /// `quakestream run alerts`.
 pub async fn run_alerts(config: &Config, shutdown: CancellationToken) -> Result<()> {
     let settings = KafkaSettings::from_config(config);
-    let metrics = Arc::new(AlertMetrics::default());
-    let data_dir = std::path::absolute(&config.data_dir).unwrap_or(config.data_dir.clone());
     print_out(&format!(
         "alert processor at {}:\n{}\nPress Ctrl+C to stop.\n",
         settings.bootstrap,
-        alerts_line(config, &data_dir)
+        alerts_line(config, &absolute_data_dir(config))
     ))?;
+    alerts(config, &settings, shutdown).await
+}
+
+/// The alert processor until `stop`, then its summary in the log.
+async fn alerts(config: &Config, settings: &KafkaSettings, stop: CancellationToken) -> Result<()> {
+    let metrics = Arc::new(AlertMetrics::default());
     let result = alert_task::run(
         &config.alerts,
         &config.topics.dlq,
-        &data_dir,
-        &settings,
+        &absolute_data_dir(config),
+        settings,
         metrics.clone(),
-        shutdown,
+        stop,
     )
     .await;
-    log_alert_summary(&metrics);
-    result
-}
-
-fn log_alert_summary(m: &AlertMetrics) {
+    let m = &metrics;
     tracing::info!(
         records = m.records.get(),
         bad = m.bad.get(),
@@ -310,4 +293,5 @@ fn log_alert_summary(m: &AlertMetrics) {
         webhooks_dropped = m.webhooks.dropped.get(),
         "alerts summary"
     );
+    result
 }

@@ -31,11 +31,7 @@ pub fn static_member_id(group: &str, data_dir: &std::path::Path) -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into());
     let dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in host.bytes().chain(dir.to_string_lossy().bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
+    let hash = super::stable_hash(host.bytes().chain(dir.to_string_lossy().bytes()));
     format!("{group}-{hash:016x}")
 }
 

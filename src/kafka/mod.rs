@@ -112,6 +112,14 @@ impl KafkaSettings {
     }
 }
 
+/// FNV-1a: a hash that is the same in every process and release, for names and routing that
+/// several processes must agree on (not for hash tables).
+pub(crate) fn stable_hash(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 pub(crate) fn millis(d: Duration) -> String {
     d.as_millis().max(1).to_string()
 }

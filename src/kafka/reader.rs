@@ -18,20 +18,9 @@ use crate::error::{Error, Result};
 pub fn scan(
     settings: &KafkaSettings,
     topic: &str,
-    mut f: impl FnMut(&BorrowedMessage<'_>),
+    f: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<u64> {
-    let consumer: BaseConsumer<Context> = settings
-        .client_config(&[
-            ("group.id", format!("{}-scan", settings.client_id)),
-            ("enable.auto.commit", "false".into()),
-            ("enable.auto.offset.store", "false".into()),
-            ("enable.partition.eof", "false".into()),
-            // quakestream writes no transactions; and the embedded broker's last stable offset
-            // can lag behind what it has stored.
-            ("isolation.level", "read_uncommitted".into()),
-        ])
-        .create_with_context(Context::default())
-        .map_err(Error::kafka("creating a topic reader"))?;
+    let consumer = reader(settings)?;
     let metadata = consumer
         .fetch_metadata(Some(topic), settings.timeout)
         .map_err(Error::kafka("reading topic metadata"))?;
@@ -41,18 +30,72 @@ pub fn scan(
         .filter(|t| t.name() == topic && t.error().is_none())
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
-
-    let mut assignment = TopicPartitionList::new();
-    let mut remaining: HashMap<i32, i64> = HashMap::new();
+    let mut ranges = HashMap::new();
     for partition in partitions {
         let (low, high) = consumer
             .fetch_watermarks(topic, partition, settings.timeout)
             .map_err(Error::kafka("reading offsets"))?;
-        if high > low {
+        ranges.insert(partition, (low, high));
+    }
+    read_ranges(&consumer, settings, topic, ranges, f)
+}
+
+/// Calls `f` for every message of one partition in `[from, to)`, in offset order (fewer when
+/// the partition's start is past `from`). Blocking: run it on the blocking pool. How a
+/// processor rebuilds the state a partition's committed offset stands for.
+pub fn scan_partition(
+    settings: &KafkaSettings,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
+    f: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<u64> {
+    if from >= to {
+        return Ok(0);
+    }
+    let consumer = reader(settings)?;
+    let (low, _) = consumer
+        .fetch_watermarks(topic, partition, settings.timeout)
+        .map_err(Error::kafka("reading offsets"))?;
+    let ranges = HashMap::from([(partition, (from.max(low), to))]);
+    read_ranges(&consumer, settings, topic, ranges, f)
+}
+
+/// A consumer that reads assigned partitions without a group's offsets.
+fn reader(settings: &KafkaSettings) -> Result<BaseConsumer<Context>> {
+    settings
+        .client_config(&[
+            ("group.id", format!("{}-scan", settings.client_id)),
+            ("enable.auto.commit", "false".into()),
+            ("enable.auto.offset.store", "false".into()),
+            ("enable.partition.eof", "false".into()),
+            ("auto.offset.reset", "earliest".into()),
+            // quakestream writes no transactions; and the embedded broker's last stable offset
+            // can lag behind what it has stored.
+            ("isolation.level", "read_uncommitted".into()),
+        ])
+        .create_with_context(Context::default())
+        .map_err(Error::kafka("creating a topic reader"))
+}
+
+/// Reads `[start, end)` of each partition in `ranges`, giving up when nothing arrives for three
+/// client timeouts.
+fn read_ranges(
+    consumer: &BaseConsumer<Context>,
+    settings: &KafkaSettings,
+    topic: &str,
+    ranges: HashMap<i32, (i64, i64)>,
+    mut f: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<u64> {
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining: HashMap<i32, i64> = HashMap::new();
+    for (partition, (start, end)) in ranges {
+        if end > start {
             assignment
-                .add_partition_offset(topic, partition, Offset::Offset(low))
+                .add_partition_offset(topic, partition, Offset::Offset(start))
                 .map_err(Error::kafka("assigning partitions"))?;
-            remaining.insert(partition, high);
+            remaining.insert(partition, end);
         }
     }
     if remaining.is_empty() {
@@ -94,71 +137,4 @@ pub fn scan(
         }
     }
     Ok(read)
-}
-
-/// Calls `f` for every message of one partition in `[from, to)`, in offset order (fewer when
-/// the partition's start is past `from`). Blocking: run it on the blocking pool. How a
-/// processor rebuilds the state a partition's committed offset stands for.
-pub fn scan_partition(
-    settings: &KafkaSettings,
-    topic: &str,
-    partition: i32,
-    from: i64,
-    to: i64,
-    mut f: impl FnMut(&BorrowedMessage<'_>),
-) -> Result<u64> {
-    if from >= to {
-        return Ok(0);
-    }
-    let consumer: BaseConsumer<Context> = settings
-        .client_config(&[
-            ("group.id", format!("{}-scan", settings.client_id)),
-            ("enable.auto.commit", "false".into()),
-            ("enable.auto.offset.store", "false".into()),
-            ("enable.partition.eof", "false".into()),
-            ("auto.offset.reset", "earliest".into()),
-            ("isolation.level", "read_uncommitted".into()),
-        ])
-        .create_with_context(Context::default())
-        .map_err(Error::kafka("creating a topic reader"))?;
-    let (low, _) = consumer
-        .fetch_watermarks(topic, partition, settings.timeout)
-        .map_err(Error::kafka("reading offsets"))?;
-    let from = from.max(low);
-    if from >= to {
-        return Ok(0);
-    }
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, partition, Offset::Offset(from))
-        .map_err(Error::kafka("assigning partitions"))?;
-    consumer
-        .assign(&assignment)
-        .map_err(Error::kafka("assigning partitions"))?;
-    let mut read = 0;
-    let mut last_progress = Instant::now();
-    loop {
-        match consumer.poll(std::time::Duration::from_millis(200)) {
-            Some(Ok(message)) => {
-                last_progress = Instant::now();
-                if message.offset() < to {
-                    f(&message);
-                    read += 1;
-                }
-                if message.offset() + 1 >= to {
-                    return Ok(read);
-                }
-            }
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, topic, partition, "error while reading back a partition");
-            }
-            None => {}
-        }
-        if last_progress.elapsed() > settings.timeout * 3 {
-            return Err(Error::Broker(format!(
-                "reading back {topic}/{partition}: no progress for {:?} before offset {to}",
-                settings.timeout * 3
-            )));
-        }
-    }
 }

@@ -32,7 +32,7 @@
 
 use std::{
     cmp::Ordering,
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, hash_map::Entry as Slot},
     sync::Arc,
     time::Duration,
 };
@@ -241,49 +241,39 @@ impl Assigner {
             seq += 1;
         };
         let new_starts = || spec.starts(input.time);
-        let applied = match self.keys.entry(input.key.clone()) {
-            std::collections::hash_map::Entry::Occupied(o) if input.version <= o.get().version => {
-                return Applied::Stale;
-            }
-            std::collections::hash_map::Entry::Occupied(mut o) => {
-                let entry = o.get_mut();
-                if !entry.deleted {
+        let fresh = Entry {
+            version: input.version,
+            time: input.time,
+            group: input.group.clone(),
+            deleted: input.deleted,
+            offset,
+        };
+        let revised = match self.keys.entry(input.key.clone()) {
+            Slot::Occupied(o) if fresh.version <= o.get().version => return Applied::Stale,
+            Slot::Occupied(mut o) => {
+                let old = o.get();
+                if !old.deleted {
                     // Cells the new version upserts into need no retraction: an upsert replaces.
-                    let same_group = !input.deleted && entry.group == input.group;
-                    for start in spec.starts(entry.time) {
+                    let same_group = !input.deleted && old.group == input.group;
+                    for start in spec.starts(old.time) {
                         if same_group && new_starts().any(|s| s == start) {
                             continue;
                         }
-                        change(start, &entry.group, &input.key, Op::Retract);
+                        change(start, &old.group, &input.key, Op::Retract);
                     }
                 }
-                *entry = Entry {
-                    version: input.version,
-                    time: input.time,
-                    group: input.group.clone(),
-                    deleted: input.deleted,
-                    offset,
-                };
-                if input.deleted {
-                    Applied::Deleted
-                } else {
-                    Applied::Revised
-                }
+                *o.get_mut() = fresh;
+                true
             }
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(Entry {
-                    version: input.version,
-                    time: input.time,
-                    group: input.group.clone(),
-                    deleted: input.deleted,
-                    offset,
-                });
-                if input.deleted {
-                    Applied::Deleted
-                } else {
-                    Applied::New
-                }
+            Slot::Vacant(v) => {
+                v.insert(fresh);
+                false
             }
+        };
+        let applied = match (input.deleted, revised) {
+            (true, _) => Applied::Deleted,
+            (false, true) => Applied::Revised,
+            (false, false) => Applied::New,
         };
         if !input.deleted {
             for (i, start) in new_starts().enumerate() {

@@ -871,13 +871,9 @@ fn decode(wire: Wire) -> Decoded {
     }
 }
 
-/// The repartition partition of a cell: FNV-1a, stable across processes and versions.
+/// The repartition partition of a cell, the same in every process.
 fn route(start: i64, group: &str, partitions: i32) -> i32 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in start.to_be_bytes().iter().chain(group.as_bytes()) {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
+    let hash = crate::kafka::stable_hash(start.to_be_bytes().into_iter().chain(group.bytes()));
     (hash % partitions.max(1) as u64) as i32
 }
 
