@@ -183,6 +183,11 @@ pub enum Component {
     /// The alert processor: rules over the quakes topic ([alerts]), alerts to
     /// earthquake-alerts, the log file and webhooks.
     Alerts,
+    /// The files sink: topics landed as Parquet, CSV or JSON Lines files in a local lake
+    /// ([files], default <data-dir>/lake), exactly once.
+    Files,
+    /// The object-store sink: the same lake on S3, GCS or Azure ([object_store]).
+    ObjectStore,
 }
 
 #[derive(Debug, Subcommand)]

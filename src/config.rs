@@ -55,6 +55,12 @@ pub struct Config {
     pub window: crate::process::window::WindowConfig,
     /// The alert processor: rules over quake revisions.
     pub alerts: crate::process::alert::AlertsConfig,
+    /// The `files` sink: topics landed in a local lake (Parquet by default).
+    #[serde(default = "crate::sink::lake::LakeConfig::files")]
+    pub files: crate::sink::lake::LakeConfig,
+    /// The `object-store` sink: the same lake on S3, GCS, Azure or local storage.
+    #[serde(default = "crate::sink::lake::LakeConfig::object_store")]
+    pub object_store: crate::sink::lake::LakeConfig,
     /// librdkafka properties, passed through verbatim to every client (after quakestream's own
     /// settings, so they win): `"security.protocol" = "SASL_SSL"`, `"sasl.mechanisms" =
     /// "PLAIN"`, … Secrets belong in the environment (`QUAKESTREAM_KAFKA_SASL_PASSWORD`).
@@ -74,6 +80,8 @@ impl Default for Config {
             backfill: crate::source::backfill::BackfillConfig::default(),
             window: crate::process::window::WindowConfig::default(),
             alerts: crate::process::alert::AlertsConfig::default(),
+            files: crate::sink::lake::LakeConfig::files(),
+            object_store: crate::sink::lake::LakeConfig::object_store(),
             kafka: BTreeMap::new(),
         }
     }
@@ -316,6 +324,12 @@ fn env_layer(env: impl IntoIterator<Item = (String, String)>) -> Result<Table> {
         ["window", "slide"],
         ["window", "key_field"],
         ["window", "instance_id"],
+        ["files", "instance_id"],
+        ["files", "time_field"],
+        ["object_store", "instance_id"],
+        ["object_store", "time_field"],
+        ["object_store", "endpoint"],
+        ["object_store", "object_per_record"],
     ] {
         leaves.push((
             optional.iter().map(|s| s.to_string()).collect(),
@@ -380,6 +394,14 @@ fn typed_like(default: &Value, raw: &str) -> Option<Value> {
         Value::Integer(_) => raw.trim().parse().ok().map(Value::Integer),
         Value::Float(_) => raw.trim().parse().ok().map(Value::Float),
         Value::Boolean(_) => raw.trim().parse().ok().map(Value::Boolean),
+        // Lists of names: `QUAKESTREAM_FILES_TOPICS=earthquakes,earthquake-stats`.
+        Value::Array(_) => Some(Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_string()))
+                .collect(),
+        )),
         _ => Some(Value::String(raw.to_string())),
     }
 }

@@ -55,6 +55,10 @@ pub enum Error {
         source: KafkaError,
     },
 
+    /// A sink's store (object storage, a database) refused or failed a write.
+    #[error("{sink}: {message}")]
+    Sink { sink: &'static str, message: String },
+
     /// A file or directory could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -80,7 +84,9 @@ impl Error {
             | Error::InvalidTopic { .. }
             | Error::UnknownTopic(_)
             | Error::TopicExists(_) => Fault::User,
-            Error::Unreachable(_) | Error::Kafka { .. } | Error::Io { .. } => Fault::External,
+            Error::Unreachable(_) | Error::Kafka { .. } | Error::Io { .. } | Error::Sink { .. } => {
+                Fault::External
+            }
             Error::Broker(_) => Fault::Internal,
         }
     }

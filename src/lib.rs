@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod process;
 pub mod record;
 pub mod shutdown;
+pub mod sink;
 pub mod source;
 
 pub use config::Config;

@@ -5,6 +5,7 @@ mod broker;
 mod consume;
 mod produce;
 mod replay;
+mod sinks;
 mod topics;
 mod up;
 
@@ -78,6 +79,8 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
             Component::Usgs => up::run_usgs(&config, shutdown).await,
             Component::Window => up::run_window(&config, shutdown).await,
             Component::Alerts => up::run_alerts(&config, shutdown).await,
+            Component::Files => sinks::run_lake(&config, false, shutdown).await,
+            Component::ObjectStore => sinks::run_lake(&config, true, shutdown).await,
         },
         Command::Topics(command) => topics(&config, command).await,
         Command::Produce(args) => produce(&config, args, shutdown).await,

@@ -68,6 +68,21 @@ pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
         let (config, settings, stop) = (config.clone(), settings.clone(), components_stop.clone());
         components.spawn(async move { alerts(&config, &settings, stop).await.map(|()| "alerts") });
     }
+    for (object, enabled, name) in [
+        (false, config.files.enabled, "files"),
+        (true, config.object_store.enabled, "object-store"),
+    ] {
+        if enabled {
+            lines.push(super::sinks::lake_line(config, object));
+            let (config, settings, stop) =
+                (config.clone(), settings.clone(), components_stop.clone());
+            components.spawn(async move {
+                super::sinks::lake(&config, &settings, object, stop)
+                    .await
+                    .map(|()| name)
+            });
+        }
+    }
     let mut summary = format!("quakestream {} is up\n", env!("CARGO_PKG_VERSION"));
     match &broker {
         Some(b) => summary.push_str(&format!(
@@ -210,7 +225,7 @@ pub async fn run_window(config: &Config, shutdown: CancellationToken) -> Result<
 }
 
 /// The data directory as an absolute path (state files and logs are named by it).
-fn absolute_data_dir(config: &Config) -> std::path::PathBuf {
+pub(super) fn absolute_data_dir(config: &Config) -> std::path::PathBuf {
     std::path::absolute(&config.data_dir).unwrap_or(config.data_dir.clone())
 }
 

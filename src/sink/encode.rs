@@ -1,0 +1,533 @@
+//! One lake file being written: JSON Lines, CSV (optionally gzip) or Parquet.
+//!
+//! A file is written to a temporary path and only [`FileEncoder::finish`]ed (flushed, footer
+//! written, synced) when its segment rolls; the caller then renames or uploads it.
+
+use std::{
+    fs::File,
+    io::{BufWriter, Write},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use arrow_array::{
+    ArrayRef, RecordBatch,
+    builder::{
+        BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder,
+        TimestampMillisecondBuilder,
+    },
+};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use parquet::{arrow::ArrowWriter, file::properties::WriterProperties};
+use serde::{Deserialize, Serialize};
+
+use super::schema::{Cell, ColType, Columns, read_row};
+use crate::error::{Error, Result};
+
+/// The lake's file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Jsonl,
+    Csv,
+    Parquet,
+}
+
+/// Compression: `gzip` for JSON Lines and CSV (the whole file), `snappy` or `zstd` for Parquet
+/// (per page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Zstd,
+}
+
+impl Format {
+    /// The file name extension, compression included.
+    pub fn extension(self, compression: Compression) -> &'static str {
+        match (self, compression) {
+            (Format::Jsonl, Compression::Gzip) => "jsonl.gz",
+            (Format::Jsonl, _) => "jsonl",
+            (Format::Csv, Compression::Gzip) => "csv.gz",
+            (Format::Csv, _) => "csv",
+            (Format::Parquet, _) => "parquet",
+        }
+    }
+
+    pub fn check(self, compression: Compression) -> std::result::Result<(), String> {
+        match (self, compression) {
+            (_, Compression::None)
+            | (Format::Jsonl | Format::Csv, Compression::Gzip)
+            | (Format::Parquet, Compression::Snappy | Compression::Zstd) => Ok(()),
+            (format, compression) => Err(format!(
+                "compression {compression:?} does not apply to {format:?} files (JSON Lines and \
+                 CSV: none or gzip; Parquet: none, snappy or zstd)"
+            )
+            .to_lowercase()),
+        }
+    }
+}
+
+/// How the columns of CSV and Parquet files are decided.
+#[derive(Debug, Clone)]
+pub enum FileSchema {
+    Fixed(Arc<Columns>),
+    /// Worked out per file from its records.
+    Infer,
+}
+
+/// Rows are handed to the Parquet writer in batches of this many.
+const BATCH_ROWS: usize = 8192;
+
+/// The output stream: a buffered file, gzip-compressed or not.
+enum Out {
+    Plain(BufWriter<File>),
+    Gzip(flate2::write::GzEncoder<BufWriter<File>>),
+}
+
+impl Write for Out {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Out::Plain(w) => w.write(buf),
+            Out::Gzip(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Out::Plain(w) => w.flush(),
+            Out::Gzip(w) => w.flush(),
+        }
+    }
+}
+
+impl Out {
+    fn open(path: &Path, gzip: bool) -> std::io::Result<Out> {
+        let file = BufWriter::with_capacity(256 * 1024, File::create(path)?);
+        Ok(if gzip {
+            Out::Gzip(flate2::write::GzEncoder::new(
+                file,
+                flate2::Compression::default(),
+            ))
+        } else {
+            Out::Plain(file)
+        })
+    }
+
+    /// Finishes compression, flushes and syncs the file to disk.
+    fn close(self) -> std::io::Result<()> {
+        let buffered = match self {
+            Out::Plain(w) => w,
+            Out::Gzip(w) => w.finish()?,
+        };
+        let file = buffered.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()
+    }
+}
+
+enum Encoder {
+    Jsonl(Out),
+    Csv {
+        out: Box<csv::Writer<Out>>,
+        columns: Arc<Columns>,
+    },
+    Parquet(Box<ParquetEncoder>),
+    /// Records held until the file is finished, when its columns are inferred from them.
+    Infer(Vec<Vec<u8>>),
+}
+
+/// A file being written.
+pub struct FileEncoder {
+    path: PathBuf,
+    format: Format,
+    compression: Compression,
+    encoder: Option<Encoder>,
+    records: u64,
+    /// Bytes of records taken in (not of output, which compression makes unknowable until the
+    /// end): what size-based rolling counts.
+    bytes_in: u64,
+}
+
+impl FileEncoder {
+    pub fn create(
+        path: &Path,
+        format: Format,
+        compression: Compression,
+        schema: &FileSchema,
+    ) -> Result<FileEncoder> {
+        let encoder = match (format, schema) {
+            (Format::Jsonl, _) => Encoder::Jsonl(open(path, compression)?),
+            (_, FileSchema::Infer) => Encoder::Infer(Vec::new()),
+            (format, FileSchema::Fixed(columns)) => {
+                fixed_encoder(path, format, compression, columns.clone())?
+            }
+        };
+        Ok(FileEncoder {
+            path: path.to_path_buf(),
+            format,
+            compression,
+            encoder: Some(encoder),
+            records: 0,
+            bytes_in: 0,
+        })
+    }
+
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in
+    }
+
+    /// Adds one record. An `Err` is the record's fault (not an object, a field of the wrong
+    /// type, a required field missing): nothing was written and the file is still good. I/O
+    /// errors are `Ok(Err(..))`'s opposite: they fail the whole file.
+    pub fn push(&mut self, record: &[u8]) -> Result<std::result::Result<(), String>> {
+        let io = |path: &Path| Error::io(path.to_path_buf());
+        let result = match self.encoder.as_mut() {
+            None => return Ok(Err("the file is finished".into())),
+            Some(Encoder::Jsonl(out)) => match check_object(record) {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    out.write_all(record)
+                        .and_then(|()| out.write_all(b"\n"))
+                        .map_err(io(&self.path))?;
+                    Ok(())
+                }
+            },
+            Some(Encoder::Csv { out, columns }) => {
+                let mut row = Vec::with_capacity(columns.len());
+                match read_row(columns, record, &mut row) {
+                    Err(e) => Err(e),
+                    Ok(()) => {
+                        write_csv_row(out, &row).map_err(|e| csv_error(&self.path, e))?;
+                        Ok(())
+                    }
+                }
+            }
+            Some(Encoder::Parquet(parquet)) => parquet.push(record)?,
+            Some(Encoder::Infer(records)) => match check_object(record) {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    records.push(record.to_vec());
+                    Ok(())
+                }
+            },
+        };
+        if result.is_ok() {
+            self.records += 1;
+            self.bytes_in += record.len() as u64 + 1;
+        }
+        Ok(result)
+    }
+
+    /// Writes what is buffered, the Parquet footer, and syncs the file. Returns its path.
+    pub fn finish(mut self) -> Result<PathBuf> {
+        let path = self.path.clone();
+        let encoder = self.encoder.take().expect("finished once");
+        finish_encoder(encoder, &path, self.format, self.compression)?;
+        Ok(path)
+    }
+}
+
+fn finish_encoder(
+    encoder: Encoder,
+    path: &Path,
+    format: Format,
+    compression: Compression,
+) -> Result<()> {
+    match encoder {
+        Encoder::Jsonl(out) => out.close().map_err(Error::io(path)),
+        Encoder::Csv { out, .. } => out
+            .into_inner()
+            .map_err(|e| Error::io(path)(e.into_error()))?
+            .close()
+            .map_err(Error::io(path)),
+        Encoder::Parquet(parquet) => parquet.close(path),
+        Encoder::Infer(records) => {
+            let values: Vec<serde_json::Value> = records
+                .iter()
+                .filter_map(|r| serde_json::from_slice(r).ok())
+                .collect();
+            let columns = Arc::new(Columns::infer(&values));
+            let mut encoder = fixed_encoder(path, format, compression, columns.clone())?;
+            for record in &records {
+                let outcome = match &mut encoder {
+                    Encoder::Csv { out, columns } => {
+                        let mut row = Vec::with_capacity(columns.len());
+                        match read_row(columns, record, &mut row) {
+                            Ok(()) => {
+                                write_csv_row(out, &row).map_err(|e| csv_error(path, e))?;
+                                Ok(())
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Encoder::Parquet(parquet) => parquet.push(record)?,
+                    _ => Ok(()),
+                };
+                if let Err(e) = outcome {
+                    // The columns were inferred from these very records; a mismatch is a bug.
+                    return Err(Error::Io {
+                        path: path.to_path_buf(),
+                        source: std::io::Error::other(format!("inferred schema: {e}")),
+                    });
+                }
+            }
+            finish_encoder(encoder, path, format, compression)
+        }
+    }
+}
+
+fn open(path: &Path, compression: Compression) -> Result<Out> {
+    Out::open(path, compression == Compression::Gzip).map_err(Error::io(path))
+}
+
+fn fixed_encoder(
+    path: &Path,
+    format: Format,
+    compression: Compression,
+    columns: Arc<Columns>,
+) -> Result<Encoder> {
+    Ok(match format {
+        Format::Jsonl => Encoder::Jsonl(open(path, compression)?),
+        Format::Csv => {
+            let mut out = Box::new(csv::Writer::from_writer(open(path, compression)?));
+            out.write_record(columns.iter().map(|c| c.name.as_str()))
+                .map_err(|e| csv_error(path, e))?;
+            Encoder::Csv { out, columns }
+        }
+        Format::Parquet => Encoder::Parquet(Box::new(ParquetEncoder::create(
+            path,
+            compression,
+            columns,
+        )?)),
+    })
+}
+
+/// Whether a record is one JSON object (what every format requires).
+fn check_object(record: &[u8]) -> std::result::Result<(), String> {
+    let raw: &serde_json::value::RawValue =
+        serde_json::from_slice(record).map_err(|e| format!("not JSON: {e}"))?;
+    if raw.get().starts_with('{') {
+        Ok(())
+    } else {
+        Err("not a JSON object".into())
+    }
+}
+
+fn csv_error(path: &Path, e: csv::Error) -> Error {
+    Error::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+fn write_csv_row(out: &mut csv::Writer<Out>, row: &[Cell<'_>]) -> csv::Result<()> {
+    let mut number = String::new();
+    for cell in row {
+        number.clear();
+        let field: &str = match cell {
+            Cell::Null => "",
+            Cell::Str(s) | Cell::Json(s) => s,
+            Cell::Bool(b) => {
+                if *b {
+                    "true"
+                } else {
+                    "false"
+                }
+            }
+            Cell::F64(x) => {
+                number = x.to_string();
+                &number
+            }
+            Cell::I64(i) => {
+                number = i.to_string();
+                &number
+            }
+            Cell::Timestamp(ms) => {
+                number = crate::record::format_millis(*ms).unwrap_or_default();
+                &number
+            }
+            Cell::List(items) => {
+                number = serde_json::to_string(items).unwrap_or_default();
+                &number
+            }
+        };
+        out.write_field(field)?;
+    }
+    out.write_record(None::<&[u8]>)
+}
+
+/// Parquet: rows read into Arrow builders, handed to the writer every [`BATCH_ROWS`].
+struct ParquetEncoder {
+    writer: ArrowWriter<File>,
+    schema: Arc<Schema>,
+    columns: Arc<Columns>,
+    builders: Vec<Builder>,
+    row: Vec<Cell<'static>>,
+    rows: usize,
+}
+
+enum Builder {
+    Str(StringBuilder),
+    F64(Float64Builder),
+    I64(Int64Builder),
+    Bool(BooleanBuilder),
+    Timestamp(TimestampMillisecondBuilder),
+    List(ListBuilder<StringBuilder>),
+}
+
+impl Builder {
+    fn new(ty: ColType) -> Builder {
+        match ty {
+            ColType::Str | ColType::Json => Builder::Str(StringBuilder::new()),
+            ColType::F64 => Builder::F64(Float64Builder::new()),
+            ColType::I64 => Builder::I64(Int64Builder::new()),
+            ColType::Bool => Builder::Bool(BooleanBuilder::new()),
+            ColType::Timestamp => Builder::Timestamp(TimestampMillisecondBuilder::new()),
+            ColType::StrList => Builder::List(ListBuilder::new(StringBuilder::new())),
+        }
+    }
+
+    /// `cell` has the builder's type: [`read_row`] made it so.
+    fn append(&mut self, cell: &Cell<'_>) {
+        match (self, cell) {
+            (Builder::Str(b), Cell::Str(s) | Cell::Json(s)) => b.append_value(s),
+            (Builder::F64(b), Cell::F64(x)) => b.append_value(*x),
+            (Builder::I64(b), Cell::I64(i)) => b.append_value(*i),
+            (Builder::Bool(b), Cell::Bool(v)) => b.append_value(*v),
+            (Builder::Timestamp(b), Cell::Timestamp(ms)) => b.append_value(*ms),
+            (Builder::List(b), Cell::List(items)) => {
+                for item in items {
+                    b.values().append_value(item);
+                }
+                b.append(true);
+            }
+            (Builder::Str(b), _) => b.append_null(),
+            (Builder::F64(b), _) => b.append_null(),
+            (Builder::I64(b), _) => b.append_null(),
+            (Builder::Bool(b), _) => b.append_null(),
+            (Builder::Timestamp(b), _) => b.append_null(),
+            (Builder::List(b), _) => b.append(false),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Builder::Str(b) => Arc::new(b.finish()),
+            Builder::F64(b) => Arc::new(b.finish()),
+            Builder::I64(b) => Arc::new(b.finish()),
+            Builder::Bool(b) => Arc::new(b.finish()),
+            Builder::Timestamp(b) => Arc::new(b.finish().with_timezone("UTC")),
+            Builder::List(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// The Arrow schema of a set of columns: times as `timestamp[ms, UTC]`, JSON as text.
+pub fn arrow_schema(columns: &Columns) -> Schema {
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|c| {
+            let ty = match c.ty {
+                ColType::Str | ColType::Json => DataType::Utf8,
+                ColType::F64 => DataType::Float64,
+                ColType::I64 => DataType::Int64,
+                ColType::Bool => DataType::Boolean,
+                ColType::Timestamp => {
+                    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+                }
+                ColType::StrList => {
+                    DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
+                }
+            };
+            Field::new(&c.name, ty, c.nullable)
+        })
+        .collect();
+    Schema::new(fields)
+}
+
+impl ParquetEncoder {
+    fn create(path: &Path, compression: Compression, columns: Arc<Columns>) -> Result<Self> {
+        let schema = Arc::new(arrow_schema(&columns));
+        let codec = match compression {
+            Compression::Zstd => parquet::basic::Compression::ZSTD(Default::default()),
+            Compression::Snappy => parquet::basic::Compression::SNAPPY,
+            _ => parquet::basic::Compression::UNCOMPRESSED,
+        };
+        let properties = WriterProperties::builder()
+            .set_compression(codec)
+            .set_max_row_group_row_count(Some(128 * 1024))
+            .set_created_by(format!("quakestream {}", env!("CARGO_PKG_VERSION")))
+            .build();
+        let file = File::create(path).map_err(Error::io(path))?;
+        let writer = ArrowWriter::try_new(file, schema.clone(), Some(properties))
+            .map_err(|e| parquet_error(path, e))?;
+        let builders = columns.iter().map(|c| Builder::new(c.ty)).collect();
+        Ok(ParquetEncoder {
+            writer,
+            schema,
+            columns,
+            builders,
+            row: Vec::new(),
+            rows: 0,
+        })
+    }
+
+    fn push(&mut self, record: &[u8]) -> Result<std::result::Result<(), String>> {
+        // The row borrows from `record` only for this call; the buffer is kept to reuse its
+        // allocation.
+        let mut row: Vec<Cell<'_>> = std::mem::take(&mut self.row)
+            .into_iter()
+            .map(|_| Cell::Null)
+            .collect();
+        if let Err(e) = read_row(&self.columns, record, &mut row) {
+            return Ok(Err(e));
+        }
+        for (builder, cell) in self.builders.iter_mut().zip(&row) {
+            builder.append(cell);
+        }
+        row.clear();
+        self.row = row.into_iter().map(|_| Cell::Null).collect();
+        self.rows += 1;
+        if self.rows >= BATCH_ROWS {
+            self.write_batch()?;
+        }
+        Ok(Ok(()))
+    }
+
+    fn write_batch(&mut self) -> Result<()> {
+        if self.rows == 0 {
+            return Ok(());
+        }
+        let arrays: Vec<ArrayRef> = self.builders.iter_mut().map(Builder::finish).collect();
+        let batch = RecordBatch::try_new(self.schema.clone(), arrays).map_err(|e| Error::Io {
+            path: PathBuf::new(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        self.rows = 0;
+        self.writer
+            .write(&batch)
+            .map_err(|e| parquet_error(Path::new("parquet"), e))
+    }
+
+    fn close(mut self: Box<Self>, path: &Path) -> Result<()> {
+        self.write_batch()?;
+        let file = self
+            .writer
+            .into_inner()
+            .map_err(|e| parquet_error(path, e))?;
+        file.sync_all().map_err(Error::io(path))
+    }
+}
+
+fn parquet_error(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(format!("parquet: {e}")),
+    }
+}

@@ -1,0 +1,595 @@
+//! The lake sinks, `files` (a local directory) and `object-store` (S3, GCS, Azure, …): topics
+//! landed as JSON Lines, CSV or Parquet files in Hive-style partitions.
+//!
+//! Exactly-once output. The records of one Kafka partition since its last commit form a
+//! *segment*: one open file per partition directory, written under a temporary name. When the
+//! segment rolls (records, bytes or age) every file of it is finished, synced and renamed (or
+//! uploaded) to `<topic>/<dir>/<topic>-<partition>-<first offset>.<ext>`, and only then is the
+//! partition's offset committed. A crash before the commit replays the segment from the last
+//! commit: each directory's first record is the same record again, so each file gets the same
+//! name and the new file replaces the old one, whatever the roll point. Files of earlier
+//! segments hold only offsets before the commit and are never touched again.
+
+pub mod config;
+pub mod partition;
+pub mod template;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart, path::Path as Key};
+use rdkafka::{
+    Message, Offset, TopicPartitionList,
+    consumer::{CommitMode, Consumer as _},
+};
+use tokio_util::sync::CancellationToken;
+
+pub use self::config::LakeConfig;
+use self::{partition::Partitioner, template::Template};
+use super::{
+    encode::{FileEncoder, FileSchema},
+    schema::parse_time,
+};
+use crate::{
+    error::{Error, Result},
+    kafka::{
+        KafkaSettings, TopicName,
+        admin::Admin,
+        consumer::{Consumer, StartFrom, static_member_id},
+        producer::Producer,
+    },
+    metrics::Counter,
+    record::DeadLetter,
+};
+
+#[derive(Debug, Default)]
+pub struct LakeMetrics {
+    pub records: Counter,
+    pub bad: Counter,
+    pub files: Counter,
+    pub objects: Counter,
+    pub commits: Counter,
+}
+
+/// Where finished files go.
+pub enum Store {
+    /// A local directory: files are renamed into place.
+    Local { root: PathBuf },
+    /// Object storage: files are uploaded (multipart when large) from a local staging area.
+    Object {
+        store: Arc<dyn ObjectStore>,
+        prefix: Key,
+        url: String,
+    },
+}
+
+/// Files up to this size are uploaded in one request; larger ones in parts of this size.
+const PART_SIZE: usize = 8 * 1024 * 1024;
+
+impl Store {
+    /// Opens the store and checks that it can be listed (a missing bucket is an error here, not
+    /// at the first upload).
+    pub async fn open(config: &LakeConfig, object: bool, data_dir: &Path) -> Result<Store> {
+        if !object {
+            let root = data_dir.join(&config.location);
+            std::fs::create_dir_all(&root).map_err(Error::io(&root))?;
+            return Ok(Store::Local { root });
+        }
+        let fail = |message: String| Error::Sink {
+            sink: "object-store",
+            message,
+        };
+        let url = url::Url::parse(&config.location)
+            .map_err(|e| fail(format!("location {:?} is not a URL: {e}", config.location)))?;
+        let (store, prefix): (Arc<dyn ObjectStore>, Key) = match url.scheme() {
+            "s3" | "s3a" => {
+                let mut builder =
+                    object_store::aws::AmazonS3Builder::from_env().with_url(url.as_str());
+                if let Some(endpoint) = &config.endpoint {
+                    builder = builder
+                        .with_endpoint(endpoint)
+                        .with_allow_http(endpoint.starts_with("http://"));
+                }
+                let store = builder.build().map_err(|e| fail(e.to_string()))?;
+                (
+                    Arc::new(store),
+                    Key::from(url.path().trim_start_matches('/')),
+                )
+            }
+            _ => {
+                let (store, prefix) = object_store::parse_url_opts(&url, std::env::vars())
+                    .map_err(|e| fail(format!("{}: {e}", config.location)))?;
+                (Arc::from(store), prefix)
+            }
+        };
+        store
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(|e| fail(format!("cannot list {}: {}", config.location, one_line(&e))))?;
+        Ok(Store::Object {
+            store,
+            prefix,
+            url: config.location.clone(),
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Local { root } => root.display().to_string(),
+            Store::Object { url, .. } => url.clone(),
+        }
+    }
+
+    /// Where a partition's files are written before they are finished.
+    fn staging(&self, data_dir: &Path, topic: &str, partition: i32) -> PathBuf {
+        match self {
+            Store::Local { root } => root.join(topic).join("_tmp").join(format!("p{partition}")),
+            Store::Object { .. } => data_dir
+                .join("tmp")
+                .join("object-store")
+                .join(topic)
+                .join(format!("p{partition}")),
+        }
+    }
+
+    /// Moves a finished file to its name `name` (relative to the lake root).
+    async fn publish(&self, temp: &Path, name: &str) -> Result<()> {
+        match self {
+            Store::Local { root } => {
+                let target = root.join(name);
+                let dir = target.parent().expect("names have a directory");
+                std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+                std::fs::rename(temp, &target).map_err(Error::io(&target))?;
+                // The rename itself must be durable before the offset is committed.
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(Error::io(dir))
+            }
+            Store::Object { store, prefix, url } => {
+                let key = Key::from_iter(prefix.parts().chain(Key::from(name).parts()));
+                let fail = |e: object_store::Error| Error::Sink {
+                    sink: "object-store",
+                    message: format!("uploading {url}/{name}: {}", one_line(&e)),
+                };
+                let size = std::fs::metadata(temp).map_err(Error::io(temp))?.len() as usize;
+                if size <= PART_SIZE {
+                    let body = tokio::fs::read(temp).await.map_err(Error::io(temp))?;
+                    store
+                        .put(&key, PutPayload::from(body))
+                        .await
+                        .map_err(fail)?;
+                } else {
+                    use tokio::io::AsyncReadExt;
+                    let upload = store.put_multipart(&key).await.map_err(fail)?;
+                    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+                    let mut file = tokio::fs::File::open(temp).await.map_err(Error::io(temp))?;
+                    let mut chunk = vec![0; PART_SIZE];
+                    loop {
+                        let n = file.read(&mut chunk).await.map_err(Error::io(temp))?;
+                        if n == 0 {
+                            break;
+                        }
+                        writer.wait_for_capacity(4).await.map_err(fail)?;
+                        writer.write(&chunk[..n]);
+                    }
+                    writer.finish().await.map_err(fail)?;
+                }
+                std::fs::remove_file(temp).map_err(Error::io(temp))
+            }
+        }
+    }
+
+    /// Writes one record as one object (object-per-record mode).
+    async fn put_object(&self, name: &str, body: Vec<u8>) -> Result<()> {
+        match self {
+            Store::Object { store, prefix, url } => {
+                let key = Key::from_iter(prefix.parts().chain(Key::from(name).parts()));
+                store
+                    .put(&key, PutPayload::from(body))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Error::Sink {
+                        sink: "object-store",
+                        message: format!("writing {url}/{name}: {}", one_line(&e)),
+                    })
+            }
+            Store::Local { root } => {
+                let target = root.join(name);
+                let dir = target.parent().expect("names have a directory");
+                std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+                std::fs::write(&target, body).map_err(Error::io(&target))
+            }
+        }
+    }
+}
+
+/// object_store errors carry the HTTP response over several lines; logs want one.
+fn one_line(e: &object_store::Error) -> String {
+    e.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// What a lake sink needs besides its config: the columns per topic.
+#[derive(Debug, Clone, Default)]
+pub struct Schemas(pub HashMap<String, FileSchema>);
+
+impl Schemas {
+    fn of(&self, topic: &str) -> FileSchema {
+        self.0.get(topic).cloned().unwrap_or(FileSchema::Infer)
+    }
+}
+
+struct OpenFile {
+    encoder: FileEncoder,
+    first_offset: i64,
+}
+
+/// One Kafka partition's segment: what was read since its last commit.
+struct Segment {
+    topic: String,
+    partition: i32,
+    staging: PathBuf,
+    schema: FileSchema,
+    files: BTreeMap<String, OpenFile>,
+    objects: Vec<(String, Vec<u8>)>,
+    first_offset: Option<i64>,
+    next_offset: i64,
+    records: u64,
+    bytes: u64,
+    opened: Instant,
+}
+
+impl Segment {
+    fn new(topic: &str, partition: i32, staging: PathBuf, schema: FileSchema) -> Result<Segment> {
+        // Whatever a crashed run left half-written for this partition is replayed anyway.
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(Error::io(&staging))?;
+        }
+        std::fs::create_dir_all(&staging).map_err(Error::io(&staging))?;
+        Ok(Segment {
+            topic: topic.to_string(),
+            partition,
+            staging,
+            schema,
+            files: BTreeMap::new(),
+            objects: Vec::new(),
+            first_offset: None,
+            next_offset: 0,
+            records: 0,
+            bytes: 0,
+            opened: Instant::now(),
+        })
+    }
+
+    fn discard(self) {
+        drop(self.files);
+        let _ = std::fs::remove_dir_all(&self.staging);
+    }
+}
+
+/// Runs a lake sink until `shutdown`, then finishes and commits what it holds.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    config: &LakeConfig,
+    object: bool,
+    schemas: Schemas,
+    dlq: &str,
+    data_dir: &Path,
+    settings: &KafkaSettings,
+    metrics: Arc<LakeMetrics>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let name = if object { "object-store" } else { "files" };
+    let section = if object { "[object_store]" } else { "[files]" };
+    config.validate(object).map_err(|message| Error::Config {
+        origin: section.into(),
+        message,
+    })?;
+    let store = Store::open(config, object, data_dir).await?;
+    let mut topics = config
+        .topics
+        .iter()
+        .map(|t| t.parse::<TopicName>())
+        .collect::<Result<Vec<_>>>()?;
+    topics.push(dlq.parse()?);
+    Admin::connect(settings)
+        .await?
+        .ensure_topics(&topics)
+        .await?;
+    topics.pop();
+
+    let instance = config
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| static_member_id(&config.group_id, data_dir));
+    let consumer = Consumer::with_properties(
+        settings,
+        &config.group_id,
+        StartFrom::Earliest,
+        false,
+        &[("group.instance.id", instance)],
+    )?;
+    consumer.subscribe(&topics)?;
+    let producer = Producer::new(settings)?;
+    let template = config
+        .object_per_record
+        .as_deref()
+        .map(Template::parse)
+        .transpose()
+        .map_err(|message| Error::Config {
+            origin: section.into(),
+            message,
+        })?;
+    let mut sink = Lake {
+        name,
+        config,
+        store,
+        schemas,
+        template,
+        partitioner: Partitioner::new(&config.partition_by).map_err(|message| Error::Config {
+            origin: section.into(),
+            message,
+        })?,
+        data_dir: data_dir.to_path_buf(),
+        segments: HashMap::new(),
+        dlq: dlq.to_string(),
+        metrics,
+    };
+    tracing::info!(sink = name, to = %sink.store.describe(), format = ?config.format,
+        topics = ?config.topics, "lake sink started");
+
+    let tick = Duration::from_millis(250).min(config.roll_age);
+    let result = async {
+        loop {
+            let received = tokio::select! {
+                () = shutdown.cancelled() => break,
+                m = tokio::time::timeout(tick, consumer.recv()) => m,
+            };
+            for (topic, partition) in consumer.raw().context().take_revoked() {
+                if let Some(segment) = sink.segments.remove(&(topic, partition)) {
+                    tracing::debug!(topic = %segment.topic, partition, "partition revoked: \
+                        its open files are dropped, the next owner rewrites them");
+                    segment.discard();
+                }
+            }
+            match received {
+                Err(_elapsed) => {}
+                Ok(Err(e)) => tracing::warn!(sink = name, error = %e, "consumer error"),
+                Ok(Ok(message)) => {
+                    let key = (message.topic().to_string(), message.partition());
+                    let roll = sink
+                        .take(
+                            &key,
+                            message.offset(),
+                            message.timestamp().to_millis(),
+                            message.key(),
+                            message.payload().unwrap_or_default(),
+                            &producer,
+                        )
+                        .await?;
+                    if roll {
+                        sink.flush(&key, &consumer).await?;
+                    }
+                }
+            }
+            let old: Vec<(String, i32)> = sink
+                .segments
+                .iter()
+                .filter(|(_, s)| s.first_offset.is_some() && s.opened.elapsed() >= config.roll_age)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in old {
+                sink.flush(&key, &consumer).await?;
+            }
+        }
+        // Shutdown: everything read is finished and committed. (No synchronous commit to
+        // confirm it: with other members leaving at the same time it can wait for a rebalance
+        // this member no longer takes part in. A commit that did not arrive only makes the next
+        // start rewrite the same files.)
+        let keys: Vec<(String, i32)> = sink.segments.keys().cloned().collect();
+        for key in keys {
+            sink.flush(&key, &consumer).await?;
+        }
+        Ok::<(), Error>(())
+    }
+    .await;
+    if result.is_err() {
+        for (_, segment) in sink.segments.drain() {
+            segment.discard();
+        }
+    }
+    result
+}
+
+struct Lake<'a> {
+    name: &'static str,
+    config: &'a LakeConfig,
+    store: Store,
+    schemas: Schemas,
+    template: Option<Template>,
+    partitioner: Partitioner,
+    data_dir: PathBuf,
+    segments: HashMap<(String, i32), Segment>,
+    dlq: String,
+    metrics: Arc<LakeMetrics>,
+}
+
+impl Lake<'_> {
+    /// Adds one message to its partition's segment. Returns whether the segment should roll.
+    async fn take(
+        &mut self,
+        key: &(String, i32),
+        offset: i64,
+        timestamp: Option<i64>,
+        message_key: Option<&[u8]>,
+        payload: &[u8],
+        producer: &Producer,
+    ) -> Result<bool> {
+        if !self.segments.contains_key(key) {
+            let staging = self.store.staging(&self.data_dir, &key.0, key.1);
+            let segment = Segment::new(&key.0, key.1, staging, self.schemas.of(&key.0))?;
+            self.segments.insert(key.clone(), segment);
+        }
+        let segment = self.segments.get_mut(key).expect("just inserted");
+        self.metrics.records.inc();
+        let outcome = match &self.template {
+            Some(template) => serde_json::from_slice::<serde_json::Value>(payload)
+                .map_err(|e| format!("not JSON: {e}"))
+                .and_then(|v| template.render(&v))
+                .map(|name| segment.objects.push((name, payload.to_vec()))),
+            None => {
+                let time = match &self.config.time_field {
+                    None => timestamp,
+                    Some(field) => event_time(payload, field),
+                };
+                let dir = self.partitioner.dir(time);
+                if !segment.files.contains_key(dir) {
+                    let ext = self.config.format.extension(self.config.compression);
+                    let temp = segment.staging.join(format!("{offset:020}.{ext}.tmp"));
+                    let encoder = FileEncoder::create(
+                        &temp,
+                        self.config.format,
+                        self.config.compression,
+                        &segment.schema,
+                    )?;
+                    segment.files.insert(
+                        dir.to_string(),
+                        OpenFile {
+                            encoder,
+                            first_offset: offset,
+                        },
+                    );
+                }
+                let file = segment.files.get_mut(dir).expect("just inserted");
+                file.encoder.push(payload)?
+            }
+        };
+        if let Err(reason) = outcome {
+            self.metrics.bad.inc();
+            let letter = DeadLetter {
+                reason: format!("{}: {reason}", self.name),
+                source: self.name.into(),
+                topic: Some(key.0.clone()),
+                partition: Some(key.1),
+                offset: Some(offset),
+                payload: String::from_utf8_lossy(payload).into_owned(),
+            };
+            let body = serde_json::to_vec(&letter).unwrap_or_default();
+            let message_key = message_key.map(String::from_utf8_lossy);
+            // Acknowledged before the offset can be committed: a bad record is never lost.
+            producer
+                .send(&self.dlq, message_key.as_deref(), &body, timestamp)
+                .await?;
+        }
+        segment.first_offset.get_or_insert(offset);
+        if segment.records == 0 {
+            segment.opened = Instant::now();
+        }
+        segment.next_offset = offset + 1;
+        segment.records += 1;
+        segment.bytes += payload.len() as u64;
+        Ok(segment.records >= self.config.roll_records || segment.bytes >= self.config.roll_bytes)
+    }
+
+    /// Finishes and publishes the segment's files, then commits its offset.
+    async fn flush(&mut self, key: &(String, i32), consumer: &Consumer) -> Result<()> {
+        let Some(segment) = self.segments.get_mut(key) else {
+            return Ok(());
+        };
+        if segment.first_offset.is_none() {
+            return Ok(());
+        }
+        let ext = self.config.format.extension(self.config.compression);
+        let (topic, partition) = (segment.topic.clone(), segment.partition);
+        let mut files = 0;
+        for (dir, file) in std::mem::take(&mut segment.files) {
+            if file.encoder.records() == 0 {
+                let temp = file.encoder.finish()?;
+                let _ = std::fs::remove_file(temp);
+                continue;
+            }
+            let temp = file.encoder.finish()?;
+            let name = format!(
+                "{topic}/{dir}/{topic}-{partition}-{:020}.{ext}",
+                file.first_offset
+            );
+            retry(|| self.store.publish(&temp, &name)).await?;
+            files += 1;
+        }
+        let objects = std::mem::take(&mut segment.objects);
+        let count = objects.len();
+        let store = &self.store;
+        futures::stream::iter(objects)
+            .map(|(name, body)| {
+                let name = format!("{topic}/{name}");
+                async move { retry(|| store.put_object(&name, body.clone())).await }
+            })
+            .buffer_unordered(8)
+            .try_collect::<Vec<()>>()
+            .await?;
+        self.metrics.files.add(files);
+        self.metrics.objects.add(count as u64);
+
+        let next = segment.next_offset;
+        let records = segment.records;
+        segment.first_offset = None;
+        segment.records = 0;
+        segment.bytes = 0;
+        // Asynchronous: a synchronous commit blocks this thread, and with it this member's
+        // part in a rebalance that the commit then waits for (seen with the embedded broker:
+        // stalls until the session times out). A commit that is lost only makes the next owner
+        // rewrite the same files.
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(&topic, partition, Offset::Offset(next))
+            .map_err(Error::kafka("committing offsets"))?;
+        match consumer.raw().commit(&offsets, CommitMode::Async) {
+            Ok(()) => self.metrics.commits.inc(),
+            // The files are in place; whoever reads the partition next rewrites the same names.
+            Err(e) => tracing::warn!(sink = self.name, %topic, partition, error = %e,
+                "commit failed after the files were written"),
+        }
+        tracing::debug!(sink = self.name, %topic, partition, files, objects = count, records,
+            next_offset = next, "segment written");
+        Ok(())
+    }
+}
+
+/// Retries a store write a few times with growing pauses; a store down for longer fails the
+/// sink (nothing is committed, so nothing is lost).
+async fn retry<F, Fut>(mut attempt: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut pause = Duration::from_millis(500);
+    for _ in 0..5 {
+        match attempt().await {
+            Ok(()) => return Ok(()),
+            Err(e @ (Error::Sink { .. } | Error::Io { .. })) => {
+                tracing::warn!(error = %e, "write failed; retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    attempt().await
+}
+
+/// A record's event time from a named field: RFC 3339 text or epoch milliseconds.
+fn event_time(payload: &[u8], field: &str) -> Option<i64> {
+    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    match value.get(field)? {
+        serde_json::Value::String(s) => parse_time(s),
+        serde_json::Value::Number(n) => n.as_i64(),
+        _ => None,
+    }
+}
