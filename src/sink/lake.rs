@@ -522,6 +522,7 @@ impl Lake<'_> {
             );
             retry(|| self.store.publish(&temp, &name)).await?;
             files += 1;
+            crash_point();
         }
         let objects = std::mem::take(&mut segment.objects);
         let count = objects.len();
@@ -582,6 +583,24 @@ where
         }
     }
     attempt().await
+}
+
+/// The crash tests' way to die at the worst moment: with `QS_TEST_CRASH_AFTER_FILES=N` set,
+/// the process aborts right after publishing its N-th file, before the segment is committed.
+fn crash_point() {
+    static PUBLISHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static LIMIT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let limit = LIMIT.get_or_init(|| {
+        std::env::var("QS_TEST_CRASH_AFTER_FILES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    if let Some(limit) = limit
+        && PUBLISHED.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 >= *limit
+    {
+        eprintln!("QS_TEST_CRASH_AFTER_FILES={limit}: aborting between publish and commit");
+        std::process::abort();
+    }
 }
 
 /// A record's event time from a named field: RFC 3339 text or epoch milliseconds.

@@ -8,4 +8,5 @@
 
 pub mod encode;
 pub mod lake;
+pub mod postgres;
 pub mod schema;

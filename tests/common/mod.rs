@@ -126,6 +126,13 @@ impl Spawned {
         }
     }
 
+    /// The exit status if the process has ended (it is then reaped).
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
     /// Sends a signal by name (`INT`, `TERM`, `KILL`).
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")

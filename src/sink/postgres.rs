@@ -1,0 +1,984 @@
+//! The `postgres` sink: quakes and window results in a warehouse star schema.
+//!
+//! Each batch of messages is written in one transaction: every revision into
+//! `fact_earthquake_revision` (once: `ON CONFLICT DO NOTHING` on (event, updated)), the newest
+//! into `fact_earthquake` (an upsert that only replaces a row with an older `updated`), window
+//! results into `agg_window` (a later emission replaces an earlier one). Dimension rows are
+//! added first, in their own transaction, as new values appear. Offsets are committed only after
+//! the transaction commits, so a crash or an outage replays the batch and the guards make the
+//! replay change nothing. While the database is down the sink retries with backoff, reading no
+//! further and committing nothing. All SQL is parameterized: values travel as arrays, never as
+//! text spliced into statements.
+
+pub mod migrations;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
+
+use chrono::{DateTime, Datelike, Utc};
+use rdkafka::{
+    Message, Offset, TopicPartitionList,
+    consumer::{CommitMode, Consumer as _},
+};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::{Client, NoTls, Transaction};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    error::{Error, Result},
+    kafka::{
+        KafkaSettings, TopicName,
+        admin::Admin,
+        consumer::{Consumer, StartFrom, static_member_id},
+        producer::Producer,
+    },
+    metrics::Counter,
+    record::{DeadLetter, Quake, parse_millis},
+};
+
+/// `[postgres]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Run this sink under `up` (it also needs `url`).
+    pub enabled: bool,
+    /// Connection URL, `postgres://user@host:5432/db`. Put the password in `PGPASSWORD` (or
+    /// `QUAKESTREAM_POSTGRES_URL`), not in a file; `quakestream config` hides it.
+    pub url: String,
+    /// The quakes topic: `Quake` records into the fact tables.
+    pub quakes_topic: String,
+    /// The window results topic into `agg_window` (empty: not loaded).
+    pub windows_topic: String,
+    /// Consumer group; its committed offsets say what is in the warehouse.
+    pub group_id: String,
+    /// This process's static member id in the group. Unset: derived from the host name and the
+    /// data directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// At most this many messages per transaction.
+    pub batch_size: usize,
+    /// The longest pause between retries while the database is unreachable.
+    #[serde(with = "crate::config::duration")]
+    pub max_backoff: Duration,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            enabled: false,
+            url: String::new(),
+            quakes_topic: "earthquakes".into(),
+            windows_topic: "earthquake-stats".into(),
+            group_id: "quakestream-postgres".into(),
+            instance_id: None,
+            batch_size: 2000,
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+impl PostgresConfig {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.url.trim().is_empty() {
+            return Err(
+                "url is empty: set it to postgres://user@host:5432/database (password \
+                        in PGPASSWORD)"
+                    .into(),
+            );
+        }
+        self.connect_config()?;
+        if self.quakes_topic.is_empty() {
+            return Err("quakes_topic is empty".into());
+        }
+        if self.batch_size == 0 {
+            return Err("batch_size must be above zero".into());
+        }
+        Ok(())
+    }
+
+    fn connect_config(&self) -> std::result::Result<tokio_postgres::Config, String> {
+        let mut config: tokio_postgres::Config = self
+            .url
+            .parse()
+            .map_err(|e| format!("url is not a PostgreSQL connection URL: {e}"))?;
+        if config.get_password().is_none()
+            && let Ok(password) = std::env::var("PGPASSWORD")
+        {
+            config.password(password);
+        }
+        config.application_name("quakestream");
+        config.connect_timeout(Duration::from_secs(10));
+        Ok(config)
+    }
+
+    /// The URL with any password replaced, for logs and `quakestream config`.
+    pub fn redacted_url(&self) -> String {
+        match url::Url::parse(&self.url) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("***"));
+                url.to_string()
+            }
+            _ => self.url.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct PostgresMetrics {
+    pub records: Counter,
+    pub bad: Counter,
+    pub batches: Counter,
+    pub revisions_inserted: Counter,
+    pub events_upserted: Counter,
+    pub windows_upserted: Counter,
+    pub retries: Counter,
+}
+
+/// One quake revision ready to load.
+#[derive(Debug, Clone)]
+struct Row {
+    quake: Quake,
+    time: DateTime<Utc>,
+    updated: DateTime<Utc>,
+    region: Option<String>,
+    topic: String,
+    partition: i32,
+    offset: i64,
+}
+
+/// One window result ready to load.
+#[derive(Debug, Clone)]
+struct WindowRow {
+    topic: String,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    group_key: String,
+    count: Option<i64>,
+    aggregates: serde_json::Value,
+    is_final: bool,
+    emitted_at: DateTime<Utc>,
+}
+
+/// The region of a USGS `place`: what follows the last comma (`"10 km SSW of Tres Pinos, CA"` →
+/// `"CA"`), else the place without its leading distance (`"45 km N of Tobelo"` is not cut,
+/// `"south of the Fiji Islands"` stays whole). Blank → none.
+pub fn region_of(place: &str) -> Option<String> {
+    let place = place.trim();
+    let region = match place.rsplit_once(',') {
+        Some((_, after)) => after.trim(),
+        None => place,
+    };
+    (!region.is_empty()).then(|| region.chars().take(200).collect())
+}
+
+fn timestamp(ms: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms)
+}
+
+fn parse_quake(
+    payload: &[u8],
+) -> std::result::Result<(Quake, DateTime<Utc>, DateTime<Utc>), String> {
+    let quake: Quake = serde_json::from_slice(payload).map_err(|e| format!("not a Quake: {e}"))?;
+    let time = parse_millis(&quake.time)
+        .and_then(timestamp)
+        .ok_or_else(|| format!("time {:?} is not an RFC 3339 time", quake.time))?;
+    let updated = parse_millis(&quake.updated)
+        .and_then(timestamp)
+        .ok_or_else(|| format!("updated {:?} is not an RFC 3339 time", quake.updated))?;
+    if quake.id.is_empty() {
+        return Err("id is empty".into());
+    }
+    Ok((quake, time, updated))
+}
+
+fn parse_window(topic: &str, payload: &[u8]) -> std::result::Result<WindowRow, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
+    let object = value.as_object().ok_or("not a JSON object")?;
+    let time = |name: &str| {
+        object
+            .get(name)
+            .and_then(|v| v.as_str())
+            .and_then(parse_millis)
+            .and_then(timestamp)
+            .ok_or_else(|| format!("{name} is missing or not an RFC 3339 time"))
+    };
+    let (start, end, emitted_at) = (
+        time("window_start")?,
+        time("window_end")?,
+        time("emitted_at")?,
+    );
+    let is_final = object
+        .get("final")
+        .and_then(|v| v.as_bool())
+        .ok_or("final is missing or not a boolean")?;
+    let mut aggregates = serde_json::Map::new();
+    let mut group = Vec::new();
+    for (name, v) in object {
+        match name.as_str() {
+            "window_start" | "window_end" | "final" | "emitted_at" => {}
+            _ if v.is_number() || v.is_null() => {
+                aggregates.insert(name.clone(), v.clone());
+            }
+            _ => group.push(match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }),
+        }
+    }
+    Ok(WindowRow {
+        topic: topic.to_string(),
+        start,
+        end,
+        group_key: group.join("|"),
+        count: object.get("count").and_then(|v| v.as_i64()),
+        aggregates: serde_json::Value::Object(aggregates),
+        is_final,
+        emitted_at,
+    })
+}
+
+/// Runs the sink until `shutdown`.
+pub async fn run(
+    config: &PostgresConfig,
+    dlq: &str,
+    data_dir: &std::path::Path,
+    settings: &KafkaSettings,
+    metrics: Arc<PostgresMetrics>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    config.validate().map_err(|message| Error::Config {
+        origin: "[postgres]".into(),
+        message,
+    })?;
+    let mut topics = vec![config.quakes_topic.parse::<TopicName>()?];
+    if !config.windows_topic.is_empty() {
+        topics.push(config.windows_topic.parse()?);
+    }
+    let mut all = topics.clone();
+    all.push(dlq.parse()?);
+    Admin::connect(settings).await?.ensure_topics(&all).await?;
+
+    // The first connection must work: a wrong URL or password is the user's to fix now.
+    let mut warehouse = Warehouse::connect(config).await?;
+    warehouse.migrate().await?;
+
+    let instance = config
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| static_member_id(&config.group_id, data_dir));
+    let consumer = Consumer::with_properties(
+        settings,
+        &config.group_id,
+        StartFrom::Earliest,
+        false,
+        &[("group.instance.id", instance)],
+    )?;
+    consumer.subscribe(&topics)?;
+    let producer = Producer::new(settings)?;
+    tracing::info!(url = %config.redacted_url(), topics = ?topics.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+        "postgres sink started");
+
+    loop {
+        // A batch: what arrives until a short pause, up to batch_size.
+        let mut rows = Vec::new();
+        let mut windows = Vec::new();
+        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let first = tokio::select! {
+            () = shutdown.cancelled() => break,
+            m = consumer.recv() => m,
+        };
+        let mut received = vec![first];
+        while received.len() < config.batch_size {
+            match tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await {
+                Ok(m) => received.push(m),
+                Err(_) => break,
+            }
+        }
+        for message in received {
+            let message = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "postgres sink: consumer error");
+                    continue;
+                }
+            };
+            metrics.records.inc();
+            let (topic, partition, offset) = (
+                message.topic().to_string(),
+                message.partition(),
+                message.offset(),
+            );
+            let payload = message.payload().unwrap_or_default();
+            let parsed = if topic == config.quakes_topic {
+                parse_quake(payload).map(|(quake, time, updated)| {
+                    rows.push(Row {
+                        region: quake.place.as_deref().and_then(region_of),
+                        quake,
+                        time,
+                        updated,
+                        topic: topic.clone(),
+                        partition,
+                        offset,
+                    })
+                })
+            } else {
+                parse_window(&topic, payload).map(|w| windows.push(w))
+            };
+            if let Err(reason) = parsed {
+                metrics.bad.inc();
+                let letter = DeadLetter {
+                    reason: format!("postgres: {reason}"),
+                    source: "postgres".into(),
+                    topic: Some(topic.clone()),
+                    partition: Some(partition),
+                    offset: Some(offset),
+                    payload: String::from_utf8_lossy(payload).into_owned(),
+                };
+                let key = message.key().map(String::from_utf8_lossy);
+                let body = serde_json::to_vec(&letter).unwrap_or_default();
+                producer
+                    .send(dlq, key.as_deref(), &body, message.timestamp().to_millis())
+                    .await?;
+            }
+            next.insert((topic, partition), offset + 1);
+        }
+        // Partitions taken away meanwhile: their rows are still written (idempotently), but
+        // their offsets are the new owner's to commit.
+        let revoked = consumer.raw().context().take_revoked();
+
+        let mut pause = Duration::from_millis(500);
+        loop {
+            match warehouse.write(&rows, &windows, &metrics).await {
+                Ok(()) => break,
+                Err(e) => {
+                    metrics.retries.inc();
+                    tracing::warn!(error = %e, "postgres sink: writing a batch failed; retrying in {pause:?} (nothing is committed meanwhile)");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(config.max_backoff);
+                    if warehouse.is_closed() {
+                        match Warehouse::connect(config).await {
+                            Ok(w) => {
+                                tracing::info!("postgres sink: reconnected");
+                                warehouse = w;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "postgres sink: reconnecting failed")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        metrics.batches.inc();
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), offset) in &next {
+            if revoked.iter().any(|(t, p)| t == topic && p == partition) {
+                continue;
+            }
+            offsets
+                .add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                .map_err(Error::kafka("committing offsets"))?;
+        }
+        // Asynchronous, as in the lake sink: a lost commit only replays rows the guards ignore.
+        if offsets.count() > 0
+            && let Err(e) = consumer.raw().commit(&offsets, CommitMode::Async)
+        {
+            tracing::warn!(error = %e, "postgres sink: commit failed after the batch was written");
+        }
+    }
+    Ok(())
+}
+
+/// A connection to the warehouse, with the dimension keys seen so far.
+struct Warehouse {
+    client: Client,
+    keys: Keys,
+}
+
+/// Dimension keys by value (dates by key), as read back from the database.
+#[derive(Default)]
+struct Keys {
+    networks: HashMap<String, i32>,
+    mag_types: HashMap<String, i32>,
+    event_types: HashMap<String, i32>,
+    regions: HashMap<String, i32>,
+    dates: std::collections::HashSet<i32>,
+}
+
+fn db_error(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
+    move |e| Error::Sink {
+        sink: "postgres",
+        message: format!("{what}: {}", describe(&e)),
+    }
+}
+
+/// The server's message when there is one (`relation … does not exist`), else the client's.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
+impl Warehouse {
+    async fn connect(config: &PostgresConfig) -> Result<Warehouse> {
+        let pg = config.connect_config().map_err(|message| Error::Config {
+            origin: "[postgres]".into(),
+            message,
+        })?;
+        let (client, connection) = pg.connect(NoTls).await.map_err(|e| Error::Sink {
+            sink: "postgres",
+            message: format!(
+                "cannot connect to {}: {}",
+                config.redacted_url(),
+                describe(&e)
+            ),
+        })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "postgres connection ended");
+            }
+        });
+        Ok(Warehouse {
+            client,
+            keys: Keys::default(),
+        })
+    }
+
+    fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Applies the migrations not yet applied, each in its own transaction.
+    async fn migrate(&mut self) -> Result<()> {
+        self.client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS quakestream_migrations (
+                     version integer PRIMARY KEY,
+                     name text NOT NULL,
+                     applied_at timestamptz NOT NULL DEFAULT now())",
+            )
+            .await
+            .map_err(db_error("creating quakestream_migrations"))?;
+        for (version, name, sql) in migrations::MIGRATIONS {
+            let tx = self
+                .client
+                .transaction()
+                .await
+                .map_err(db_error("starting a migration"))?;
+            // One migrator at a time across every process.
+            tx.execute("SELECT pg_advisory_xact_lock(7264531)", &[])
+                .await
+                .map_err(db_error("locking for migrations"))?;
+            let applied = tx
+                .query_opt(
+                    "SELECT 1 FROM quakestream_migrations WHERE version = $1",
+                    &[version],
+                )
+                .await
+                .map_err(db_error("reading applied migrations"))?
+                .is_some();
+            if applied {
+                continue;
+            }
+            tx.batch_execute(sql).await.map_err(|e| Error::Sink {
+                sink: "postgres",
+                message: format!("migration {version} ({name}): {}", describe(&e)),
+            })?;
+            tx.execute(
+                "INSERT INTO quakestream_migrations (version, name) VALUES ($1, $2)",
+                &[version, name],
+            )
+            .await
+            .map_err(db_error("recording a migration"))?;
+            tx.commit()
+                .await
+                .map_err(db_error("committing a migration"))?;
+            tracing::info!(version, name, "postgres: migration applied");
+        }
+        Ok(())
+    }
+
+    /// Writes one batch: dimensions, then facts and windows in one transaction.
+    async fn write(
+        &mut self,
+        rows: &[Row],
+        windows: &[WindowRow],
+        metrics: &PostgresMetrics,
+    ) -> Result<()> {
+        if rows.is_empty() && windows.is_empty() {
+            return Ok(());
+        }
+        self.dimensions(rows).await?;
+        let tx = self
+            .client
+            .transaction()
+            .await
+            .map_err(db_error("starting a transaction"))?;
+        let inserted = insert_revisions(&tx, rows, &self.keys).await?;
+        let upserted = upsert_events(&tx, rows, &self.keys).await?;
+        let windowed = upsert_windows(&tx, windows).await?;
+        tx.commit().await.map_err(db_error("committing a batch"))?;
+        metrics.revisions_inserted.add(inserted);
+        metrics.events_upserted.add(upserted);
+        metrics.windows_upserted.add(windowed);
+        Ok(())
+    }
+
+    /// Adds the dimension rows the batch needs and learns their keys.
+    async fn dimensions(&mut self, rows: &[Row]) -> Result<()> {
+        let mut dates: Vec<chrono::NaiveDate> = rows
+            .iter()
+            .map(|r| r.time.date_naive())
+            .filter(|d| !self.keys.dates.contains(&date_key(*d)))
+            .collect();
+        dates.sort();
+        dates.dedup();
+        if !dates.is_empty() {
+            let keys: Vec<i32> = dates.iter().map(|d| date_key(*d)).collect();
+            let years: Vec<i16> = dates.iter().map(|d| d.year() as i16).collect();
+            let quarters: Vec<i16> = dates.iter().map(|d| d.month0() as i16 / 3 + 1).collect();
+            let months: Vec<i16> = dates.iter().map(|d| d.month() as i16).collect();
+            let days: Vec<i16> = dates.iter().map(|d| d.day() as i16).collect();
+            let weekdays: Vec<i16> = dates
+                .iter()
+                .map(|d| d.weekday().number_from_monday() as i16)
+                .collect();
+            let month_names: Vec<String> =
+                dates.iter().map(|d| d.format("%B").to_string()).collect();
+            let day_names: Vec<String> = dates.iter().map(|d| d.format("%A").to_string()).collect();
+            self.client
+                .execute(
+                    "INSERT INTO dim_date (date_key, date, year, quarter, month, day, day_of_week, month_name, day_name)
+                     SELECT * FROM unnest($1::int[], $2::date[], $3::int2[], $4::int2[], $5::int2[], $6::int2[], $7::int2[], $8::text[], $9::text[])
+                     ON CONFLICT (date_key) DO NOTHING",
+                    &[&keys, &dates, &years, &quarters, &months, &days, &weekdays, &month_names, &day_names],
+                )
+                .await
+                .map_err(db_error("adding dates"))?;
+            self.keys.dates.extend(keys);
+        }
+        let client = &self.client;
+        learn(
+            client,
+            "dim_network",
+            "network_key",
+            "code",
+            &mut self.keys.networks,
+            rows.iter().map(|r| Some(r.quake.net.as_str())),
+        )
+        .await?;
+        learn(
+            client,
+            "dim_magnitude_type",
+            "magnitude_type_key",
+            "code",
+            &mut self.keys.mag_types,
+            rows.iter().map(|r| r.quake.mag_type.as_deref()),
+        )
+        .await?;
+        learn(
+            client,
+            "dim_event_type",
+            "event_type_key",
+            "name",
+            &mut self.keys.event_types,
+            rows.iter().map(|r| Some(r.quake.event_type.as_str())),
+        )
+        .await?;
+        learn(
+            client,
+            "dim_region",
+            "region_key",
+            "name",
+            &mut self.keys.regions,
+            rows.iter().map(|r| r.region.as_deref()),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+impl Keys {
+    fn of(&self, row: &Row) -> (Option<i32>, Option<i32>, Option<i32>, Option<i32>) {
+        let get = |map: &HashMap<String, i32>, v: Option<&str>| v.and_then(|v| map.get(v).copied());
+        (
+            get(&self.networks, Some(&row.quake.net)),
+            get(&self.mag_types, row.quake.mag_type.as_deref()),
+            get(&self.event_types, Some(&row.quake.event_type)),
+            get(&self.regions, row.region.as_deref()),
+        )
+    }
+}
+
+fn date_key(d: chrono::NaiveDate) -> i32 {
+    d.year() * 10_000 + d.month() as i32 * 100 + d.day() as i32
+}
+
+/// Inserts the values a dimension lacks and reads back the keys of all of them. Table and
+/// column names are constants of this file, never input.
+async fn learn<'a>(
+    client: &Client,
+    table: &str,
+    key: &str,
+    column: &str,
+    known: &mut HashMap<String, i32>,
+    values: impl Iterator<Item = Option<&'a str>>,
+) -> Result<()> {
+    let mut new: Vec<String> = values
+        .flatten()
+        .filter(|v| !v.is_empty() && !known.contains_key(*v))
+        .map(String::from)
+        .collect();
+    new.sort();
+    new.dedup();
+    if new.is_empty() {
+        return Ok(());
+    }
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {table} ({column}) SELECT unnest($1::text[]) ON CONFLICT ({column}) DO NOTHING"
+            ),
+            &[&new],
+        )
+        .await
+        .map_err(db_error("adding dimension values"))?;
+    let rows = client
+        .query(
+            &format!("SELECT {column}, {key} FROM {table} WHERE {column} = ANY($1)"),
+            &[&new],
+        )
+        .await
+        .map_err(db_error("reading dimension keys"))?;
+    for row in rows {
+        known.insert(row.get(0), row.get(1));
+    }
+    Ok(())
+}
+
+/// The columns shared by both fact tables, as parallel arrays.
+struct Columns {
+    event_id: Vec<String>,
+    updated: Vec<DateTime<Utc>>,
+    time: Vec<DateTime<Utc>>,
+    date_key: Vec<i32>,
+    network: Vec<Option<i32>>,
+    mag_type: Vec<Option<i32>>,
+    event_type: Vec<Option<i32>>,
+    region: Vec<Option<i32>>,
+    mag: Vec<Option<f64>>,
+    lat: Vec<f64>,
+    lon: Vec<f64>,
+    depth: Vec<f64>,
+    status: Vec<String>,
+    tsunami: Vec<bool>,
+    alert: Vec<Option<String>>,
+    sig: Vec<Option<i64>>,
+    felt: Vec<Option<i64>>,
+    cdi: Vec<Option<f64>>,
+    mmi: Vec<Option<f64>>,
+    place: Vec<Option<String>>,
+    title: Vec<String>,
+    url: Vec<String>,
+    /// `ids` as JSON arrays: unnest cannot take an array of arrays of different lengths.
+    ids: Vec<String>,
+    source: Vec<String>,
+}
+
+impl Columns {
+    fn of<'r>(rows: impl Iterator<Item = &'r Row>, keys: &Keys) -> Columns {
+        let mut c = Columns {
+            event_id: vec![],
+            updated: vec![],
+            time: vec![],
+            date_key: vec![],
+            network: vec![],
+            mag_type: vec![],
+            event_type: vec![],
+            region: vec![],
+            mag: vec![],
+            lat: vec![],
+            lon: vec![],
+            depth: vec![],
+            status: vec![],
+            tsunami: vec![],
+            alert: vec![],
+            sig: vec![],
+            felt: vec![],
+            cdi: vec![],
+            mmi: vec![],
+            place: vec![],
+            title: vec![],
+            url: vec![],
+            ids: vec![],
+            source: vec![],
+        };
+        for row in rows {
+            let q = &row.quake;
+            let (network, mag_type, event_type, region) = keys.of(row);
+            c.event_id.push(q.id.clone());
+            c.updated.push(row.updated);
+            c.time.push(row.time);
+            c.date_key.push(date_key(row.time.date_naive()));
+            c.network.push(network);
+            c.mag_type.push(mag_type);
+            c.event_type.push(event_type);
+            c.region.push(region);
+            c.mag.push(q.mag);
+            c.lat.push(q.lat);
+            c.lon.push(q.lon);
+            c.depth.push(q.depth_km);
+            c.status.push(q.status.clone());
+            c.tsunami.push(q.tsunami);
+            c.alert.push(q.alert.clone());
+            c.sig.push(q.sig);
+            c.felt.push(q.felt);
+            c.cdi.push(q.cdi);
+            c.mmi.push(q.mmi);
+            c.place.push(q.place.clone());
+            c.title.push(q.title.clone());
+            c.url.push(q.url.clone());
+            c.ids
+                .push(serde_json::to_string(&q.ids).unwrap_or_else(|_| "[]".into()));
+            c.source.push(q.source.clone());
+        }
+        c
+    }
+}
+
+const FACT_COLUMNS: &str = "event_id, updated, time, date_key, network_key, magnitude_type_key, \
+    event_type_key, region_key, mag, lat, lon, depth_km, status, tsunami, alert, sig, felt, cdi, \
+    mmi, place, title, url, ids, source";
+
+/// The fact columns from parameter arrays `$1`…`$24`, and with `kafka` the message's topic,
+/// partition and offset from `$25`…`$27`.
+fn fact_select(kafka: bool) -> String {
+    let (columns, arrays) = if kafka {
+        (
+            ", topic, part, off",
+            ", $25::text[], $26::int[], $27::int8[]",
+        )
+    } else {
+        ("", "")
+    };
+    format!(
+        "SELECT e, u, t, dk, nk, mk, ek, rk, mag, lat, lon, depth, status, tsunami, alert, sig, \
+         felt, cdi, mmi, place, title, url, ARRAY(SELECT jsonb_array_elements_text(ids::jsonb)), \
+         source{columns} \
+         FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::int[], $5::int[], \
+         $6::int[], $7::int[], $8::int[], $9::float8[], $10::float8[], $11::float8[], \
+         $12::float8[], $13::text[], $14::bool[], $15::text[], $16::int8[], $17::int8[], \
+         $18::float8[], $19::float8[], $20::text[], $21::text[], $22::text[], $23::text[], \
+         $24::text[]{arrays}) \
+         AS v(e, u, t, dk, nk, mk, ek, rk, mag, lat, lon, depth, status, tsunami, alert, sig, \
+         felt, cdi, mmi, place, title, url, ids, source{columns})"
+    )
+}
+
+async fn insert_revisions(tx: &Transaction<'_>, rows: &[Row], w: &Keys) -> Result<u64> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let c = Columns::of(rows.iter(), w);
+    let topics: Vec<&str> = rows.iter().map(|r| r.topic.as_str()).collect();
+    let partitions: Vec<i32> = rows.iter().map(|r| r.partition).collect();
+    let offsets: Vec<i64> = rows.iter().map(|r| r.offset).collect();
+    let sql = format!(
+        "INSERT INTO fact_earthquake_revision ({FACT_COLUMNS}, kafka_topic, kafka_partition, \
+         kafka_offset) {} ON CONFLICT (event_id, updated) DO NOTHING",
+        fact_select(true)
+    );
+    tx.execute(
+        &sql,
+        &[
+            &c.event_id,
+            &c.updated,
+            &c.time,
+            &c.date_key,
+            &c.network,
+            &c.mag_type,
+            &c.event_type,
+            &c.region,
+            &c.mag,
+            &c.lat,
+            &c.lon,
+            &c.depth,
+            &c.status,
+            &c.tsunami,
+            &c.alert,
+            &c.sig,
+            &c.felt,
+            &c.cdi,
+            &c.mmi,
+            &c.place,
+            &c.title,
+            &c.url,
+            &c.ids,
+            &c.source,
+            &topics,
+            &partitions,
+            &offsets,
+        ],
+    )
+    .await
+    .map_err(db_error("inserting revisions"))
+}
+
+async fn upsert_events(tx: &Transaction<'_>, rows: &[Row], w: &Keys) -> Result<u64> {
+    // One row per event (the newest of the batch): an upsert may not touch a row twice.
+    let mut newest: BTreeMap<&str, &Row> = BTreeMap::new();
+    for row in rows {
+        let entry = newest.entry(row.quake.id.as_str()).or_insert(row);
+        if row.updated > entry.updated {
+            *entry = row;
+        }
+    }
+    if newest.is_empty() {
+        return Ok(0);
+    }
+    let c = Columns::of(newest.values().copied(), w);
+    let updates: Vec<String> = FACT_COLUMNS
+        .split(", ")
+        .filter(|c| *c != "event_id")
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect();
+    let sql = format!(
+        "INSERT INTO fact_earthquake ({FACT_COLUMNS}) {}
+         ON CONFLICT (event_id) DO UPDATE SET {}, loaded_at = now()
+         WHERE fact_earthquake.updated < EXCLUDED.updated",
+        fact_select(false),
+        updates.join(", ")
+    );
+    tx.execute(
+        &sql,
+        &[
+            &c.event_id,
+            &c.updated,
+            &c.time,
+            &c.date_key,
+            &c.network,
+            &c.mag_type,
+            &c.event_type,
+            &c.region,
+            &c.mag,
+            &c.lat,
+            &c.lon,
+            &c.depth,
+            &c.status,
+            &c.tsunami,
+            &c.alert,
+            &c.sig,
+            &c.felt,
+            &c.cdi,
+            &c.mmi,
+            &c.place,
+            &c.title,
+            &c.url,
+            &c.ids,
+            &c.source,
+        ],
+    )
+    .await
+    .map_err(db_error("upserting events"))
+}
+
+/// Topic, start, end, group key.
+type WindowKey<'a> = (&'a str, DateTime<Utc>, DateTime<Utc>, &'a str);
+
+async fn upsert_windows(tx: &Transaction<'_>, windows: &[WindowRow]) -> Result<u64> {
+    // One row per window (the latest emission of the batch; a final beats an update).
+    let mut latest: BTreeMap<WindowKey<'_>, &WindowRow> = BTreeMap::new();
+    for w in windows {
+        let key = (w.topic.as_str(), w.start, w.end, w.group_key.as_str());
+        let entry = latest.entry(key).or_insert(w);
+        if (w.is_final, w.emitted_at) >= (entry.is_final, entry.emitted_at) {
+            *entry = w;
+        }
+    }
+    if latest.is_empty() {
+        return Ok(0);
+    }
+    let rows: Vec<&WindowRow> = latest.into_values().collect();
+    let topic: Vec<&str> = rows.iter().map(|w| w.topic.as_str()).collect();
+    let start: Vec<DateTime<Utc>> = rows.iter().map(|w| w.start).collect();
+    let end: Vec<DateTime<Utc>> = rows.iter().map(|w| w.end).collect();
+    let group: Vec<&str> = rows.iter().map(|w| w.group_key.as_str()).collect();
+    let count: Vec<Option<i64>> = rows.iter().map(|w| w.count).collect();
+    let aggregates: Vec<&serde_json::Value> = rows.iter().map(|w| &w.aggregates).collect();
+    let is_final: Vec<bool> = rows.iter().map(|w| w.is_final).collect();
+    let emitted: Vec<DateTime<Utc>> = rows.iter().map(|w| w.emitted_at).collect();
+    tx.execute(
+        "INSERT INTO agg_window (topic, window_start, window_end, group_key, record_count, aggregates, is_final, emitted_at)
+         SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[], $5::int8[], $6::jsonb[], $7::bool[], $8::timestamptz[])
+         ON CONFLICT (topic, window_start, window_end, group_key) DO UPDATE SET
+             record_count = EXCLUDED.record_count, aggregates = EXCLUDED.aggregates,
+             is_final = EXCLUDED.is_final, emitted_at = EXCLUDED.emitted_at, loaded_at = now()
+         WHERE (agg_window.is_final, agg_window.emitted_at) <= (EXCLUDED.is_final, EXCLUDED.emitted_at)",
+        &[&topic, &start, &end, &group, &count, &aggregates, &is_final, &emitted],
+    )
+    .await
+    .map_err(db_error("upserting windows"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_come_from_the_place() {
+        assert_eq!(
+            region_of("10 km SSW of Tres Pinos, CA").as_deref(),
+            Some("CA")
+        );
+        assert_eq!(
+            region_of("M 4.5 - 100 km W of Somewhere, Chile").as_deref(),
+            Some("Chile")
+        );
+        assert_eq!(
+            region_of("south of the Fiji Islands").as_deref(),
+            Some("south of the Fiji Islands")
+        );
+        assert_eq!(region_of("   "), None);
+        assert_eq!(region_of("trailing,"), None);
+    }
+
+    #[test]
+    fn window_results_parse_with_their_group() {
+        let w = parse_window(
+            "stats",
+            br#"{"window_start":"2024-01-15T10:30:00.000Z","window_end":"2024-01-15T10:35:00.000Z","net":"us","count":3,"avg_mag":4.1,"max_mag":null,"final":true,"emitted_at":"2024-01-15T12:00:00.000Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(w.group_key, "us");
+        assert_eq!(w.count, Some(3));
+        assert_eq!(
+            w.aggregates,
+            serde_json::json!({"count": 3, "avg_mag": 4.1, "max_mag": null})
+        );
+        assert!(w.is_final);
+        for bad in [
+            &b"[]"[..],
+            br#"{"window_start":"x","window_end":"2024-01-15T10:35:00.000Z","final":true,"emitted_at":"2024-01-15T12:00:00.000Z"}"#,
+            br#"{"window_start":"2024-01-15T10:30:00.000Z","window_end":"2024-01-15T10:35:00.000Z","emitted_at":"2024-01-15T12:00:00.000Z"}"#,
+        ] {
+            assert!(parse_window("stats", bad).is_err());
+        }
+    }
+}
