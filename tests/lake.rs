@@ -68,7 +68,10 @@ fn python(script: &str, args: &[&str]) -> String {
 }
 
 /// What DuckDB sees in a topic's Parquet files: column types, and each row's (id, updated ms).
-fn duckdb_parquet(dir: &Path) -> (Vec<(String, String)>, Vec<(String, i64)>) {
+/// (column name, DuckDB type) of a set of files.
+type ColumnTypes = Vec<(String, String)>;
+
+fn duckdb_parquet(dir: &Path) -> (ColumnTypes, Vec<(String, i64)>) {
     let script = r#"
 import duckdb, glob as g, json, sys
 glob = sys.argv[1] + "/*/*/*.parquet"
