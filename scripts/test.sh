@@ -21,8 +21,10 @@ as_root() {
 }
 
 # Debian packages: a C toolchain and headers for librdkafka (built from source by the rdkafka
-# crate, linked to the system OpenSSL and zlib) and SQLite (built by libsql).
-packages=(build-essential pkg-config libssl-dev zlib1g-dev perl make)
+# crate, linked to the system OpenSSL and zlib) and SQLite (built by libsql); the PostgreSQL
+# server the warehouse tests start (privately, on a free port); Python's venv for the test
+# helpers below.
+packages=(build-essential pkg-config libssl-dev zlib1g-dev perl make postgresql python3-venv)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -32,6 +34,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update -q
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+
+# Python tools the tests drive: DuckDB reads the Parquet lake, moto's server mode stands in for
+# S3. In a virtual environment of their own, so the system's Python is left alone.
+venv="${QS_VENV:-$HOME/.cache/quakestream/venv}"
+if ! "$venv/bin/python" -c 'import duckdb, moto, flask_cors' >/dev/null 2>&1; then
+  step "installing Python test tools (duckdb, moto[server]) into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip
+  "$venv/bin/pip" install -q duckdb 'moto[server]'
+fi
+export QS_PYTHON="$venv/bin/python"
+export QS_MOTO_SERVER="$venv/bin/moto_server"
+
+# No incremental compilation state: it grows by gigabytes per edit and a test run gains
+# nothing from it.
+export CARGO_INCREMENTAL=0
 
 if cargo fmt --version >/dev/null 2>&1; then
   step "cargo fmt --check"

@@ -188,6 +188,9 @@ pub enum Component {
     Files,
     /// The object-store sink: the same lake on S3, GCS or Azure ([object_store]).
     ObjectStore,
+    /// The PostgreSQL sink: quakes and window results in a star schema ([postgres], url
+    /// required), migrations applied at start.
+    Postgres,
 }
 
 #[derive(Debug, Subcommand)]

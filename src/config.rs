@@ -61,6 +61,8 @@ pub struct Config {
     /// The `object-store` sink: the same lake on S3, GCS, Azure or local storage.
     #[serde(default = "crate::sink::lake::LakeConfig::object_store")]
     pub object_store: crate::sink::lake::LakeConfig,
+    /// The `postgres` sink: quakes and window results in a warehouse star schema.
+    pub postgres: crate::sink::postgres::PostgresConfig,
     /// librdkafka properties, passed through verbatim to every client (after quakestream's own
     /// settings, so they win): `"security.protocol" = "SASL_SSL"`, `"sasl.mechanisms" =
     /// "PLAIN"`, … Secrets belong in the environment (`QUAKESTREAM_KAFKA_SASL_PASSWORD`).
@@ -82,6 +84,7 @@ impl Default for Config {
             alerts: crate::process::alert::AlertsConfig::default(),
             files: crate::sink::lake::LakeConfig::files(),
             object_store: crate::sink::lake::LakeConfig::object_store(),
+            postgres: crate::sink::postgres::PostgresConfig::default(),
             kafka: BTreeMap::new(),
         }
     }
@@ -191,6 +194,7 @@ impl Config {
     /// The effective configuration as TOML, with secret values replaced by `"***"`.
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
+        shown.postgres.url = shown.postgres.redacted_url();
         for (key, value) in shown.kafka.iter_mut() {
             if is_secret(key) {
                 *value = "***".into();
@@ -330,6 +334,7 @@ fn env_layer(env: impl IntoIterator<Item = (String, String)>) -> Result<Table> {
         ["object_store", "time_field"],
         ["object_store", "endpoint"],
         ["object_store", "object_per_record"],
+        ["postgres", "instance_id"],
     ] {
         leaves.push((
             optional.iter().map(|s| s.to_string()).collect(),

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{fixture, read_topic};
+use common::{fixture_quakes, read_topic};
 use quakestream::{
     kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer},
     record::Quake,
@@ -22,33 +22,7 @@ use quakestream::{
         lake::{self, LakeConfig, LakeMetrics, Schemas},
         schema::Columns,
     },
-    source::geojson,
 };
-
-/// Every distinct revision in the USGS fixtures, as the source would publish them.
-pub fn fixture_quakes() -> Vec<Quake> {
-    let mut files = common::revision_sequence();
-    files.extend(
-        [
-            "usgs/2.5_week_2023-07-03T2117Z.geojson",
-            "usgs/significant_month_2023-10-11T2016Z.geojson",
-            "usgs/4.5_day_2017-11-29T2001Z.geojson",
-            "usgs/all_month_2018-09-22_EXCERPT_3features_nullmag.geojson",
-        ]
-        .map(String::from),
-    );
-    let mut seen = BTreeSet::new();
-    let mut quakes = Vec::new();
-    for file in files {
-        let parsed = geojson::parse_collection(&fixture(&file), "usgs").expect("fixture parses");
-        for quake in parsed.quakes {
-            if seen.insert((quake.id.clone(), quake.updated.clone())) {
-                quakes.push(quake);
-            }
-        }
-    }
-    quakes
-}
 
 /// The Python with DuckDB that scripts/test.sh prepared (`QS_PYTHON`), else `python3`.
 fn python(script: &str, args: &[&str]) -> String {
@@ -136,6 +110,15 @@ fn files_sink(data_dir: &Path, brokers: &str, crash_after_files: Option<u64>) ->
     command
 }
 
+fn postgres_sink(data_dir: &Path, brokers: &str, url: &str) -> Command {
+    let mut command = common::quakestream(data_dir);
+    command
+        .args(["--brokers", brokers, "run", "postgres"])
+        .env("QUAKESTREAM_POSTGRES_URL", url)
+        .env("QUAKESTREAM_POSTGRES_WINDOWS_TOPIC", "");
+    command
+}
+
 fn lake_files(dir: &Path, extension: &str) -> Vec<std::path::PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -154,12 +137,67 @@ fn lake_files(dir: &Path, extension: &str) -> Vec<std::path::PathBuf> {
     all
 }
 
-#[test]
-fn kill_9_at_20_random_moments_leaves_each_revision_in_the_lake_once() {
+/// (event id, updated ms) of every revision in the warehouse, and of every event's row.
+async fn warehouse(client: &tokio_postgres::Client) -> (Vec<(String, i64)>, Vec<(String, i64)>) {
+    let read = |sql: &'static str| async move {
+        client
+            .query(sql, &[])
+            .await
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    (
+        read("SELECT event_id, (extract(epoch FROM updated) * 1000)::int8 FROM fact_earthquake_revision").await,
+        read("SELECT event_id, (extract(epoch FROM updated) * 1000)::int8 FROM fact_earthquake").await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_20_random_moments_leaves_each_revision_in_lake_and_warehouse_once() {
+    let pg = common::PgServer::start();
+    let db = pg.client().await;
+    tokio::task::spawn_blocking(move || crash_test(pg.url()))
+        .await
+        .unwrap();
+    let quakes = fixture_quakes();
+    let revisions: BTreeSet<(String, i64)> = quakes
+        .iter()
+        .map(|q| (q.id.clone(), millis(&q.updated)))
+        .collect();
+    let mut newest = std::collections::BTreeMap::new();
+    for (id, updated) in &revisions {
+        let entry = newest.entry(id.clone()).or_insert(*updated);
+        *entry = (*entry).max(*updated);
+    }
+    let newest: BTreeSet<(String, i64)> = newest.into_iter().collect();
+    let (got_revisions, got_events) = warehouse(&db).await;
+    assert_eq!(got_revisions.len(), revisions.len(), "every revision once");
+    assert_eq!(
+        got_revisions.into_iter().collect::<BTreeSet<_>>(),
+        revisions
+    );
+    assert_eq!(got_events.len(), newest.len(), "one row per event");
+    let got_events: BTreeSet<(String, i64)> = got_events.into_iter().collect();
+    let wrong: Vec<_> = newest.difference(&got_events).take(5).collect();
+    assert!(
+        wrong.is_empty(),
+        "events not at their newest revision: {wrong:?}"
+    );
+}
+
+/// The lake half of the crash test (blocking: child processes and Python); the warehouse sink
+/// is killed at the same moments and left caught up.
+fn crash_test(pg_url: String) {
     let dir = tempfile::tempdir().unwrap();
     let (_broker, addr) = common::start_broker(&dir.path().join("broker"));
     let sink_dir = dir.path().join("sink");
     std::fs::create_dir_all(&sink_dir).unwrap();
+    let pg_dir = dir.path().join("pg-sink");
+    std::fs::create_dir_all(&pg_dir).unwrap();
     let quakes = fixture_quakes();
     assert!(quakes.len() > 500, "{} fixture revisions", quakes.len());
     let expected: BTreeSet<(String, i64)> = quakes
@@ -215,6 +253,8 @@ fn kill_9_at_20_random_moments_leaves_each_revision_in_the_lake_once() {
     let started = |l: &str| l.contains("Press Ctrl+C");
     let mut sink = common::Spawned::start(&mut files_sink(&sink_dir, &addr, None));
     sink.wait_for(started, Duration::from_secs(60));
+    let mut pg_sink = common::Spawned::start(&mut postgres_sink(&pg_dir, &addr, &pg_url));
+    pg_sink.wait_for(started, Duration::from_secs(60));
     let mut aborted = 0;
     let lake = sink_dir.join("lake/earthquakes");
     let mut parts = quakes.chunks(quakes.len().div_ceil(20));
@@ -235,10 +275,14 @@ fn kill_9_at_20_random_moments_leaves_each_revision_in_the_lake_once() {
             sink.signal("KILL");
             sink.wait(Duration::from_secs(10));
         }
+        pg_sink.signal("KILL");
+        pg_sink.wait(Duration::from_secs(10));
+        pg_sink = common::Spawned::start(&mut postgres_sink(&pg_dir, &addr, &pg_url));
         eprintln!("kill -9 number {} done", kill + 1);
         let crash = (kill % 2 == 0).then(|| random.between(1, 5));
         sink = common::Spawned::start(&mut files_sink(&sink_dir, &addr, crash));
         sink.wait_for(started, Duration::from_secs(60));
+        pg_sink.wait_for(started, Duration::from_secs(60));
     }
     drop(feed);
     publisher.join().unwrap();
@@ -257,6 +301,20 @@ fn kill_9_at_20_random_moments_leaves_each_revision_in_the_lake_once() {
     };
     sink.signal("INT");
     assert!(sink.wait(Duration::from_secs(30)).success());
+    // The warehouse sink catches up too (the caller checks what it wrote).
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while warehouse(&client).await.0.len() < expected.len() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    pg_sink.signal("INT");
+    assert!(pg_sink.wait(Duration::from_secs(30)).success());
 
     let distinct: BTreeSet<(String, i64)> = rows.iter().cloned().collect();
     let missing: Vec<_> = expected.difference(&distinct).take(5).collect();

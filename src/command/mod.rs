@@ -81,6 +81,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
             Component::Alerts => up::run_alerts(&config, shutdown).await,
             Component::Files => sinks::run_lake(&config, false, shutdown).await,
             Component::ObjectStore => sinks::run_lake(&config, true, shutdown).await,
+            Component::Postgres => sinks::run_postgres(&config, shutdown).await,
         },
         Command::Topics(command) => topics(&config, command).await,
         Command::Produce(args) => produce(&config, args, shutdown).await,

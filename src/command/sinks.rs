@@ -12,6 +12,7 @@ use crate::{
     sink::{
         encode::FileSchema,
         lake::{self, LakeConfig, LakeMetrics, Schemas},
+        postgres::PostgresMetrics,
         schema::Columns,
     },
 };
@@ -109,6 +110,61 @@ pub(super) async fn lake(
         files = m.files.get(),
         objects = m.objects.get(),
         commits = m.commits.get(),
+        "sink summary"
+    );
+    result
+}
+
+pub(super) fn postgres_line(config: &Config) -> String {
+    let p = &config.postgres;
+    let mut topics = p.quakes_topic.clone();
+    if !p.windows_topic.is_empty() {
+        topics.push_str(", ");
+        topics.push_str(&p.windows_topic);
+    }
+    format!(
+        "  postgres    {topics} -> {} (fact_earthquake, fact_earthquake_revision, agg_window)",
+        p.redacted_url()
+    )
+}
+
+/// `quakestream run postgres`.
+pub async fn run_postgres(config: &Config, shutdown: CancellationToken) -> Result<()> {
+    let settings = KafkaSettings::from_config(config);
+    print_out(&format!(
+        "postgres sink at {}:\n{}\nPress Ctrl+C to stop.\n",
+        settings.bootstrap,
+        postgres_line(config)
+    ))?;
+    postgres(config, &settings, shutdown).await
+}
+
+/// The PostgreSQL sink until `stop`, then its summary in the log.
+pub(super) async fn postgres(
+    config: &Config,
+    settings: &KafkaSettings,
+    stop: CancellationToken,
+) -> Result<()> {
+    let metrics = Arc::new(PostgresMetrics::default());
+    let result = crate::sink::postgres::run(
+        &config.postgres,
+        &config.topics.dlq,
+        &absolute_data_dir(config),
+        settings,
+        metrics.clone(),
+        stop,
+    )
+    .await;
+    let m = &metrics;
+    tracing::info!(
+        sink = "postgres",
+        records = m.records.get(),
+        bad = m.bad.get(),
+        batches = m.batches.get(),
+        revisions_inserted = m.revisions_inserted.get(),
+        events_upserted = m.events_upserted.get(),
+        windows_upserted = m.windows_upserted.get(),
+        retries = m.retries.get(),
         "sink summary"
     );
     result

@@ -70,7 +70,11 @@ pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
     }
     for (object, enabled, name) in [
         (false, config.files.enabled, "files"),
-        (true, config.object_store.enabled, "object-store"),
+        (
+            true,
+            config.object_store.enabled && !config.object_store.location.is_empty(),
+            "object-store",
+        ),
     ] {
         if enabled {
             lines.push(super::sinks::lake_line(config, object));
@@ -82,6 +86,15 @@ pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
                     .map(|()| name)
             });
         }
+    }
+    if config.postgres.enabled && !config.postgres.url.is_empty() {
+        lines.push(super::sinks::postgres_line(config));
+        let (config, settings, stop) = (config.clone(), settings.clone(), components_stop.clone());
+        components.spawn(async move {
+            super::sinks::postgres(&config, &settings, stop)
+                .await
+                .map(|()| "postgres")
+        });
     }
     let mut summary = format!("quakestream {} is up\n", env!("CARGO_PKG_VERSION"));
     match &broker {

@@ -328,3 +328,185 @@ impl RunningSource {
         self.metrics
     }
 }
+
+/// Every distinct revision in the USGS fixtures, as the source would publish them.
+pub fn fixture_quakes() -> Vec<quakestream::record::Quake> {
+    let mut files = revision_sequence();
+    files.extend(
+        [
+            "usgs/2.5_week_2023-07-03T2117Z.geojson",
+            "usgs/significant_month_2023-10-11T2016Z.geojson",
+            "usgs/4.5_day_2017-11-29T2001Z.geojson",
+            "usgs/all_month_2018-09-22_EXCERPT_3features_nullmag.geojson",
+        ]
+        .map(String::from),
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    let mut quakes = Vec::new();
+    for file in files {
+        let parsed = quakestream::source::geojson::parse_collection(&fixture(&file), "usgs")
+            .expect("fixture parses");
+        for quake in parsed.quakes {
+            if seen.insert((quake.id.clone(), quake.updated.clone())) {
+                quakes.push(quake);
+            }
+        }
+    }
+    quakes
+}
+
+/// A private PostgreSQL server in a temporary directory, on a free port (`initdb` + `pg_ctl`
+/// from Debian's postgresql package; run as the `postgres` user when the tests run as root,
+/// since the server refuses root).
+pub struct PgServer {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    pub port: u16,
+    as_postgres: bool,
+}
+
+impl PgServer {
+    pub fn start() -> PgServer {
+        let bin = pg_bin();
+        let dir = tempfile::tempdir().unwrap();
+        let as_postgres = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        if as_postgres {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(
+                status.success(),
+                "chown to postgres (is the postgresql package installed?)"
+            );
+        }
+        let server = PgServer {
+            port: free_port(),
+            dir,
+            bin,
+            as_postgres,
+        };
+        let data = server.dir.path().join("data");
+        server.pg("initdb", |c| {
+            c.arg("-D").arg(&data).args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ]);
+        });
+        server.resume();
+        server
+    }
+
+    fn pg(&self, tool: &str, args: impl FnOnce(&mut Command)) {
+        let program = self.bin.join(tool);
+        let mut command = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            Command::new(&program)
+        };
+        args(&mut command);
+        let output = command.output().unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (scripts/test.sh installs postgresql)",
+                program.display()
+            )
+        });
+        assert!(
+            output.status.success(),
+            "{tool} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server (fast shutdown: connections are cut), as an outage would.
+    pub fn stop(&self) {
+        let data = self.dir.path().join("data");
+        self.pg("pg_ctl", |c| {
+            c.arg("-D").arg(&data).args(["-m", "fast", "-w", "stop"]);
+        });
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn resume(&self) {
+        let (data, log) = (self.dir.path().join("data"), self.dir.path().join("log"));
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
+            self.port,
+            self.dir.path().display()
+        );
+        self.pg("pg_ctl", |c| {
+            c.arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(&log)
+                .args(["-w", "-t", "60", "-o", &options, "start"]);
+        });
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test server");
+        tokio::spawn(connection);
+        client
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let program = self.bin.join("pg_ctl");
+        let mut command = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            Command::new(&program)
+        };
+        let _ = command
+            .arg("-D")
+            .arg(&data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
+/// The newest PostgreSQL server binaries: `QS_PG_BIN`, else Debian's /usr/lib/postgresql/N/bin.
+fn pg_bin() -> std::path::PathBuf {
+    if let Ok(dir) = std::env::var("QS_PG_BIN") {
+        return dir.into();
+    }
+    let mut versions: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse().ok()?;
+            Some((version, e.path().join("bin")))
+        })
+        .filter(|(_, bin)| bin.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, bin)| bin)
+        .expect("PostgreSQL server binaries in /usr/lib/postgresql/*/bin (scripts/test.sh installs the postgresql package)")
+}

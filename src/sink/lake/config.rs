@@ -14,7 +14,7 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LakeConfig {
-    /// Run this sink under `up`.
+    /// Run this sink under `up` (`[object_store]`: once `location` is set).
     pub enabled: bool,
     /// `[files]`: a directory (relative paths are under the data directory). `[object_store]`:
     /// a URL, `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`,
@@ -92,10 +92,10 @@ impl LakeConfig {
         }
     }
 
-    /// Object storage: off until a location is configured.
+    /// Object storage: runs under `up` once a location is configured.
     pub fn object_store() -> LakeConfig {
         LakeConfig {
-            enabled: false,
+            enabled: true,
             location: String::new(),
             group_id: "quakestream-object-store".into(),
             ..LakeConfig::files()
