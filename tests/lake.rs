@@ -148,7 +148,11 @@ async fn warehouse(client: &tokio_postgres::Client) -> (Vec<(String, i64)>, Vec<
                     .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
                     .collect::<Vec<_>>()
             })
-            .unwrap_or_default()
+            // Before the sink's first start the tables do not exist yet.
+            .unwrap_or_else(|e| {
+                eprintln!("warehouse query: {e}");
+                Vec::new()
+            })
     };
     (
         read("SELECT event_id, (extract(epoch FROM updated) * 1000)::int8 FROM fact_earthquake_revision").await,
@@ -160,7 +164,8 @@ async fn warehouse(client: &tokio_postgres::Client) -> (Vec<(String, i64)>, Vec<
 async fn kill_9_at_20_random_moments_leaves_each_revision_in_lake_and_warehouse_once() {
     let pg = common::PgServer::start();
     let db = pg.client().await;
-    tokio::task::spawn_blocking(move || crash_test(pg.url()))
+    let url = pg.url();
+    tokio::task::spawn_blocking(move || crash_test(url))
         .await
         .unwrap();
     let quakes = fixture_quakes();
