@@ -76,6 +76,49 @@ fn bad_window_and_alert_settings_are_refused_with_the_reason() {
 }
 
 #[test]
+fn bad_sink_settings_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("quakestream.toml");
+    for (text, component, expected) in [
+        (
+            "[files]\ncompression = \"gzip\"\n",
+            "files",
+            "[files]: compression gzip does not apply to parquet files",
+        ),
+        (
+            "[files]\nformat = \"xml\"\n",
+            "files",
+            "unknown variant `xml`",
+        ),
+        (
+            "[files]\npartition_by = \"dt=%Q\"\n",
+            "files",
+            "not a valid strftime pattern",
+        ),
+        ("[files]\nroll_records = 0\n", "files", "must be above zero"),
+        (
+            "[object_store]\nlocation = \"s3://b/p\"\nobject_per_record = \"static.json\"\n",
+            "object-store",
+            "names no field",
+        ),
+        ("[postgres]\n", "postgres", "[postgres]: url is empty"),
+        (
+            "[postgres]\nurl = \"mysql://x\"\n",
+            "postgres",
+            "not a PostgreSQL connection URL",
+        ),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let finished = run(quakestream(&dir.path().join("data"))
+            .arg("--config")
+            .arg(&file)
+            .args(["--brokers", "127.0.0.1:1", "run", component]));
+        let error = assert_one_line_error(&finished);
+        assert!(error.contains(expected), "{text}: {error}");
+    }
+}
+
+#[test]
 fn unreachable_external_broker_names_the_address_and_embedded_mode() {
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());

@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use super::{print_out, up::absolute_data_dir};
 use crate::{
     config::Config,
-    error::Result,
+    error::{Error, Result},
     kafka::KafkaSettings,
     sink::{
         encode::FileSchema,
@@ -89,8 +89,13 @@ pub(super) async fn lake(
     object: bool,
     stop: CancellationToken,
 ) -> Result<()> {
-    let metrics = Arc::new(LakeMetrics::default());
     let c = lake_config(config, object);
+    // A setting that cannot work is an error of its own, with no summary of nothing done.
+    c.validate(object).map_err(|message| Error::Config {
+        origin: if object { "[object_store]" } else { "[files]" }.into(),
+        message,
+    })?;
+    let metrics = Arc::new(LakeMetrics::default());
     let result = lake::run(
         c,
         object,
@@ -145,6 +150,13 @@ pub(super) async fn postgres(
     settings: &KafkaSettings,
     stop: CancellationToken,
 ) -> Result<()> {
+    config
+        .postgres
+        .validate()
+        .map_err(|message| Error::Config {
+            origin: "[postgres]".into(),
+            message,
+        })?;
     let metrics = Arc::new(PostgresMetrics::default());
     let result = crate::sink::postgres::run(
         &config.postgres,

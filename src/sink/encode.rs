@@ -62,10 +62,11 @@ impl Format {
             | (Format::Jsonl | Format::Csv, Compression::Gzip)
             | (Format::Parquet, Compression::Snappy | Compression::Zstd) => Ok(()),
             (format, compression) => Err(format!(
-                "compression {compression:?} does not apply to {format:?} files (JSON Lines and \
-                 CSV: none or gzip; Parquet: none, snappy or zstd)"
-            )
-            .to_lowercase()),
+                "compression {} does not apply to {} files (JSON Lines and CSV: none or gzip; \
+                 Parquet: none, snappy or zstd)",
+                format!("{compression:?}").to_lowercase(),
+                format!("{format:?}").to_lowercase()
+            )),
         }
     }
 }

@@ -43,7 +43,7 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PostgresConfig {
-    /// Run this sink under `up` (it also needs `url`).
+    /// Run this sink under `up` once `url` is set.
     pub enabled: bool,
     /// Connection URL, `postgres://user@host:5432/db`. Put the password in `PGPASSWORD` (or
     /// `QUAKESTREAM_POSTGRES_URL`), not in a file; `quakestream config` hides it.
@@ -68,7 +68,7 @@ pub struct PostgresConfig {
 impl Default for PostgresConfig {
     fn default() -> Self {
         PostgresConfig {
-            enabled: false,
+            enabled: true,
             url: String::new(),
             quakes_topic: "earthquakes".into(),
             windows_topic: "earthquake-stats".into(),
