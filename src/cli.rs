@@ -133,6 +133,15 @@ pub struct ListenArgs {
     pub listen: Option<String>,
 }
 
+/// Web server settings that can be given on the command line as well as in the config.
+#[derive(Debug, Clone, Default, Args)]
+pub struct WebArgs {
+    /// Address of the map, the pipeline monitor, the API and /metrics (web.listen). Default:
+    /// 127.0.0.1:8080. Port 0 picks a free port (printed at start).
+    #[arg(long = "web", value_name = "HOST:PORT")]
+    pub web: Option<String>,
+}
+
 /// Processor settings that can be given on the command line as well as in the config.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ProcessArgs {
@@ -152,6 +161,9 @@ pub struct UpArgs {
 
     #[command(flatten)]
     pub process: ProcessArgs,
+
+    #[command(flatten)]
+    pub web: WebArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -167,6 +179,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub process: ProcessArgs,
+
+    #[command(flatten)]
+    pub web: WebArgs,
 }
 
 /// Components that `run` can start alone. Sources, processors, sinks and the web dashboard join
@@ -191,6 +206,9 @@ pub enum Component {
     /// The PostgreSQL sink: quakes and window results in a star schema ([postgres], url
     /// required), migrations applied at start.
     Postgres,
+    /// The web server ([web]): the live map on http://127.0.0.1:8080, the pipeline monitor
+    /// at /pipeline, the JSON API, /metrics and /health.
+    Web,
 }
 
 #[derive(Debug, Subcommand)]

@@ -63,6 +63,8 @@ pub struct Config {
     pub object_store: crate::sink::lake::LakeConfig,
     /// The `postgres` sink: quakes and window results in a warehouse star schema.
     pub postgres: crate::sink::postgres::PostgresConfig,
+    /// The web server: the live map, the pipeline monitor, the API and `/metrics`.
+    pub web: crate::web::WebConfig,
     /// librdkafka properties, passed through verbatim to every client (after quakestream's own
     /// settings, so they win): `"security.protocol" = "SASL_SSL"`, `"sasl.mechanisms" =
     /// "PLAIN"`, … Secrets belong in the environment (`QUAKESTREAM_KAFKA_SASL_PASSWORD`).
@@ -85,6 +87,7 @@ impl Default for Config {
             files: crate::sink::lake::LakeConfig::files(),
             object_store: crate::sink::lake::LakeConfig::object_store(),
             postgres: crate::sink::postgres::PostgresConfig::default(),
+            web: crate::web::WebConfig::default(),
             kafka: BTreeMap::new(),
         }
     }
@@ -252,6 +255,9 @@ impl Config {
         self.alerts
             .validate()
             .map_err(|e| bad(format!("[alerts]: {e}")))?;
+        self.web
+            .validate()
+            .map_err(|e| bad(format!("[web]: {e}")))?;
         if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&self.client.compression.as_str()) {
             return Err(bad(format!(
                 "client.compression = {:?}: expected none, gzip, snappy, lz4 or zstd",
@@ -335,6 +341,9 @@ fn env_layer(env: impl IntoIterator<Item = (String, String)>) -> Result<Table> {
         ["object_store", "endpoint"],
         ["object_store", "object_per_record"],
         ["postgres", "instance_id"],
+        ["web", "quakes_topic"],
+        ["web", "stats_topic"],
+        ["web", "alerts_topic"],
     ] {
         leaves.push((
             optional.iter().map(|s| s.to_string()).collect(),

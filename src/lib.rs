@@ -15,10 +15,11 @@
 //!   poller, feed parsing and revision-aware dedupe.
 //! - [`metrics`]: counters and histograms in Prometheus text format.
 //! - [`fake`]: the fake feed server that replays recorded responses and injects faults.
+//! - [`process`]: the window and alert processors; [`sink`]: the lake, object-store and
+//!   PostgreSQL sinks; [`web`]: the live map, the pipeline monitor, the API and `/metrics`.
 //!
-//! Processors (`process/`), sinks (`sink/`) and the web dashboard (`web/`)
-//! each get a folder of their own, one file per component, and a variant of
-//! [`cli::Component`] so that `quakestream run <component>` can start them alone.
+//! Each kind of component has a folder of its own, one file per component, and a variant of
+//! [`cli::Component`] so that `quakestream run <component>` can start it alone.
 
 pub mod cli;
 pub mod command;
@@ -32,6 +33,7 @@ pub mod record;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
+pub mod web;
 
 pub use config::Config;
 pub use error::{Error, Result};

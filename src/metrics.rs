@@ -7,7 +7,7 @@ use std::{
     collections::BTreeMap,
     fmt::Write,
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicI64, AtomicU64, Ordering},
     },
 };
@@ -78,20 +78,28 @@ impl Histogram {
         self.count.load(Ordering::Relaxed)
     }
 
-    fn render(&self, name: &str, labels: &str, out: &mut String) {
+    /// The mean observation in seconds, `None` before the first.
+    pub fn mean_secs(&self) -> Option<f64> {
+        let n = self.count();
+        (n > 0).then(|| self.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0 / n as f64)
+    }
+
+    /// An upper bound of the `q` quantile (0..=1) in seconds: the smallest bucket bound below
+    /// which at least that share of observations fell (`+Inf` past the last bound).
+    pub fn quantile_secs(&self, q: f64) -> Option<f64> {
+        let n = self.count();
+        if n == 0 {
+            return None;
+        }
+        let want = (q.clamp(0.0, 1.0) * n as f64).ceil().max(1.0) as u64;
         let mut cumulative = 0;
         for (bound, count) in self.bounds.iter().zip(&self.counts) {
             cumulative += count.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+            if cumulative >= want {
+                return Some(*bound);
+            }
         }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels},le=\"+Inf\"}} {}",
-            self.count()
-        );
-        let sum = self.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count());
+        Some(f64::INFINITY)
     }
 }
 
@@ -152,10 +160,18 @@ impl SourceMetrics {
         self.errors.lock().map(|e| e.values().sum()).unwrap_or(0)
     }
 
-    /// The Prometheus text exposition of this source.
+    /// The Prometheus text exposition of this source alone.
     pub fn render(&self, out: &mut String) {
-        let l = format!("source=\"{}\"", self.source);
-        let counters = [
+        let mut samples = Samples::default();
+        self.observe(&mut samples);
+        out.push_str(&samples.render());
+    }
+}
+
+impl Observe for SourceMetrics {
+    fn observe(&self, out: &mut Samples) {
+        let l: &[(&str, &str)] = &[("source", &self.source)];
+        for (name, help, counter) in [
             (
                 "quakestream_source_polls_total",
                 "Polls attempted.",
@@ -186,22 +202,17 @@ impl SourceMetrics {
                 "Feeds older than one already read, skipped.",
                 &self.stale_feeds,
             ),
-        ];
-        for (name, help, counter) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            let _ = writeln!(out, "{name}{{{l}}} {}", counter.get());
+        ] {
+            out.counter(name, help, l, counter.get());
         }
         let name = "quakestream_source_errors_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Failed polls, by kind.\n# TYPE {name} counter"
-        );
+        out.family(name, "Failed polls, by kind.", "counter");
         if let Ok(errors) = self.errors.lock() {
             for (kind, n) in errors.iter() {
-                let _ = writeln!(out, "{name}{{{l},kind=\"{kind}\"}} {n}");
+                out.counter(name, "", &[l[0], ("kind", kind)], *n);
             }
         }
-        let gauges = [
+        for (name, help, gauge) in [
             (
                 "quakestream_source_last_success_timestamp_seconds",
                 "When the last poll succeeded.",
@@ -212,10 +223,8 @@ impl SourceMetrics {
                 "metadata.generated of the newest feed read.",
                 &self.feed_generated_ms,
             ),
-        ];
-        for (name, help, gauge) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-            let _ = writeln!(out, "{name}{{{l}}} {}", gauge.get() as f64 / 1000.0);
+        ] {
+            out.gauge(name, help, l, gauge.get() as f64 / 1000.0);
         }
         for (name, help, h) in [
             (
@@ -229,8 +238,169 @@ impl SourceMetrics {
                 &self.update_delay,
             ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-            h.render(name, &l, out);
+            out.histogram(name, help, l, h);
+        }
+    }
+}
+
+/// What a component reports at `/metrics`: it adds its samples to the exposition.
+pub trait Observe: Send + Sync {
+    fn observe(&self, out: &mut Samples);
+}
+
+/// One metric family of an exposition: its help, its type and its sample lines.
+#[derive(Debug, Default)]
+struct Family {
+    help: String,
+    kind: &'static str,
+    lines: Vec<String>,
+}
+
+/// The samples of one scrape, grouped by family so that several components (two lake sinks,
+/// several sources) share one `# HELP`/`# TYPE` header per metric as the format requires.
+#[derive(Debug, Default)]
+pub struct Samples {
+    families: BTreeMap<String, Family>,
+    /// (name, labels, value) of every counter and gauge, for the JSON pipeline view.
+    flat: Vec<(String, String, f64)>,
+}
+
+impl Samples {
+    /// Declares a family (its first declaration's help wins).
+    pub fn family(&mut self, name: &str, help: &str, kind: &'static str) -> &mut Vec<String> {
+        let family = self.families.entry(name.to_string()).or_default();
+        if family.help.is_empty() {
+            family.help = help.to_string();
+            family.kind = kind;
+        }
+        &mut family.lines
+    }
+
+    pub fn counter(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: u64) {
+        self.sample(name, help, "counter", labels, value as f64);
+    }
+
+    pub fn gauge(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
+        self.sample(name, help, "gauge", labels, value);
+    }
+
+    fn sample(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: &'static str,
+        labels: &[(&str, &str)],
+        value: f64,
+    ) {
+        let labels = label_text(labels);
+        self.family(name, help, kind)
+            .push(format!("{name}{{{labels}}} {}", number(value)));
+        self.flat.push((name.to_string(), labels, value));
+    }
+
+    pub fn histogram(&mut self, name: &str, help: &str, labels: &[(&str, &str)], h: &Histogram) {
+        let labels = label_text(labels);
+        let sep = if labels.is_empty() { "" } else { "," };
+        let lines = self.family(name, help, "histogram");
+        let mut cumulative = 0;
+        for (bound, count) in h.bounds.iter().zip(&h.counts) {
+            cumulative += count.load(Ordering::Relaxed);
+            lines.push(format!(
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+            ));
+        }
+        lines.push(format!(
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            h.count()
+        ));
+        let sum = h.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+        lines.push(format!("{name}_sum{{{labels}}} {}", number(sum)));
+        lines.push(format!("{name}_count{{{labels}}} {}", h.count()));
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (name, family) in &self.families {
+            let help = family.help.replace('\\', "\\\\").replace('\n', "\\n");
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {}", family.kind);
+            for line in &family.lines {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Every counter and gauge as (name, labels as written in the exposition, value).
+    pub fn flat(&self) -> &[(String, String, f64)] {
+        &self.flat
+    }
+}
+
+/// `a="x",b="y"`, values escaped as the text format requires.
+fn label_text(labels: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let v = v
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        let _ = write!(out, "{k}=\"{v}\"");
+    }
+    out
+}
+
+/// A sample value as Prometheus writes it (integers without a fraction).
+fn number(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Every running component's metrics, registered as they start; `/metrics` observes them all.
+#[derive(Default)]
+pub struct Registry {
+    parts: Mutex<Vec<Arc<dyn Observe>>>,
+    sources: Mutex<Vec<Arc<SourceMetrics>>>,
+}
+
+impl Registry {
+    pub fn register(&self, part: Arc<dyn Observe>) {
+        if let Ok(mut parts) = self.parts.lock() {
+            parts.push(part);
+        }
+    }
+
+    /// A source's metrics: observed like any part, and read for the monitor's freshness view.
+    pub fn register_source(&self, source: Arc<SourceMetrics>) {
+        if let Ok(mut sources) = self.sources.lock() {
+            sources.push(source);
+        }
+    }
+
+    pub fn sources(&self) -> Vec<Arc<SourceMetrics>> {
+        self.sources.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn observe(&self, out: &mut Samples) {
+        for source in self.sources() {
+            source.observe(out);
+        }
+        let parts = self.parts.lock().map(|p| p.clone()).unwrap_or_default();
+        for part in parts {
+            part.observe(out);
         }
     }
 }

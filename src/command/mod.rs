@@ -14,7 +14,7 @@ use std::io::Write;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cli::{Cli, Command, Component, ListenArgs, ProcessArgs, SourceArgs},
+    cli::{Cli, Command, Component, ListenArgs, ProcessArgs, SourceArgs, WebArgs},
     config::Config,
     error::{Error, Result},
 };
@@ -55,17 +55,24 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
             config.alerts.console = true;
         }
     };
+    let web = |config: &mut Config, args: &WebArgs| {
+        if let Some(listen) = &args.web {
+            config.web.listen = listen.clone();
+        }
+    };
     match &cli.command {
         Command::Up(args) => {
             listen(&mut config, &args.listen);
             source(&mut config, &args.source);
             process(&mut config, &args.process);
+            web(&mut config, &args.web);
         }
         Command::Broker(args) => listen(&mut config, args),
         Command::Run(args) => {
             listen(&mut config, &args.listen);
             source(&mut config, &args.source);
             process(&mut config, &args.process);
+            web(&mut config, &args.web);
         }
         _ => {}
     }
@@ -82,6 +89,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
             Component::Files => sinks::run_lake(&config, false, shutdown).await,
             Component::ObjectStore => sinks::run_lake(&config, true, shutdown).await,
             Component::Postgres => sinks::run_postgres(&config, shutdown).await,
+            Component::Web => up::run_web(&config, shutdown).await,
         },
         Command::Topics(command) => topics(&config, command).await,
         Command::Produce(args) => produce(&config, args, shutdown).await,

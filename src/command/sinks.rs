@@ -79,7 +79,14 @@ pub async fn run_lake(config: &Config, object: bool, shutdown: CancellationToken
         settings.bootstrap,
         lake_line(config, object)
     ))?;
-    lake(config, &settings, object, shutdown).await
+    lake(
+        config,
+        &settings,
+        object,
+        &crate::metrics::Registry::default(),
+        shutdown,
+    )
+    .await
 }
 
 /// A lake sink until `stop`, then its summary in the log.
@@ -87,6 +94,7 @@ pub(super) async fn lake(
     config: &Config,
     settings: &KafkaSettings,
     object: bool,
+    registry: &crate::metrics::Registry,
     stop: CancellationToken,
 ) -> Result<()> {
     let c = lake_config(config, object);
@@ -95,7 +103,12 @@ pub(super) async fn lake(
         origin: if object { "[object_store]" } else { "[files]" }.into(),
         message,
     })?;
-    let metrics = Arc::new(LakeMetrics::default());
+    let metrics = Arc::new(LakeMetrics::new(if object {
+        "object-store"
+    } else {
+        "files"
+    }));
+    registry.register(metrics.clone());
     let result = lake::run(
         c,
         object,
@@ -141,13 +154,20 @@ pub async fn run_postgres(config: &Config, shutdown: CancellationToken) -> Resul
         settings.bootstrap,
         postgres_line(config)
     ))?;
-    postgres(config, &settings, shutdown).await
+    postgres(
+        config,
+        &settings,
+        &crate::metrics::Registry::default(),
+        shutdown,
+    )
+    .await
 }
 
 /// The PostgreSQL sink until `stop`, then its summary in the log.
 pub(super) async fn postgres(
     config: &Config,
     settings: &KafkaSettings,
+    registry: &crate::metrics::Registry,
     stop: CancellationToken,
 ) -> Result<()> {
     config
@@ -158,6 +178,7 @@ pub(super) async fn postgres(
             message,
         })?;
     let metrics = Arc::new(PostgresMetrics::default());
+    registry.register(metrics.clone());
     let result = crate::sink::postgres::run(
         &config.postgres,
         &config.topics.dlq,

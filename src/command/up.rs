@@ -1,5 +1,7 @@
 //! `quakestream up`: every configured component in one process, plus the embedded broker when
-//! no external cluster is configured; and `run usgs`, the source alone.
+//! no external cluster is configured; and `run usgs`, `run window`, `run alerts`, `run web`,
+//! each alone. Under `up` every component registers its metrics, so the web server's
+//! `/metrics` and pipeline monitor cover all of them.
 
 use std::sync::Arc;
 
@@ -10,13 +12,14 @@ use super::print_out;
 use crate::{
     config::Config,
     error::{Error, Result},
-    kafka::{KafkaSettings, admin::Admin, embedded::EmbeddedBroker},
-    metrics::SourceMetrics,
+    kafka::{KafkaSettings, TopicName, admin::Admin, embedded::EmbeddedBroker},
+    metrics::{Registry, SourceMetrics},
     process::{
         alert::task::{self as alert_task, AlertMetrics},
         window::task::{self, WindowMetrics},
     },
     source::usgs,
+    web,
 };
 
 pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
@@ -32,12 +35,22 @@ pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
     // Fails fast, naming the address, when an external cluster does not answer.
     Admin::connect(&settings).await?;
 
+    // Bound first, so that a taken port is an error before anything starts.
+    let web_listener = if config.web.enabled {
+        let web_settings = web_settings(config, &settings)?;
+        Some((web::bind(&config.web.listen).await?, web_settings))
+    } else {
+        None
+    };
+
     // Components stop on their own token, so that the broker outlives them and they can flush.
     let components_stop = CancellationToken::new();
     let mut components = JoinSet::new();
     let mut lines = Vec::new();
+    let registry = Arc::new(Registry::default());
     if config.usgs.enabled {
         let metrics = Arc::new(SourceMetrics::new("usgs"));
+        registry.register_source(metrics.clone());
         let (usgs, dlq, settings) = (
             config.usgs.clone(),
             config.topics.dlq.clone(),
@@ -60,13 +73,31 @@ pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
     let data_dir = absolute_data_dir(config);
     if config.window.enabled {
         lines.push(window_line(config));
-        let (config, settings, stop) = (config.clone(), settings.clone(), components_stop.clone());
-        components.spawn(async move { window(&config, &settings, stop).await.map(|()| "window") });
+        let (config, settings, stop, registry) = (
+            config.clone(),
+            settings.clone(),
+            components_stop.clone(),
+            registry.clone(),
+        );
+        components.spawn(async move {
+            window(&config, &settings, &registry, stop)
+                .await
+                .map(|()| "window")
+        });
     }
     if config.alerts.enabled {
         lines.push(alerts_line(config, &data_dir));
-        let (config, settings, stop) = (config.clone(), settings.clone(), components_stop.clone());
-        components.spawn(async move { alerts(&config, &settings, stop).await.map(|()| "alerts") });
+        let (config, settings, stop, registry) = (
+            config.clone(),
+            settings.clone(),
+            components_stop.clone(),
+            registry.clone(),
+        );
+        components.spawn(async move {
+            alerts(&config, &settings, &registry, stop)
+                .await
+                .map(|()| "alerts")
+        });
     }
     for (object, enabled, name) in [
         (false, config.files.enabled, "files"),
@@ -78,10 +109,14 @@ pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
     ] {
         if enabled {
             lines.push(super::sinks::lake_line(config, object));
-            let (config, settings, stop) =
-                (config.clone(), settings.clone(), components_stop.clone());
+            let (config, settings, stop, registry) = (
+                config.clone(),
+                settings.clone(),
+                components_stop.clone(),
+                registry.clone(),
+            );
             components.spawn(async move {
-                super::sinks::lake(&config, &settings, object, stop)
+                super::sinks::lake(&config, &settings, object, &registry, stop)
                     .await
                     .map(|()| name)
             });
@@ -89,11 +124,25 @@ pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
     }
     if config.postgres.enabled && !config.postgres.url.is_empty() {
         lines.push(super::sinks::postgres_line(config));
-        let (config, settings, stop) = (config.clone(), settings.clone(), components_stop.clone());
+        let (config, settings, stop, registry) = (
+            config.clone(),
+            settings.clone(),
+            components_stop.clone(),
+            registry.clone(),
+        );
         components.spawn(async move {
-            super::sinks::postgres(&config, &settings, stop)
+            super::sinks::postgres(&config, &settings, &registry, stop)
                 .await
                 .map(|()| "postgres")
+        });
+    }
+    if let Some((listener, web_settings)) = web_listener {
+        lines.push(web_line(config, &listener));
+        let (registry, stop) = (registry.clone(), components_stop.clone());
+        components.spawn(async move {
+            web::run(listener, web_settings, registry, stop)
+                .await
+                .map(|()| "web")
         });
     }
     let mut summary = format!("quakestream {} is up\n", env!("CARGO_PKG_VERSION"));
@@ -130,6 +179,9 @@ pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
         summary.push_str(&format!(
             "Try: quakestream{brokers_flag} produce --topic mensajes-test --count 10\n"
         ));
+    }
+    if config.web.enabled {
+        summary.push_str(&web_warning(config));
     }
     summary.push_str("Press Ctrl+C to stop.\n");
     print_out(&summary)?;
@@ -234,7 +286,7 @@ pub async fn run_window(config: &Config, shutdown: CancellationToken) -> Result<
         settings.bootstrap,
         window_line(config)
     ))?;
-    window(config, &settings, shutdown).await
+    window(config, &settings, &Registry::default(), shutdown).await
 }
 
 /// The data directory as an absolute path (state files and logs are named by it).
@@ -243,8 +295,14 @@ pub(super) fn absolute_data_dir(config: &Config) -> std::path::PathBuf {
 }
 
 /// The window processor until `stop`, then its summary in the log.
-async fn window(config: &Config, settings: &KafkaSettings, stop: CancellationToken) -> Result<()> {
+async fn window(
+    config: &Config,
+    settings: &KafkaSettings,
+    registry: &Registry,
+    stop: CancellationToken,
+) -> Result<()> {
     let metrics = Arc::new(WindowMetrics::default());
+    registry.register(metrics.clone());
     let result = task::run(
         &config.window,
         &config.topics.dlq,
@@ -294,12 +352,18 @@ pub async fn run_alerts(config: &Config, shutdown: CancellationToken) -> Result<
         settings.bootstrap,
         alerts_line(config, &absolute_data_dir(config))
     ))?;
-    alerts(config, &settings, shutdown).await
+    alerts(config, &settings, &Registry::default(), shutdown).await
 }
 
 /// The alert processor until `stop`, then its summary in the log.
-async fn alerts(config: &Config, settings: &KafkaSettings, stop: CancellationToken) -> Result<()> {
+async fn alerts(
+    config: &Config,
+    settings: &KafkaSettings,
+    registry: &Registry,
+    stop: CancellationToken,
+) -> Result<()> {
     let metrics = Arc::new(AlertMetrics::default());
+    registry.register(metrics.clone());
     let result = alert_task::run(
         &config.alerts,
         &config.topics.dlq,
@@ -322,4 +386,68 @@ async fn alerts(config: &Config, settings: &KafkaSettings, stop: CancellationTok
         "alerts summary"
     );
     result
+}
+
+/// The web server's topics and Kafka settings: its own `[web]` topics, else the pipeline's.
+fn web_settings(config: &Config, settings: &KafkaSettings) -> Result<web::Settings> {
+    let w = &config.web;
+    let topic = |set: &Option<String>, default: &str| -> Result<TopicName> {
+        set.as_deref().unwrap_or(default).parse()
+    };
+    Ok(web::Settings {
+        config: w.clone(),
+        topics: web::feed::Topics {
+            quakes: topic(&w.quakes_topic, config.usgs.topic())?,
+            stats: topic(&w.stats_topic, &config.window.output)?,
+            alerts: topic(&w.alerts_topic, &config.alerts.output)?,
+        },
+        dlq: config.topics.dlq.clone(),
+        kafka: settings.clone(),
+    })
+}
+
+fn web_line(config: &Config, listener: &tokio::net::TcpListener) -> String {
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| config.web.listen.clone());
+    format!("  web         http://{addr}/ (live map), /pipeline (monitor), /api, /metrics")
+}
+
+/// A loud warning when the dashboard is reachable from other machines: it has no login.
+fn web_warning(config: &Config) -> String {
+    if config.web.is_loopback() {
+        return String::new();
+    }
+    tracing::warn!(
+        listen = %config.web.listen,
+        "the dashboard listens beyond this machine and has no login"
+    );
+    format!(
+        "WARNING: the dashboard listens on {}, reachable from other machines, and has no login;\n\
+         \x20        anyone who can reach it sees the pipeline. Keep it on 127.0.0.1 behind a proxy\n\
+         \x20        with authentication, or firewall the port.\n",
+        config.web.listen
+    )
+}
+
+/// `quakestream run web`: the dashboard alone, reading the topics of a pipeline that runs
+/// elsewhere (its monitor shows Kafka's view; component counters come from their own
+/// processes).
+pub async fn run_web(config: &Config, shutdown: CancellationToken) -> Result<()> {
+    let settings = KafkaSettings::from_config(config);
+    let listener = web::bind(&config.web.listen).await?;
+    print_out(&format!(
+        "web server at {}:\n{}\n{}Press Ctrl+C to stop.\n",
+        settings.bootstrap,
+        web_line(config, &listener),
+        web_warning(config)
+    ))?;
+    web::run(
+        listener,
+        web_settings(config, &settings)?,
+        Arc::new(Registry::default()),
+        shutdown,
+    )
+    .await
 }

@@ -305,8 +305,52 @@ impl Admin {
         Ok(names)
     }
 
-    /// Partitions, offsets and the lag of every group that committed offsets on the topic.
-    pub async fn describe(&self, topic: &TopicName) -> Result<TopicDescription> {
+    /// Every topic with its partitions and offsets, and every group's lag on every topic it
+    /// committed offsets on: what the pipeline monitor shows. One metadata call, one watermark
+    /// call per partition, one committed-offsets call per group.
+    pub async fn overview(&self) -> Result<Vec<TopicDescription>> {
+        let topics = self.topic_names().await?;
+        let mut described = self
+            .blocking(move |client, settings| {
+                let mut out = Vec::new();
+                for (name, partitions) in topics {
+                    let mut infos = Vec::new();
+                    for (id, leader) in partitions {
+                        let (start, end) = client
+                            .inner()
+                            .fetch_watermarks(&name, id, settings.timeout)
+                            .map_err(Error::kafka("reading offsets"))?;
+                        infos.push(PartitionInfo {
+                            id,
+                            leader,
+                            start,
+                            end,
+                        });
+                    }
+                    infos.sort_by_key(|p| p.id);
+                    out.push(TopicDescription {
+                        name,
+                        partitions: infos,
+                        groups: Vec::new(),
+                    });
+                }
+                Ok(out)
+            })
+            .await?;
+        let names = self.group_names().await?;
+        self.blocking(move |_, settings| {
+            for group in &names {
+                for (topic, lag) in groups_lag(settings, group, &described)? {
+                    described[topic].groups.push(lag);
+                }
+            }
+            Ok(described)
+        })
+        .await
+    }
+
+    /// A topic's partitions with their leader, start and end offsets.
+    pub async fn partitions(&self, topic: &TopicName) -> Result<Vec<PartitionInfo>> {
         let topics = self.topic_names().await?;
         let Some(partitions) = topics
             .get(topic.as_str())
@@ -316,27 +360,29 @@ impl Admin {
             return Err(Error::UnknownTopic(topic.to_string()));
         };
         let name = topic.to_string();
-        let infos = self
-            .blocking(move |client, settings| {
-                let mut infos = Vec::new();
-                for (id, leader) in partitions {
-                    let (start, end) = client
-                        .inner()
-                        .fetch_watermarks(&name, id, settings.timeout)
-                        .map_err(Error::kafka("reading offsets"))?;
-                    infos.push(PartitionInfo {
-                        id,
-                        leader,
-                        start,
-                        end,
-                    });
-                }
-                infos.sort_by_key(|p| p.id);
+        self.blocking(move |client, settings| {
+            let mut infos = Vec::new();
+            for (id, leader) in partitions {
+                let (start, end) = client
+                    .inner()
+                    .fetch_watermarks(&name, id, settings.timeout)
+                    .map_err(Error::kafka("reading offsets"))?;
+                infos.push(PartitionInfo {
+                    id,
+                    leader,
+                    start,
+                    end,
+                });
+            }
+            infos.sort_by_key(|p| p.id);
+            Ok(infos)
+        })
+        .await
+    }
 
-                Ok(infos)
-            })
-            .await?;
-
+    /// Partitions, offsets and the lag of every group that committed offsets on the topic.
+    pub async fn describe(&self, topic: &TopicName) -> Result<TopicDescription> {
+        let infos = self.partitions(topic).await?;
         let names = self.group_names().await?;
         let name = topic.to_string();
         self.blocking(move |_, settings| {
@@ -372,24 +418,42 @@ async fn probe(settings: &KafkaSettings) -> Result<()> {
     Err(settings.unreachable(Some(reasons.join("; "))))
 }
 
-/// Reads a group's committed offsets on a topic (without joining the group).
-fn group_lag(
+/// Reads a group's committed offsets on every topic at once: (index into `topics`, lag) for
+/// each topic it committed on.
+fn groups_lag(
     settings: &KafkaSettings,
     group: &str,
-    topic: &str,
-    partitions: &[PartitionInfo],
-) -> Result<Option<GroupLag>> {
+    topics: &[TopicDescription],
+) -> Result<Vec<(usize, GroupLag)>> {
     let consumer: BaseConsumer<Context> = settings
         .client_config(&[("group.id", group.to_string())])
         .create_with_context(Context::default())
         .map_err(Error::kafka("creating an offsets reader"))?;
     let mut wanted = TopicPartitionList::new();
-    for p in partitions {
-        wanted.add_partition(topic, p.id);
+    for t in topics {
+        for p in &t.partitions {
+            wanted.add_partition(&t.name, p.id);
+        }
     }
     let committed = consumer
         .committed_offsets(wanted, settings.timeout)
         .map_err(Error::kafka("reading committed offsets"))?;
+    let mut out = Vec::new();
+    for (index, t) in topics.iter().enumerate() {
+        if let Some(lag) = lag_of(group, &t.name, &t.partitions, &committed) {
+            out.push((index, lag));
+        }
+    }
+    Ok(out)
+}
+
+/// A group's lag on one topic from its committed offsets; `None` when it committed nothing.
+fn lag_of(
+    group: &str,
+    topic: &str,
+    partitions: &[PartitionInfo],
+    committed: &TopicPartitionList,
+) -> Option<GroupLag> {
     let mut out = Vec::new();
     let mut any = false;
     for p in partitions {
@@ -411,8 +475,29 @@ fn group_lag(
             lag,
         });
     }
-    Ok(any.then(|| GroupLag {
+    any.then(|| GroupLag {
         group: group.to_string(),
         partitions: out,
-    }))
+    })
+}
+
+/// Reads a group's committed offsets on a topic (without joining the group).
+fn group_lag(
+    settings: &KafkaSettings,
+    group: &str,
+    topic: &str,
+    partitions: &[PartitionInfo],
+) -> Result<Option<GroupLag>> {
+    let consumer: BaseConsumer<Context> = settings
+        .client_config(&[("group.id", group.to_string())])
+        .create_with_context(Context::default())
+        .map_err(Error::kafka("creating an offsets reader"))?;
+    let mut wanted = TopicPartitionList::new();
+    for p in partitions {
+        wanted.add_partition(topic, p.id);
+    }
+    let committed = consumer
+        .committed_offsets(wanted, settings.timeout)
+        .map_err(Error::kafka("reading committed offsets"))?;
+    Ok(lag_of(group, topic, partitions, &committed))
 }

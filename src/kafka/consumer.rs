@@ -90,6 +90,27 @@ impl Consumer {
         })
     }
 
+    /// A committing member of `group` under a static member id: `instance_id` when given, else
+    /// [`static_member_id`] of the group and data directory. New groups start at the earliest
+    /// offset. What the sinks read with.
+    pub fn static_member(
+        settings: &KafkaSettings,
+        group: &str,
+        instance_id: Option<&str>,
+        data_dir: &std::path::Path,
+    ) -> Result<Consumer> {
+        let instance = instance_id
+            .map(String::from)
+            .unwrap_or_else(|| static_member_id(group, data_dir));
+        Consumer::with_properties(
+            settings,
+            group,
+            StartFrom::Earliest,
+            false,
+            &[("group.instance.id", instance)],
+        )
+    }
+
     pub fn subscribe(&self, topics: &[TopicName]) -> Result<()> {
         let names: Vec<&str> = topics.iter().map(TopicName::as_str).collect();
         self.raw()

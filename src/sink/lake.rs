@@ -37,23 +37,64 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    kafka::{
-        KafkaSettings, TopicName,
-        admin::Admin,
-        consumer::{Consumer, StartFrom, static_member_id},
-        producer::Producer,
-    },
-    metrics::Counter,
+    kafka::{KafkaSettings, TopicName, admin::Admin, consumer::Consumer, producer::Producer},
+    metrics::{Counter, Observe, Samples},
     record::DeadLetter,
 };
 
 #[derive(Debug, Default)]
 pub struct LakeMetrics {
+    /// `files` or `object-store`: the `sink` label at `/metrics`.
+    pub sink: &'static str,
     pub records: Counter,
     pub bad: Counter,
     pub files: Counter,
     pub objects: Counter,
     pub commits: Counter,
+}
+
+impl LakeMetrics {
+    pub fn new(sink: &'static str) -> LakeMetrics {
+        LakeMetrics {
+            sink,
+            ..LakeMetrics::default()
+        }
+    }
+}
+
+impl Observe for LakeMetrics {
+    fn observe(&self, out: &mut Samples) {
+        let l: &[(&str, &str)] = &[("sink", self.sink)];
+        for (name, help, c) in [
+            (
+                "quakestream_lake_records_total",
+                "Records written to lake files.",
+                &self.records,
+            ),
+            (
+                "quakestream_lake_bad_records_total",
+                "Records dead-lettered by the lake sink.",
+                &self.bad,
+            ),
+            (
+                "quakestream_lake_files_total",
+                "Lake files published (renamed into place or uploaded).",
+                &self.files,
+            ),
+            (
+                "quakestream_lake_objects_total",
+                "Objects written one per record.",
+                &self.objects,
+            ),
+            (
+                "quakestream_lake_commits_total",
+                "Offset commits after published files.",
+                &self.commits,
+            ),
+        ] {
+            out.counter(name, help, l, c.get());
+        }
+    }
 }
 
 /// Where finished files go.
@@ -305,16 +346,11 @@ pub async fn run(
         .await?;
     topics.pop();
 
-    let instance = config
-        .instance_id
-        .clone()
-        .unwrap_or_else(|| static_member_id(&config.group_id, data_dir));
-    let consumer = Consumer::with_properties(
+    let consumer = Consumer::static_member(
         settings,
         &config.group_id,
-        StartFrom::Earliest,
-        false,
-        &[("group.instance.id", instance)],
+        config.instance_id.as_deref(),
+        data_dir,
     )?;
     consumer.subscribe(&topics)?;
     let producer = Producer::new(settings)?;

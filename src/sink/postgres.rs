@@ -24,18 +24,13 @@ use rdkafka::{
     consumer::{CommitMode, Consumer as _},
 };
 use serde::{Deserialize, Serialize};
-use tokio_postgres::{Client, NoTls, Transaction};
+use tokio_postgres::{Client, NoTls, Transaction, types::ToSql};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     error::{Error, Result},
-    kafka::{
-        KafkaSettings, TopicName,
-        admin::Admin,
-        consumer::{Consumer, StartFrom, static_member_id},
-        producer::Producer,
-    },
-    metrics::Counter,
+    kafka::{KafkaSettings, TopicName, admin::Admin, consumer::Consumer, producer::Producer},
+    metrics::{Counter, Observe, Samples},
     record::{DeadLetter, Quake, parse_millis},
 };
 
@@ -135,6 +130,50 @@ pub struct PostgresMetrics {
     pub events_upserted: Counter,
     pub windows_upserted: Counter,
     pub retries: Counter,
+}
+
+impl Observe for PostgresMetrics {
+    fn observe(&self, out: &mut Samples) {
+        for (name, help, c) in [
+            (
+                "quakestream_postgres_records_total",
+                "Records read by the PostgreSQL sink.",
+                &self.records,
+            ),
+            (
+                "quakestream_postgres_bad_records_total",
+                "Records dead-lettered by the PostgreSQL sink.",
+                &self.bad,
+            ),
+            (
+                "quakestream_postgres_batches_total",
+                "Batches committed to the warehouse.",
+                &self.batches,
+            ),
+            (
+                "quakestream_postgres_revisions_inserted_total",
+                "Rows inserted into fact_earthquake_revision.",
+                &self.revisions_inserted,
+            ),
+            (
+                "quakestream_postgres_events_upserted_total",
+                "Rows inserted or updated in fact_earthquake.",
+                &self.events_upserted,
+            ),
+            (
+                "quakestream_postgres_windows_upserted_total",
+                "Rows inserted or updated in agg_window.",
+                &self.windows_upserted,
+            ),
+            (
+                "quakestream_postgres_retries_total",
+                "Batches retried after a database error.",
+                &self.retries,
+            ),
+        ] {
+            out.counter(name, help, &[], c.get());
+        }
+    }
 }
 
 /// One quake revision ready to load.
@@ -266,16 +305,11 @@ pub async fn run(
     let mut warehouse = Warehouse::connect(config).await?;
     warehouse.migrate().await?;
 
-    let instance = config
-        .instance_id
-        .clone()
-        .unwrap_or_else(|| static_member_id(&config.group_id, data_dir));
-    let consumer = Consumer::with_properties(
+    let consumer = Consumer::static_member(
         settings,
         &config.group_id,
-        StartFrom::Earliest,
-        false,
-        &[("group.instance.id", instance)],
+        config.instance_id.as_deref(),
+        data_dir,
     )?;
     consumer.subscribe(&topics)?;
     let producer = Producer::new(settings)?;
@@ -703,6 +737,36 @@ struct Columns {
 }
 
 impl Columns {
+    /// The arrays as statement parameters `$1`…`$24`, in [`FACT_COLUMNS`] order.
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.event_id,
+            &self.updated,
+            &self.time,
+            &self.date_key,
+            &self.network,
+            &self.mag_type,
+            &self.event_type,
+            &self.region,
+            &self.mag,
+            &self.lat,
+            &self.lon,
+            &self.depth,
+            &self.status,
+            &self.tsunami,
+            &self.alert,
+            &self.sig,
+            &self.felt,
+            &self.cdi,
+            &self.mmi,
+            &self.place,
+            &self.title,
+            &self.url,
+            &self.ids,
+            &self.source,
+        ]
+    }
+
     fn of<'r>(rows: impl Iterator<Item = &'r Row>, keys: &Keys) -> Columns {
         let mut c = Columns {
             event_id: vec![],
@@ -807,35 +871,7 @@ async fn insert_revisions(tx: &Transaction<'_>, rows: &[Row], w: &Keys) -> Resul
     );
     tx.execute(
         &sql,
-        &[
-            &c.event_id,
-            &c.updated,
-            &c.time,
-            &c.date_key,
-            &c.network,
-            &c.mag_type,
-            &c.event_type,
-            &c.region,
-            &c.mag,
-            &c.lat,
-            &c.lon,
-            &c.depth,
-            &c.status,
-            &c.tsunami,
-            &c.alert,
-            &c.sig,
-            &c.felt,
-            &c.cdi,
-            &c.mmi,
-            &c.place,
-            &c.title,
-            &c.url,
-            &c.ids,
-            &c.source,
-            &topics,
-            &partitions,
-            &offsets,
-        ],
+        &[c.params(), vec![&topics, &partitions, &offsets]].concat(),
     )
     .await
     .map_err(db_error("inserting revisions"))
@@ -866,37 +902,9 @@ async fn upsert_events(tx: &Transaction<'_>, rows: &[Row], w: &Keys) -> Result<u
         fact_select(false),
         updates.join(", ")
     );
-    tx.execute(
-        &sql,
-        &[
-            &c.event_id,
-            &c.updated,
-            &c.time,
-            &c.date_key,
-            &c.network,
-            &c.mag_type,
-            &c.event_type,
-            &c.region,
-            &c.mag,
-            &c.lat,
-            &c.lon,
-            &c.depth,
-            &c.status,
-            &c.tsunami,
-            &c.alert,
-            &c.sig,
-            &c.felt,
-            &c.cdi,
-            &c.mmi,
-            &c.place,
-            &c.title,
-            &c.url,
-            &c.ids,
-            &c.source,
-        ],
-    )
-    .await
-    .map_err(db_error("upserting events"))
+    tx.execute(&sql, &c.params())
+        .await
+        .map_err(db_error("upserting events"))
 }
 
 /// Topic, start, end, group key.

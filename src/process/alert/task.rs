@@ -29,7 +29,7 @@ use crate::{
         producer::Producer,
         reader,
     },
-    metrics::Counter,
+    metrics::{Counter, Observe, Samples},
     process::{
         console,
         webhook::{WebhookMetrics, Webhooks},
@@ -45,6 +45,53 @@ pub struct AlertMetrics {
     pub upgrades: Counter,
     pub cancels: Counter,
     pub webhooks: Arc<WebhookMetrics>,
+}
+
+impl Observe for AlertMetrics {
+    fn observe(&self, out: &mut Samples) {
+        for (name, help, c) in [
+            (
+                "quakestream_alerts_records_total",
+                "Quake revisions read by the alert processor.",
+                &self.records,
+            ),
+            (
+                "quakestream_alerts_bad_records_total",
+                "Records dead-lettered by the alert processor.",
+                &self.bad,
+            ),
+            (
+                "quakestream_alerts_webhooks_sent_total",
+                "Webhook deliveries that succeeded.",
+                &self.webhooks.sent,
+            ),
+            (
+                "quakestream_alerts_webhooks_retries_total",
+                "Webhook deliveries retried.",
+                &self.webhooks.retries,
+            ),
+            (
+                "quakestream_alerts_webhooks_failed_total",
+                "Webhook deliveries given up after every attempt.",
+                &self.webhooks.failed,
+            ),
+            (
+                "quakestream_alerts_webhooks_dropped_total",
+                "Alerts not queued for webhooks because the queue was full.",
+                &self.webhooks.dropped,
+            ),
+        ] {
+            out.counter(name, help, &[], c.get());
+        }
+        let name = "quakestream_alerts_raised_total";
+        for (kind, c) in [
+            ("new", &self.new),
+            ("upgrade", &self.upgrades),
+            ("cancel", &self.cancels),
+        ] {
+            out.counter(name, "Alerts written, by kind.", &[("kind", kind)], c.get());
+        }
+    }
 }
 
 impl AlertMetrics {

@@ -44,7 +44,7 @@ use crate::{
         producer::{Delivery, Producer},
         reader,
     },
-    metrics::{Counter, Gauge},
+    metrics::{Counter, Gauge, Observe, Samples},
     record::{DeadLetter, format_millis},
 };
 
@@ -74,6 +74,77 @@ pub struct WindowMetrics {
     pub batches: Counter,
     pub open_cells: Gauge,
     pub watermark_ms: Gauge,
+}
+
+impl Observe for WindowMetrics {
+    fn observe(&self, out: &mut Samples) {
+        for (name, help, c) in [
+            (
+                "quakestream_window_records_total",
+                "Input records read by the window processor.",
+                &self.records,
+            ),
+            (
+                "quakestream_window_stale_total",
+                "Input records older than a version already applied.",
+                &self.stale,
+            ),
+            (
+                "quakestream_window_bad_records_total",
+                "Input records dead-lettered as unreadable.",
+                &self.bad,
+            ),
+            (
+                "quakestream_window_late_total",
+                "Input records later than the allowed lateness (dead-lettered).",
+                &self.late,
+            ),
+            (
+                "quakestream_window_changes_total",
+                "Changes sent to the repartition topic.",
+                &self.changes,
+            ),
+            (
+                "quakestream_window_combined_total",
+                "Changes read back and combined into cells.",
+                &self.combined,
+            ),
+            (
+                "quakestream_window_updates_total",
+                "Window results emitted before the final one (updates).",
+                &self.updates,
+            ),
+            (
+                "quakestream_window_finals_total",
+                "Final window results emitted.",
+                &self.finals,
+            ),
+            (
+                "quakestream_window_rebuilt_total",
+                "Records re-read to rebuild state after a start or rebalance.",
+                &self.rebuilt,
+            ),
+            (
+                "quakestream_window_batches_total",
+                "Input batches committed.",
+                &self.batches,
+            ),
+        ] {
+            out.counter(name, help, &[], c.get());
+        }
+        out.gauge(
+            "quakestream_window_open_cells",
+            "Window cells still open.",
+            &[],
+            self.open_cells.get() as f64,
+        );
+        out.gauge(
+            "quakestream_window_watermark_timestamp_seconds",
+            "The event-time watermark.",
+            &[],
+            self.watermark_ms.get() as f64 / 1000.0,
+        );
+    }
 }
 
 /// The repartition topic's messages: JSON, so that `quakestream consume` shows them plainly.

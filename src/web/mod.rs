@@ -1,0 +1,135 @@
+//! The web server: the live earthquake map, the pipeline monitor, the JSON API, `/metrics`
+//! and `/health` (DESIGN.md §4, Web; docs/web.md).
+//!
+//! - [`config`]: `[web]`.
+//! - [`state`]: what the map shows, rebuilt from the topics at every start, and the numbered
+//!   stream of changes live browsers follow.
+//! - [`feed`]: the Kafka reader that fills the state.
+//! - [`pipeline`]: offsets, lag and throughput sampled from Kafka for the monitor.
+//! - [`api`]: the router; [`assets`]: the pages and the bundled front-end libraries.
+
+pub mod api;
+pub mod assets;
+pub mod config;
+pub mod feed;
+pub mod pipeline;
+pub mod state;
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::WebConfig;
+
+use crate::{
+    error::{Error, Result},
+    kafka::KafkaSettings,
+    metrics::Registry,
+    source::fetch::Backoff,
+};
+
+/// Binds the server's address; a clear error when it is taken or not ours to take.
+pub async fn bind(listen: &str) -> Result<TcpListener> {
+    TcpListener::bind(listen).await.map_err(|e| Error::Config {
+        origin: "web.listen".into(),
+        message: format!(
+            "cannot listen on {listen} for the dashboard: {e} (choose another with --web HOST:PORT, or [web] enabled = false)"
+        ),
+    })
+}
+
+/// Everything [`run`] needs besides its listener.
+pub struct Settings {
+    pub config: WebConfig,
+    pub topics: feed::Topics,
+    pub dlq: String,
+    pub kafka: KafkaSettings,
+}
+
+/// Serves until `shutdown`. The feed and the monitor's sampler retry on their own while Kafka
+/// is away; the pages keep answering meanwhile (`/health` says 503).
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let c = &settings.config;
+    let live = Arc::new(state::Live::new(state::Limits {
+        max_events: c.max_events,
+        max_windows: c.max_windows,
+        max_alerts: c.max_alerts,
+    }));
+    let pipeline = Arc::new(pipeline::Pipeline::new(&settings.kafka.bootstrap));
+    let tile_origin = c.tile_origin().map_err(|message| Error::Config {
+        origin: "[web]".into(),
+        message,
+    })?;
+    let missing = assets::missing();
+    if !missing.is_empty() {
+        tracing::warn!(
+            missing = missing.join(", "),
+            "this build has no map library (npm was not available when it was compiled); \
+             the map page says how to get it"
+        );
+    }
+    let web = Arc::new(api::Web {
+        live: live.clone(),
+        pipeline: pipeline.clone(),
+        registry,
+        csp: api::Web::csp_for(tile_origin.as_deref()),
+        page_config: serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "tiles": c.tiles,
+            "tiles_attribution": c.tiles_attribution,
+            "missing_assets": missing,
+            "topics": {
+                "quakes": settings.topics.quakes.as_str(),
+                "stats": settings.topics.stats.as_str(),
+                "alerts": settings.topics.alerts.as_str(),
+                "dlq": settings.dlq,
+            },
+            "max_events": c.max_events,
+            "max_list": api::MAX_LIMIT,
+        }),
+        live_clients: Arc::new(tokio::sync::Semaphore::new(c.max_live_clients)),
+        max_live_clients: c.max_live_clients,
+        shutdown: shutdown.clone(),
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(pipeline.sample(settings.kafka.clone(), c.refresh, shutdown.clone()));
+    {
+        let (topics, kafka, stop) = (
+            settings.topics.clone(),
+            settings.kafka.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+            loop {
+                match feed::run(&topics, &kafka, live.clone(), stop.clone()).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        let wait = backoff.next(None);
+                        tracing::warn!(error = %e, retry_in = ?wait, "web feed stopped; retrying");
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            () = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    let stop = shutdown.clone();
+    let served = axum::serve(listener, api::app(web))
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+        .map_err(Error::io("<web server>"));
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    served
+}
