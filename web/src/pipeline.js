@@ -14,6 +14,13 @@
     return typeof r === 'number' ? (r >= 10 ? Math.round(r).toString() : r.toFixed(1)) : '–';
   }
 
+  /** p50 / p95 from the histogram's buckets; past its last bucket (a day) only the mean is known. */
+  function delay(d) {
+    if (!d || !d.count) return '–';
+    const part = (v) => (typeof v === 'number' ? seconds(v) : '> 1 d');
+    return `${part(d.p50_s)} / ${part(d.p95_s)} (mean ${seconds(d.mean_s)})`;
+  }
+
   function rows(id, items, emptyId) {
     const body = document.querySelector(`#${id} tbody`);
     body.replaceChildren(...items);
@@ -56,7 +63,7 @@
       el('td', {}, s.source),
       el('td', { title: s.last_success || '' }, s.last_success ? ago(s.last_success) : 'never'),
       el('td', { title: s.feed_generated || '' }, seconds(s.feed_age_s)),
-      el('td', {}, `${seconds(s.origin_to_publish.p50_s)} / ${seconds(s.origin_to_publish.p95_s)}`),
+      el('td', {}, delay(s.origin_to_publish)),
       el('td', { class: 'num' }, fmt(s.polls)),
       el('td', { class: 'num' }, fmt(s.published)),
       el('td', { class: 'num' }, fmt(s.duplicates)),
