@@ -293,8 +293,9 @@ impl Samples {
         value: f64,
     ) {
         let labels = label_text(labels);
+        let series = braced(name, &labels);
         self.family(name, help, kind)
-            .push(format!("{name}{{{labels}}} {}", number(value)));
+            .push(format!("{series} {}", number(value)));
         self.flat.push((name.to_string(), labels, value));
     }
 
@@ -314,8 +315,9 @@ impl Samples {
             h.count()
         ));
         let sum = h.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0;
-        lines.push(format!("{name}_sum{{{labels}}} {}", number(sum)));
-        lines.push(format!("{name}_count{{{labels}}} {}", h.count()));
+        let (sum_name, count_name) = (format!("{name}_sum"), format!("{name}_count"));
+        lines.push(format!("{} {}", braced(&sum_name, &labels), number(sum)));
+        lines.push(format!("{} {}", braced(&count_name, &labels), h.count()));
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -352,6 +354,15 @@ fn label_text(labels: &[(&str, &str)]) -> String {
         let _ = write!(out, "{k}=\"{v}\"");
     }
     out
+}
+
+/// `name{labels}`, or just `name` without labels.
+fn braced(name: &str, labels: &str) -> String {
+    if labels.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}{{{labels}}}")
+    }
 }
 
 /// A sample value as Prometheus writes it (integers without a fraction).

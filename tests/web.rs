@@ -150,12 +150,6 @@ async fn get_text(url: &str) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-async fn get_json(url: &str) -> Value {
-    let (status, body) = get_text(url).await;
-    assert_eq!(status, 200, "{url}: {body}");
-    serde_json::from_str(&body).unwrap()
-}
-
 /// Polls `check` until it returns `Some`; fails past `limit` with the last state.
 async fn eventually<T>(
     limit: Duration,

@@ -1,7 +1,7 @@
 //! The web server: the live earthquake map, the pipeline monitor, the JSON API, `/metrics`
 //! and `/health` (DESIGN.md §4, Web; docs/web.md).
 //!
-//! - [`config`]: `[web]`.
+//! - [`config`]: the `[web]` settings.
 //! - [`state`]: what the map shows, rebuilt from the topics at every start, and the numbered
 //!   stream of changes live browsers follow.
 //! - [`feed`]: the Kafka reader that fills the state.
@@ -133,3 +133,6 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
     served
 }
+
+#[cfg(test)]
+mod tests;

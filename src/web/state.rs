@@ -227,9 +227,9 @@ impl Live {
             .ok_or_else(|| Rejected::Bad(format!("time {:?} is not RFC 3339", quake.time)))?;
         let updated_ms = parse_millis(&quake.updated)
             .ok_or_else(|| Rejected::Bad(format!("updated {:?} is not RFC 3339", quake.updated)))?;
-        if !(quake.lat.is_finite() && (-90.0..=90.0).contains(&quake.lat))
-            || !(quake.lon.is_finite() && (-180.0..=180.0).contains(&quake.lon))
-        {
+        // `contains` is false for NaN, so this also refuses non-finite positions.
+        let on_earth = (-90.0..=90.0).contains(&quake.lat) && (-180.0..=180.0).contains(&quake.lon);
+        if !on_earth {
             return Err(Rejected::Bad(format!(
                 "position ({}, {}) is not on Earth",
                 quake.lat, quake.lon
