@@ -23,8 +23,9 @@ as_root() {
 # Debian packages: a C toolchain and headers for librdkafka (built from source by the rdkafka
 # crate, linked to the system OpenSSL and zlib) and SQLite (built by libsql); the PostgreSQL
 # server the warehouse tests start (privately, on a free port); Python's venv for the test
-# helpers below.
-packages=(build-essential pkg-config libssl-dev zlib1g-dev perl make postgresql python3-venv)
+# helpers below; npm, through which build.rs bundles the map's front-end libraries from
+# web/package-lock.json; Chromium, which the dashboard test drives headless.
+packages=(build-essential pkg-config libssl-dev zlib1g-dev perl make postgresql python3-venv npm chromium)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

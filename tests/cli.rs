@@ -76,6 +76,49 @@ fn bad_window_and_alert_settings_are_refused_with_the_reason() {
 }
 
 #[test]
+fn bad_web_settings_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("quakestream.toml");
+    for (text, expected) in [
+        (
+            "[web]\nlisten = \"everywhere\"\n",
+            "[web]: listen = \"everywhere\": expected HOST:PORT",
+        ),
+        ("[web]\nmax_events = 0\n", "max_events = 0: expected 1 to"),
+        (
+            "[web]\ntiles = \"https://tiles.example.org/map.png\"\n",
+            "expected a URL template with {z}, {x} and {y}",
+        ),
+        ("[web]\nrefresh = \"10ms\"\n", "refresh = \"10ms\": at least 500ms"),
+        ("[web]\nport = 8080\n", "unknown field `port`"),
+        (
+            "[web]\nquakes_topic = \"no spaces allowed\"\n",
+            "invalid topic name \"no spaces allowed\"",
+        ),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let finished = run(quakestream(&dir.path().join("data"))
+            .env_remove("QUAKESTREAM_WEB_LISTEN")
+            .arg("--config")
+            .arg(&file)
+            .args(["--brokers", "127.0.0.1:1", "run", "web"]));
+        let error = assert_one_line_error(&finished);
+        assert!(error.contains(expected), "{text}: {error}");
+    }
+    // The flag is checked like the key.
+    let finished = run(quakestream(&dir.path().join("data")).args([
+        "--brokers",
+        "127.0.0.1:1",
+        "run",
+        "web",
+        "--web",
+        "8080",
+    ]));
+    let error = assert_one_line_error(&finished);
+    assert!(error.contains("listen = \"8080\""), "{error}");
+}
+
+#[test]
 fn bad_sink_settings_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("quakestream.toml");
@@ -372,10 +415,13 @@ fn up_runs_the_pipeline_until_ctrl_c() {
     let data = dir.path().join("data");
     let addr = format!("127.0.0.1:{}", free_port());
     let url = feed.url("/earthquakes/feed/v1.0/summary/all_day.geojson");
+    let web = format!("127.0.0.1:{}", free_port());
     let mut up = Spawned::start(quakestream(&data).args([
         "up",
         "--listen",
         &addr,
+        "--web",
+        &web,
         "--usgs-url",
         &url,
         "--interval",
@@ -390,6 +436,10 @@ fn up_runs_the_pipeline_until_ctrl_c() {
     );
     assert!(summary.contains(&data.display().to_string()), "{summary}");
     assert!(summary.contains(&url), "{summary}");
+    assert!(
+        summary.contains(&format!("web         http://{web}/ (live map)")),
+        "{summary}"
+    );
 
     // Every distinct revision of the two polls arrives on the quakes topic.
     let expected = common::expected_revisions(&files[..2]);
@@ -420,6 +470,17 @@ fn up_runs_the_pipeline_until_ctrl_c() {
     let second = run(quakestream(&dir.path().join("other")).args(["broker", "--listen", &addr]));
     let text = assert_one_line_error(&second);
     assert!(text.contains(&addr) && text.contains("--listen"), "{text}");
+    // So is a second dashboard on the same address.
+    let second = run(quakestream(&dir.path().join("other")).args([
+        "--brokers",
+        &addr,
+        "run",
+        "web",
+        "--web",
+        &web,
+    ]));
+    let text = assert_one_line_error(&second);
+    assert!(text.contains(&web) && text.contains("--web"), "{text}");
 
     up.signal("INT");
     assert!(up.wait(LIMIT).success(), "Ctrl+C must exit 0");

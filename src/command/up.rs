@@ -436,6 +436,7 @@ fn web_warning(config: &Config) -> String {
 /// processes).
 pub async fn run_web(config: &Config, shutdown: CancellationToken) -> Result<()> {
     let settings = KafkaSettings::from_config(config);
+    let web_settings = web_settings(config, &settings)?;
     let listener = web::bind(&config.web.listen).await?;
     print_out(&format!(
         "web server at {}:\n{}\n{}Press Ctrl+C to stop.\n",
@@ -445,7 +446,7 @@ pub async fn run_web(config: &Config, shutdown: CancellationToken) -> Result<()>
     ))?;
     web::run(
         listener,
-        web_settings(config, &settings)?,
+        web_settings,
         Arc::new(Registry::default()),
         shutdown,
     )

@@ -33,6 +33,8 @@ pub fn quakestream(data_dir: &Path) -> Command {
         }
     }
     command.env("QUAKESTREAM_CLIENT_TIMEOUT", "20s");
+    // Tests run side by side: each dashboard on a free port unless a test names one.
+    command.env("QUAKESTREAM_WEB_LISTEN", "127.0.0.1:0");
     command
 }
 
