@@ -25,11 +25,13 @@ as_root() {
 # server the warehouse tests start (privately, on a free port); Python's venv for the test
 # helpers below; npm, through which build.rs bundles the map's front-end libraries from
 # web/package-lock.json; Chromium, which the dashboard test drives headless.
-packages=(build-essential pkg-config libssl-dev zlib1g-dev perl make postgresql python3-venv npm chromium)
+packages=(build-essential pkg-config libssl-dev zlib1g-dev perl make postgresql python3-venv chromium)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
+# Any npm will do (a Node.js from elsewhere brings its own, and conflicts with Debian's).
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   step "installing Debian packages: ${missing[*]}"
   as_root apt-get update -q
