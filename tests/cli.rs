@@ -89,7 +89,10 @@ fn bad_web_settings_are_refused_with_the_reason() {
             "[web]\ntiles = \"https://tiles.example.org/map.png\"\n",
             "expected a URL template with {z}, {x} and {y}",
         ),
-        ("[web]\nrefresh = \"10ms\"\n", "refresh = \"10ms\": at least 500ms"),
+        (
+            "[web]\nrefresh = \"10ms\"\n",
+            "refresh = \"10ms\": at least 500ms",
+        ),
         ("[web]\nport = 8080\n", "unknown field `port`"),
         (
             "[web]\nquakes_topic = \"no spaces allowed\"\n",
