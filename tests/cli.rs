@@ -490,3 +490,40 @@ fn up_runs_the_pipeline_until_ctrl_c() {
     let tail = up.drain_stdout().join("\n");
     assert!(tail.contains("quakestream stopped"), "{tail}");
 }
+
+#[test]
+fn the_dashboard_alone_warns_beyond_loopback_and_reports_kafka_down() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nobody listens on port 1: the dashboard still serves, and says Kafka is unreachable.
+    let mut web = Spawned::start(quakestream(&dir.path().join("data")).args([
+        "--brokers",
+        "127.0.0.1:1",
+        "run",
+        "web",
+        "--web",
+        "0.0.0.0:0",
+    ]));
+    let lines = web.wait_for(|l| l.contains("Press Ctrl+C"), LIMIT);
+    let text = lines.join("\n");
+    assert!(
+        text.contains("WARNING: the dashboard listens on 0.0.0.0:0, reachable from other machines"),
+        "{text}"
+    );
+    let port: u16 = text
+        .split("http://0.0.0.0:")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {text}"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (status, body) = runtime.block_on(async {
+        let r = reqwest::get(format!("http://127.0.0.1:{port}/health"))
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    });
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"kafka\":false"), "{body}");
+    web.signal("TERM");
+    assert!(web.wait(LIMIT).success(), "SIGTERM must exit 0");
+}

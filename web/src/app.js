@@ -380,6 +380,12 @@
     state.windows.clear();
     for (const w of stats.windows) state.windows.set(windowKey(w), w);
     for (const a of alerts.alerts.slice().reverse()) addAlert(a, false);
+    if (!state.loaded && map && list.quakes.length) {
+      // The first view shows where the events are (the whole world for a global feed).
+      const bounds = L.latLngBounds(list.quakes.map((q) => [q.lat, q.lon]));
+      map.fitBounds(bounds.pad(0.1), { maxZoom: 6, animate: false });
+    }
+    state.loaded = true;
     if (list.matched > list.quakes.length) {
       notice(`Showing the newest ${number.format(list.quakes.length)} of ${number.format(list.matched)} events.`);
     }
