@@ -171,6 +171,10 @@ pub struct RunArgs {
     /// The component to run.
     pub component: Component,
 
+    /// With `run http`: only the [[http]] source of this name.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
     #[command(flatten)]
     pub listen: ListenArgs,
 
@@ -206,6 +210,8 @@ pub enum Component {
     /// The PostgreSQL sink: quakes and window results in a star schema ([postgres], url
     /// required), migrations applied at start.
     Postgres,
+    /// The [[http]] sources (randomuser, NASA APOD, any JSON API); `--name` picks one.
+    Http,
     /// The web server ([web]): the live map on http://127.0.0.1:8080, the pipeline monitor
     /// at /pipeline, the JSON API, /metrics and /health.
     Web,

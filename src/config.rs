@@ -51,6 +51,9 @@ pub struct Config {
     pub usgs: crate::source::usgs::UsgsConfig,
     /// The FDSN event service backfill.
     pub backfill: crate::source::backfill::BackfillConfig,
+    /// Polled JSON APIs (`[[http]]`, one table per source): randomuser, NASA APOD, any other.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<crate::source::http::HttpSourceConfig>,
     /// The window processor: event-time windows over the quakes topic.
     pub window: crate::process::window::WindowConfig,
     /// The alert processor: rules over quake revisions.
@@ -82,6 +85,7 @@ impl Default for Config {
             topics: TopicsConfig::default(),
             usgs: crate::source::usgs::UsgsConfig::default(),
             backfill: crate::source::backfill::BackfillConfig::default(),
+            http: Vec::new(),
             window: crate::process::window::WindowConfig::default(),
             alerts: crate::process::alert::AlertsConfig::default(),
             files: crate::sink::lake::LakeConfig::files(),
@@ -258,6 +262,16 @@ impl Config {
         self.web
             .validate()
             .map_err(|e| bad(format!("[web]: {e}")))?;
+        let mut names = std::collections::HashSet::new();
+        for source in &self.http {
+            source.validate().map_err(bad)?;
+            let name = source.resolved().name;
+            if !names.insert(name.clone()) {
+                return Err(bad(format!(
+                    "two [[http]] sources are named {name:?}; give each its own name"
+                )));
+            }
+        }
         if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&self.client.compression.as_str()) {
             return Err(bad(format!(
                 "client.compression = {:?}: expected none, gzip, snappy, lz4 or zstd",

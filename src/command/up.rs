@@ -18,7 +18,7 @@ use crate::{
         alert::task::{self as alert_task, AlertMetrics},
         window::task::{self, WindowMetrics},
     },
-    source::usgs,
+    source::{http, usgs},
     web,
 };
 
@@ -68,6 +68,27 @@ pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
             humantime::format_duration(config.usgs.interval()),
             config.usgs.topic()
         ));
+    }
+
+    for source in config.http.iter().filter(|s| s.enabled) {
+        let resolved = source.resolved();
+        lines.push(http_line(&resolved));
+        let metrics = Arc::new(SourceMetrics::new(&resolved.name));
+        registry.register_source(metrics.clone());
+        let (source, dlq, settings, stop) = (
+            source.clone(),
+            config.topics.dlq.clone(),
+            settings.clone(),
+            components_stop.clone(),
+        );
+        components.spawn(async move {
+            let result = http::run(&source, &dlq, &settings, metrics.clone(), stop.clone()).await;
+            log_source_summary(&metrics);
+            // A source whose `duration` ran out is done; the rest of the pipeline goes on.
+            result?;
+            stop.cancelled().await;
+            Ok("http")
+        });
     }
 
     let data_dir = absolute_data_dir(config);
@@ -451,4 +472,75 @@ pub async fn run_web(config: &Config, shutdown: CancellationToken) -> Result<()>
         shutdown,
     )
     .await
+}
+
+fn http_line(c: &http::HttpSourceConfig) -> String {
+    let mut line = format!(
+        "  {:<11} {} every {} -> topic {}",
+        c.name,
+        c.url,
+        humantime::format_duration(c.interval()),
+        c.topic
+    );
+    if let Some(d) = c.duration {
+        line.push_str(&format!(" for {}", humantime::format_duration(d)));
+    }
+    line
+}
+
+/// `quakestream run http`: every configured `[[http]]` source (or the one named).
+pub async fn run_http(
+    config: &Config,
+    name: Option<&str>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let settings = KafkaSettings::from_config(config);
+    let sources: Vec<_> = config
+        .http
+        .iter()
+        .filter(|s| name.is_none_or(|n| s.resolved().name == n))
+        .collect();
+    if sources.is_empty() {
+        let known: Vec<String> = config.http.iter().map(|s| s.resolved().name).collect();
+        return Err(Error::Config {
+            origin: "[[http]]".into(),
+            message: match name {
+                Some(n) => format!("no source named {n:?} (configured: {})", known.join(", ")),
+                None => {
+                    "no [[http]] source is configured (see examples/ and docs/sources.md)".into()
+                }
+            },
+        });
+    }
+    let mut text = format!("http sources at {}:\n", settings.bootstrap);
+    for s in &sources {
+        text.push_str(&http_line(&s.resolved()));
+        text.push('\n');
+    }
+    text.push_str("Press Ctrl+C to stop.\n");
+    print_out(&text)?;
+    let mut tasks = JoinSet::new();
+    for source in sources {
+        let metrics = Arc::new(SourceMetrics::new(&source.resolved().name));
+        let (source, dlq, settings, stop) = (
+            source.clone(),
+            config.topics.dlq.clone(),
+            settings.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            let result = http::run(&source, &dlq, &settings, metrics.clone(), stop).await;
+            log_source_summary(&metrics);
+            result
+        });
+    }
+    let mut failure = None;
+    while let Some(done) = tasks.join_next().await {
+        let result = done.map_err(|e| Error::Broker(format!("a source panicked: {e}")))?;
+        if let Err(e) = result {
+            shutdown.cancel();
+            failure.get_or_insert(e);
+        }
+    }
+    failure.map_or(Ok(()), Err)
 }

@@ -106,7 +106,17 @@ pub struct Fetcher {
 
 impl Fetcher {
     pub fn new(url: &str, config: &HttpConfig) -> Result<Fetcher, FetchError> {
+        Fetcher::with_headers(url, config, header::HeaderMap::new())
+    }
+
+    /// A fetcher that sends `headers` with every request (API keys, `Accept`).
+    pub fn with_headers(
+        url: &str,
+        config: &HttpConfig,
+        headers: header::HeaderMap,
+    ) -> Result<Fetcher, FetchError> {
         let client = reqwest::Client::builder()
+            .default_headers(headers)
             .user_agent(concat!(
                 "quakestream/",
                 env!("CARGO_PKG_VERSION"),

@@ -4,6 +4,8 @@
 //! - [`backfill`]: the FDSN event service, for history and for revisions and deletions of events
 //!   that left the feeds.
 //! - [`geojson`]: USGS GeoJSON parsed and normalized to [`crate::record::Quake`].
+//! - [`http`]: any JSON API, and the `randomuser` and `nasa-apod` presets.
+//! - [`schedule`]: the polling loop they share (interval, backoff, `Retry-After`, deadline).
 //! - [`fetch`]: the HTTP poller every source shares (conditional requests, gzip, size cap,
 //!   timeouts, retries with backoff and jitter, `Retry-After`).
 //! - [`dedupe`]: one message per (event, revision), state rebuilt from the topic.
@@ -13,5 +15,7 @@ pub mod backfill;
 pub mod dedupe;
 pub mod fetch;
 pub mod geojson;
+pub mod http;
 pub mod publish;
+pub mod schedule;
 pub mod usgs;

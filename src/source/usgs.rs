@@ -18,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     dedupe::Dedupe,
-    fetch::{Backoff, FetchError, Fetched, Fetcher, HttpConfig},
+    fetch::{FetchError, Fetched, Fetcher, HttpConfig},
     geojson::{self, FeedError},
     publish::{self, Profile, Publisher, generated_of, published_of},
+    schedule::{self, PollFailure},
 };
 use crate::{
     config::duration,
@@ -151,13 +152,20 @@ enum PollError {
     Publish(Error),
 }
 
-impl PollError {
+impl PollFailure for PollError {
     fn kind(&self) -> &'static str {
         match self {
             PollError::Fetch(e) => e.kind(),
             PollError::Feed(FeedError::NotJson(_)) => "malformed",
             PollError::Feed(FeedError::NotCollection(_)) => "not_a_feed",
             PollError::Publish(_) => "publish",
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            PollError::Fetch(f) => f.retry_after(),
+            _ => None,
         }
     }
 }
@@ -217,52 +225,46 @@ pub async fn run(
         "usgs source started"
     );
 
-    let mut backoff = Backoff::new(config.http.backoff_initial, config.http.backoff_max);
-    loop {
-        // A poll is abandoned on shutdown: what it published is in the topic, and the next
-        // start reads it back, so nothing is lost or published twice.
-        let polled = tokio::select! {
-            () = shutdown.cancelled() => break,
-            polled = poller.poll_or_rebuild() => polled,
-        };
-        let wait = match polled {
-            Ok(()) => {
-                backoff.reset();
-                config.interval()
-            }
-            Err(e) => {
-                poller.metrics.error(e.kind());
-                if matches!(e, PollError::Publish(_)) {
-                    poller.publisher.reset(&poller.settings)?;
-                }
-                let retry_after = match &e {
-                    PollError::Fetch(f) => f.retry_after(),
-                    _ => None,
-                };
-                let wait = backoff.next(retry_after);
-                tracing::warn!(
-                    url = %poller.url,
-                    error = %e,
-                    kind = e.kind(),
-                    failures = backoff.failures(),
-                    retry_in = %humantime::format_duration(Duration::from_millis(wait.as_millis() as u64)),
-                    "usgs poll failed"
-                );
-                wait
-            }
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(wait) => {}
-        }
-    }
+    // A poll is abandoned on shutdown: what it published is in the topic, and the next start
+    // reads it back, so nothing is lost or published twice.
+    let metrics = poller.metrics.clone();
+    schedule::every(
+        "usgs",
+        config.interval(),
+        &config.http,
+        None,
+        &metrics,
+        &shutdown,
+        &mut poller,
+    )
+    .await;
     poller.publisher.flush()?;
     tracing::info!("usgs source stopped");
     Ok(())
 }
 
+impl schedule::Poll for Poller {
+    type Error = PollError;
+    fn poll(
+        &mut self,
+    ) -> impl std::future::Future<Output = std::result::Result<(), PollError>> + Send {
+        self.poll_or_rebuild()
+    }
+}
+
 impl Poller {
     async fn poll_or_rebuild(&mut self) -> std::result::Result<(), PollError> {
+        let result = self.poll_or_rebuild_once().await;
+        if matches!(result, Err(PollError::Publish(_))) {
+            // A new producer for the next try (see `Publisher::reset`).
+            self.publisher
+                .reset(&self.settings)
+                .map_err(PollError::Publish)?;
+        }
+        result
+    }
+
+    async fn poll_or_rebuild_once(&mut self) -> std::result::Result<(), PollError> {
         if self.needs_rebuild {
             // Kafka may still be away: a failed read-back is retried like a failed poll.
             self.rebuild().await.map_err(PollError::Publish)?;

@@ -1,0 +1,79 @@
+//! The polling loop every polled source shares: poll, then wait the interval, or back off after
+//! a failure (exponentially, with jitter, honouring the server's `Retry-After`), until shutdown
+//! or an optional deadline. A poll in progress is abandoned on shutdown; each source makes that
+//! safe (what it published is in its topic and is read back at the next start).
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::fetch::{Backoff, HttpConfig};
+use crate::metrics::SourceMetrics;
+
+/// What the loop needs to know about a failed poll.
+pub trait PollFailure: std::fmt::Display {
+    /// The label of the failure in `quakestream_source_errors_total{kind}`.
+    fn kind(&self) -> &'static str;
+    /// The pause the server asked for, if any.
+    fn retry_after(&self) -> Option<Duration>;
+}
+
+/// A source's poll, as the loop calls it.
+pub trait Poll {
+    type Error: PollFailure;
+    fn poll(&mut self) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// Why the loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Shutdown,
+    /// The source's `duration` ran out.
+    Deadline,
+}
+
+/// Polls `source` every `interval` until `shutdown` (or `deadline`, when given).
+pub async fn every<P: Poll>(
+    name: &str,
+    interval: Duration,
+    http: &HttpConfig,
+    deadline: Option<tokio::time::Instant>,
+    metrics: &SourceMetrics,
+    shutdown: &CancellationToken,
+    source: &mut P,
+) -> Ended {
+    let mut backoff = Backoff::new(http.backoff_initial, http.backoff_max);
+    let far = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400);
+    let deadline_at = deadline.unwrap_or(far);
+    loop {
+        let polled = tokio::select! {
+            () = shutdown.cancelled() => return Ended::Shutdown,
+            () = tokio::time::sleep_until(deadline_at) => return Ended::Deadline,
+            polled = source.poll() => polled,
+        };
+        let wait = match polled {
+            Ok(()) => {
+                backoff.reset();
+                interval
+            }
+            Err(e) => {
+                metrics.error(e.kind());
+                let wait = backoff.next(e.retry_after());
+                tracing::warn!(
+                    source = name,
+                    error = %e,
+                    kind = e.kind(),
+                    failures = backoff.failures(),
+                    retry_in = %humantime::format_duration(Duration::from_millis(wait.as_millis() as u64)),
+                    "poll failed"
+                );
+                wait
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return Ended::Shutdown,
+            () = tokio::time::sleep_until(deadline_at) => return Ended::Deadline,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
