@@ -54,6 +54,8 @@ pub struct Config {
     /// Polled JSON APIs (`[[http]]`, one table per source): randomuser, NASA APOD, any other.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<crate::source::http::HttpSourceConfig>,
+    /// Subway turnstile counts: an MTA file replayed as intervals, or synthetic messages.
+    pub turnstile: crate::source::turnstile::TurnstileConfig,
     /// The window processor: event-time windows over the quakes topic.
     pub window: crate::process::window::WindowConfig,
     /// The alert processor: rules over quake revisions.
@@ -86,6 +88,7 @@ impl Default for Config {
             usgs: crate::source::usgs::UsgsConfig::default(),
             backfill: crate::source::backfill::BackfillConfig::default(),
             http: Vec::new(),
+            turnstile: crate::source::turnstile::TurnstileConfig::default(),
             window: crate::process::window::WindowConfig::default(),
             alerts: crate::process::alert::AlertsConfig::default(),
             files: crate::sink::lake::LakeConfig::files(),
@@ -262,6 +265,9 @@ impl Config {
         self.web
             .validate()
             .map_err(|e| bad(format!("[web]: {e}")))?;
+        if self.turnstile.enabled {
+            self.turnstile.validate().map_err(bad)?;
+        }
         let mut names = std::collections::HashSet::new();
         for source in &self.http {
             source.validate().map_err(bad)?;

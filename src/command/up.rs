@@ -18,7 +18,7 @@ use crate::{
         alert::task::{self as alert_task, AlertMetrics},
         window::task::{self, WindowMetrics},
     },
-    source::{http, usgs},
+    source::{http, turnstile, usgs},
     web,
 };
 
@@ -88,6 +88,27 @@ pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
             result?;
             stop.cancelled().await;
             Ok("http")
+        });
+    }
+
+    if config.turnstile.enabled {
+        lines.push(turnstile_line(config));
+        let metrics = Arc::new(SourceMetrics::new("turnstile"));
+        registry.register_source(metrics.clone());
+        let (turnstile, dlq, settings, stop) = (
+            config.turnstile.clone(),
+            config.topics.dlq.clone(),
+            settings.clone(),
+            components_stop.clone(),
+        );
+        components.spawn(async move {
+            let result =
+                turnstile::run(&turnstile, &dlq, &settings, metrics.clone(), stop.clone()).await;
+            log_source_summary(&metrics);
+            // A replayed file or a counted run is done; the rest of the pipeline goes on.
+            result?;
+            stop.cancelled().await;
+            Ok("turnstile")
         });
     }
 
@@ -543,4 +564,44 @@ pub async fn run_http(
         }
     }
     failure.map_or(Ok(()), Err)
+}
+
+fn turnstile_line(config: &Config) -> String {
+    let t = &config.turnstile;
+    let what = match t.mode {
+        turnstile::Mode::Replay => format!("{} replayed as intervals", t.file.display()),
+        turnstile::Mode::Synthetic => format!(
+            "synthetic, one every {}",
+            humantime::format_duration(t.interval)
+        ),
+    };
+    format!("  turnstile   {what} -> topic {}", t.topic)
+}
+
+/// `quakestream run turnstile`.
+pub async fn run_turnstile(config: &Config, shutdown: CancellationToken) -> Result<()> {
+    let settings = KafkaSettings::from_config(config);
+    config
+        .turnstile
+        .validate()
+        .map_err(|message| Error::Config {
+            origin: "config".into(),
+            message,
+        })?;
+    print_out(&format!(
+        "turnstile source at {}:\n{}\n",
+        settings.bootstrap,
+        turnstile_line(config)
+    ))?;
+    let metrics = Arc::new(SourceMetrics::new("turnstile"));
+    let result = turnstile::run(
+        &config.turnstile,
+        &config.topics.dlq,
+        &settings,
+        metrics.clone(),
+        shutdown,
+    )
+    .await;
+    log_source_summary(&metrics);
+    result
 }

@@ -536,6 +536,29 @@ struct Poller {
     metrics: Arc<SourceMetrics>,
 }
 
+/// The [`H_RECORD`] header of every message in `topic`: what a source already published.
+pub async fn read_back(settings: &KafkaSettings, topic: &str) -> Result<HashSet<String>> {
+    let (settings, topic) = (settings.clone(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let mut seen = HashSet::new();
+        reader::scan(&settings, &topic, |m| {
+            use rdkafka::message::{Headers, Message};
+            if let Some(h) = m.headers() {
+                for header in h.iter() {
+                    if header.key == H_RECORD
+                        && let Some(v) = header.value.and_then(|v| std::str::from_utf8(v).ok())
+                    {
+                        seen.insert(v.to_string());
+                    }
+                }
+            }
+        })?;
+        Ok::<_, Error>(seen)
+    })
+    .await
+    .map_err(|e| Error::Broker(format!("read-back task failed: {e}")))?
+}
+
 /// The request URL: the configured one with its query parameters (secrets resolved).
 pub fn request_url(config: &HttpSourceConfig) -> std::result::Result<String, String> {
     let c = config.resolved();
@@ -646,25 +669,7 @@ impl Poller {
     }
 
     async fn rebuild(&mut self) -> Result<()> {
-        let (settings, topic) = (self.settings.clone(), self.topic.clone());
-        let seen = tokio::task::spawn_blocking(move || {
-            let mut seen = HashSet::new();
-            reader::scan(&settings, &topic, |m| {
-                use rdkafka::message::{Headers, Message};
-                if let Some(h) = m.headers() {
-                    for header in h.iter() {
-                        if header.key == H_RECORD
-                            && let Some(v) = header.value.and_then(|v| std::str::from_utf8(v).ok())
-                        {
-                            seen.insert(v.to_string());
-                        }
-                    }
-                }
-            })?;
-            Ok::<_, Error>(seen)
-        })
-        .await
-        .map_err(|e| Error::Broker(format!("rebuild task failed: {e}")))??;
+        let seen = read_back(&self.settings, &self.topic).await?;
         tracing::info!(source = %self.name, records = seen.len(), "http source: state rebuilt from {}", self.topic);
         self.seen = seen;
         self.needs_rebuild = false;

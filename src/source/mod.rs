@@ -5,6 +5,7 @@
 //!   that left the feeds.
 //! - [`geojson`]: USGS GeoJSON parsed and normalized to [`crate::record::Quake`].
 //! - [`http`]: any JSON API, and the `randomuser` and `nasa-apod` presets.
+//! - [`turnstile`]: MTA turnstile counters (a weekly file replayed as deltas, or synthetic).
 //! - [`schedule`]: the polling loop they share (interval, backoff, `Retry-After`, deadline).
 //! - [`fetch`]: the HTTP poller every source shares (conditional requests, gzip, size cap,
 //!   timeouts, retries with backoff and jitter, `Retry-After`).
@@ -18,4 +19,5 @@ pub mod geojson;
 pub mod http;
 pub mod publish;
 pub mod schedule;
+pub mod turnstile;
 pub mod usgs;

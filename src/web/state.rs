@@ -269,7 +269,12 @@ impl Live {
             return Ok(());
         }
         inner.deleted.remove(&id);
-        let data = serde_json::to_string(&quake).unwrap_or_default();
+        // The record as it is on the topic (it parsed, so it is UTF-8 JSON): no second
+        // serialization per change.
+        let data = match std::str::from_utf8(payload) {
+            Ok(text) => text.to_string(),
+            Err(_) => serde_json::to_string(&quake).unwrap_or_default(),
+        };
         inner.by_time.insert((time_ms, id.clone()));
         inner.quakes.insert(
             id,
