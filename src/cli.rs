@@ -210,6 +210,8 @@ pub enum Component {
     /// The PostgreSQL sink: quakes and window results in a star schema ([postgres], url
     /// required), migrations applied at start.
     Postgres,
+    /// The EMSC real-time WebSocket source ([emsc]): Quake records from seismicportal.eu.
+    Emsc,
     /// The turnstile source ([turnstile]): an MTA file replayed as intervals, or synthetic.
     Turnstile,
     /// The [[http]] sources (randomuser, NASA APOD, any JSON API); `--name` picks one.

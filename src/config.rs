@@ -56,6 +56,8 @@ pub struct Config {
     pub http: Vec<crate::source::http::HttpSourceConfig>,
     /// Subway turnstile counts: an MTA file replayed as intervals, or synthetic messages.
     pub turnstile: crate::source::turnstile::TurnstileConfig,
+    /// The EMSC real-time WebSocket (off by default).
+    pub emsc: crate::source::emsc::EmscConfig,
     /// The window processor: event-time windows over the quakes topic.
     pub window: crate::process::window::WindowConfig,
     /// The alert processor: rules over quake revisions.
@@ -89,6 +91,7 @@ impl Default for Config {
             backfill: crate::source::backfill::BackfillConfig::default(),
             http: Vec::new(),
             turnstile: crate::source::turnstile::TurnstileConfig::default(),
+            emsc: crate::source::emsc::EmscConfig::default(),
             window: crate::process::window::WindowConfig::default(),
             alerts: crate::process::alert::AlertsConfig::default(),
             files: crate::sink::lake::LakeConfig::files(),
@@ -268,6 +271,7 @@ impl Config {
         if self.turnstile.enabled {
             self.turnstile.validate().map_err(bad)?;
         }
+        self.emsc.validate().map_err(bad)?;
         let mut names = std::collections::HashSet::new();
         for source in &self.http {
             source.validate().map_err(bad)?;

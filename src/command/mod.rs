@@ -90,6 +90,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
             Component::ObjectStore => sinks::run_lake(&config, true, shutdown).await,
             Component::Postgres => sinks::run_postgres(&config, shutdown).await,
             Component::Web => up::run_web(&config, shutdown).await,
+            Component::Emsc => up::run_emsc(&config, shutdown).await,
             Component::Turnstile => up::run_turnstile(&config, shutdown).await,
             Component::Http => up::run_http(&config, args.name.as_deref(), shutdown).await,
         },

@@ -18,7 +18,7 @@ use crate::{
         alert::task::{self as alert_task, AlertMetrics},
         window::task::{self, WindowMetrics},
     },
-    source::{http, turnstile, usgs},
+    source::{emsc, http, turnstile, usgs},
     web,
 };
 
@@ -91,6 +91,25 @@ pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
         });
     }
 
+    if config.emsc.enabled {
+        lines.push(format!(
+            "  emsc        {} (WebSocket) -> topic {}",
+            config.emsc.url, config.emsc.topic
+        ));
+        let metrics = Arc::new(SourceMetrics::new("emsc"));
+        registry.register_source(metrics.clone());
+        let (emsc, dlq, settings, stop) = (
+            config.emsc.clone(),
+            config.topics.dlq.clone(),
+            settings.clone(),
+            components_stop.clone(),
+        );
+        components.spawn(async move {
+            let result = emsc::run(&emsc, &dlq, &settings, metrics.clone(), stop).await;
+            log_source_summary(&metrics);
+            result.map(|()| "emsc")
+        });
+    }
     if config.turnstile.enabled {
         lines.push(turnstile_line(config));
         let metrics = Arc::new(SourceMetrics::new("turnstile"));
@@ -596,6 +615,26 @@ pub async fn run_turnstile(config: &Config, shutdown: CancellationToken) -> Resu
     let metrics = Arc::new(SourceMetrics::new("turnstile"));
     let result = turnstile::run(
         &config.turnstile,
+        &config.topics.dlq,
+        &settings,
+        metrics.clone(),
+        shutdown,
+    )
+    .await;
+    log_source_summary(&metrics);
+    result
+}
+
+/// `quakestream run emsc`.
+pub async fn run_emsc(config: &Config, shutdown: CancellationToken) -> Result<()> {
+    let settings = KafkaSettings::from_config(config);
+    print_out(&format!(
+        "emsc source: {} -> {} at {}\nPress Ctrl+C to stop.\n",
+        config.emsc.url, config.emsc.topic, settings.bootstrap
+    ))?;
+    let metrics = Arc::new(SourceMetrics::new("emsc"));
+    let result = emsc::run(
+        &config.emsc,
         &config.topics.dlq,
         &settings,
         metrics.clone(),

@@ -4,6 +4,7 @@
 //! - [`backfill`]: the FDSN event service, for history and for revisions and deletions of events
 //!   that left the feeds.
 //! - [`geojson`]: USGS GeoJSON parsed and normalized to [`crate::record::Quake`].
+//! - [`emsc`]: the EMSC real-time WebSocket, normalized to `Quake`.
 //! - [`http`]: any JSON API, and the `randomuser` and `nasa-apod` presets.
 //! - [`turnstile`]: MTA turnstile counters (a weekly file replayed as deltas, or synthetic).
 //! - [`schedule`]: the polling loop they share (interval, backoff, `Retry-After`, deadline).
@@ -14,6 +15,7 @@
 
 pub mod backfill;
 pub mod dedupe;
+pub mod emsc;
 pub mod fetch;
 pub mod geojson;
 pub mod http;

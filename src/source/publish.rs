@@ -323,3 +323,30 @@ pub fn published_of(message: &BorrowedMessage<'_>) -> Option<Published> {
         merged_into: None,
     })
 }
+
+/// The dedupe state of everything already in `topic`, the newest feed generation time any
+/// record carries, and how many records were read.
+pub async fn rebuild_dedupe(
+    settings: &crate::kafka::KafkaSettings,
+    topic: &str,
+) -> Result<(Dedupe, Option<i64>, u64)> {
+    let (settings, topic) = (settings.clone(), topic.to_string());
+    let (published, generated, read) = tokio::task::spawn_blocking(move || {
+        let mut published = Vec::new();
+        let mut generated: Option<i64> = None;
+        let read = crate::kafka::reader::scan(&settings, &topic, |message| {
+            if let Some(g) = generated_of(message) {
+                generated = Some(generated.map_or(g, |max| max.max(g)));
+            }
+            if let Some(p) = published_of(message) {
+                published.push(p);
+            }
+        })?;
+        Ok::<_, crate::Error>((published, generated, read))
+    })
+    .await
+    .map_err(|e| crate::Error::Broker(format!("rebuild task failed: {e}")))??;
+    let mut dedupe = Dedupe::new();
+    dedupe.rebuild(published);
+    Ok((dedupe, generated, read))
+}

@@ -20,13 +20,13 @@ use super::{
     dedupe::Dedupe,
     fetch::{FetchError, Fetched, Fetcher, HttpConfig},
     geojson::{self, FeedError},
-    publish::{self, Profile, Publisher, generated_of, published_of},
+    publish::{self, Profile, Publisher},
     schedule::{self, PollFailure},
 };
 use crate::{
     config::duration,
     error::{Error, Result},
-    kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer, reader},
+    kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer},
     metrics::SourceMetrics,
 };
 
@@ -274,25 +274,8 @@ impl Poller {
 
     /// Reads back what the source already published.
     async fn rebuild(&mut self) -> Result<()> {
-        let settings = self.settings.clone();
-        let topic = self.publisher.topic().to_string();
-        let (published, generated, read) = tokio::task::spawn_blocking(move || {
-            let mut published = Vec::new();
-            let mut generated: Option<i64> = None;
-            let read = reader::scan(&settings, &topic, |message| {
-                if let Some(g) = generated_of(message) {
-                    generated = Some(generated.map_or(g, |max| max.max(g)));
-                }
-                if let Some(p) = published_of(message) {
-                    published.push(p);
-                }
-            })?;
-            Ok::<_, Error>((published, generated, read))
-        })
-        .await
-        .map_err(|e| Error::Broker(format!("rebuild task failed: {e}")))??;
-        let mut dedupe = Dedupe::new();
-        dedupe.rebuild(published);
+        let (mut dedupe, generated, read) =
+            publish::rebuild_dedupe(&self.settings, self.publisher.topic()).await?;
         if let Some(g) = generated {
             dedupe.forget_before(g - self.horizon_ms());
         }
