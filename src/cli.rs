@@ -124,6 +124,11 @@ pub struct SourceArgs {
     /// Time between polls (usgs.interval), like "60s".
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub interval: Option<Duration>,
+
+    /// The URL of the [[http]] source NAME, e.g. a replay server's (repeatable):
+    /// `--http-url randomuser=http://127.0.0.1:8091/api/`.
+    #[arg(long = "http-url", value_name = "NAME=URL")]
+    pub http_url: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]

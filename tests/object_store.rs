@@ -5,70 +5,14 @@
 mod common;
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use common::fixture_quakes;
+use common::{Moto, fixture_quakes};
 use futures::TryStreamExt;
-use object_store::{ObjectStore, ObjectStoreExt, aws::AmazonS3Builder, path::Path as Key};
+use object_store::{ObjectStore, ObjectStoreExt, path::Path as Key};
 use quakestream::kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer};
-
-/// moto's S3 server on a free port (`QS_MOTO_SERVER`, installed by scripts/test.sh).
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        let program = std::env::var("QS_MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
-        let port = common::free_port();
-        let child = Command::new(&program)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{program}: {e} (scripts/test.sh installs moto[server])"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Moto {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    async fn create_bucket(&self, name: &str) {
-        let response = reqwest::Client::new()
-            .put(format!("{}/{name}", self.endpoint))
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success(), "{response:?}");
-    }
-
-    fn bucket(&self, name: &str) -> impl ObjectStore {
-        AmazonS3Builder::new()
-            .with_bucket_name(name)
-            .with_endpoint(&self.endpoint)
-            .with_allow_http(true)
-            .with_region("us-east-1")
-            .with_access_key_id("test")
-            .with_secret_access_key("test")
-            .build()
-            .unwrap()
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn sink(data_dir: &std::path::Path, brokers: &str, moto: &Moto, location: &str) -> Command {
     let mut command = common::quakestream(data_dir);

@@ -41,13 +41,29 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
             config.broker.listen = listen.clone();
         }
     };
-    let source = |config: &mut Config, args: &SourceArgs| {
+    let source = |config: &mut Config, args: &SourceArgs| -> Result<()> {
         if let Some(url) = &args.usgs_url {
             config.usgs.url = url.clone();
         }
         if let Some(interval) = args.interval {
             config.usgs.interval = Some(interval);
         }
+        for pair in &args.http_url {
+            let flag = |message: String| Error::Config {
+                origin: "--http-url".into(),
+                message,
+            };
+            let (name, url) = pair
+                .split_once('=')
+                .ok_or_else(|| flag(format!("{pair:?}: expected NAME=URL")))?;
+            let source = config
+                .http
+                .iter_mut()
+                .find(|s| s.resolved().name == name)
+                .ok_or_else(|| flag(format!("no [[http]] source named {name:?}")))?;
+            source.url = url.to_string();
+        }
+        Ok(())
     };
     let process = |config: &mut Config, args: &ProcessArgs| {
         if args.console {
@@ -63,14 +79,14 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
     match &cli.command {
         Command::Up(args) => {
             listen(&mut config, &args.listen);
-            source(&mut config, &args.source);
+            source(&mut config, &args.source)?;
             process(&mut config, &args.process);
             web(&mut config, &args.web);
         }
         Command::Broker(args) => listen(&mut config, args),
         Command::Run(args) => {
             listen(&mut config, &args.listen);
-            source(&mut config, &args.source);
+            source(&mut config, &args.source)?;
             process(&mut config, &args.process);
             web(&mut config, &args.web);
         }

@@ -146,6 +146,9 @@ pub struct Interval {
     pub interval_start: String,
     /// Whether a count was clamped to 0 (a reset, a backwards run or a jump).
     pub clamped: bool,
+    /// This interval: `<id>@<timestamp>` (what a window processor keys records by, since
+    /// every interval of a turnstile is a record of its own).
+    pub interval_id: String,
 }
 
 /// What replaying a file found, besides the intervals.
@@ -329,7 +332,9 @@ pub fn intervals(
             let (entries, ce) = clamp(reading.entries - prev.entries);
             let (exits, cx) = clamp(reading.exits - prev.exits);
             let f = &reading.fields;
+            let timestamp = utc(&reading.at);
             out.push(Interval {
+                interval_id: format!("{key}@{timestamp}"),
                 ca: f[0].clone(),
                 unit: f[1].clone(),
                 scp: f[2].clone(),
@@ -342,7 +347,7 @@ pub fn intervals(
                 entries,
                 exits,
                 id: key.clone(),
-                timestamp: utc(&reading.at),
+                timestamp,
                 interval_start: utc(&prev.at),
                 clamped: ce || cx,
             });
@@ -387,12 +392,13 @@ pub fn synthetic(n: u64, now_ms: i64, rng: &mut u64) -> serde_json::Value {
     let entries = 5 + (next() % 6) as i64;
     let exits = 5 + (next() % 6) as i64;
     let now = chrono::DateTime::from_timestamp_millis(now_ms).unwrap_or_default();
+    let id = uuid::Uuid::new_v4().to_string();
     json!({
         "CA": ca, "UNIT": unit, "SCP": "02-00-00", "STATION": station, "LINENAME": "456NQR",
         "DIVISION": "BMT", "DATE": now.format("%m-%d-%y").to_string(),
         "TIME": now.format("%H:%M:%S").to_string(), "DESC": "REGULAR",
-        "ENTRIES": entries, "EXITS": exits, "ID": uuid::Uuid::new_v4().to_string(),
-        "TIMESTAMP": format_millis(now_ms), "SEQ": n,
+        "ENTRIES": entries, "EXITS": exits, "ID": id,
+        "TIMESTAMP": format_millis(now_ms), "SEQ": n, "INTERVAL_ID": id,
     })
 }
 

@@ -514,3 +514,59 @@ fn pg_bin() -> std::path::PathBuf {
         .map(|(_, bin)| bin)
         .expect("PostgreSQL server binaries in /usr/lib/postgresql/*/bin (scripts/test.sh installs the postgresql package)")
 }
+
+/// moto's S3 server on a free port (`QS_MOTO_SERVER`, installed by scripts/test.sh).
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let program = std::env::var("QS_MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
+        let port = free_port();
+        let child = Command::new(&program)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program}: {e} (scripts/test.sh installs moto[server])"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    pub async fn create_bucket(&self, name: &str) {
+        let response = reqwest::Client::new()
+            .put(format!("{}/{name}", self.endpoint))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{response:?}");
+    }
+
+    pub fn bucket(&self, name: &str) -> impl object_store::ObjectStore {
+        object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(name)
+            .with_endpoint(&self.endpoint)
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .build()
+            .unwrap()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

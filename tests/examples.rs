@@ -1,0 +1,404 @@
+//! Every example in `examples/` parses, and runs end to end offline as `examples/run.sh` runs
+//! it: the binary with the example's config, pointed at fake servers replaying the fixtures,
+//! producing its tutorial's output.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::Read,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use common::{Moto, PgServer, Spawned, fixture, free_port, quakestream};
+use quakestream::{
+    Config,
+    fake::{FakeServer, Step},
+};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(format!("{name}.toml"))
+}
+
+#[test]
+fn every_example_parses_and_validates() {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")).unwrap()
+    {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let config = Config::load(Some(&path), Vec::<(String, String)>::new())
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            config
+                .validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            // The sinks check their own settings when they start; check them here too.
+            if config.files.enabled {
+                config
+                    .files
+                    .validate(false)
+                    .unwrap_or_else(|e| panic!("{}: [files]: {e}", path.display()));
+            }
+            if !config.object_store.location.is_empty() {
+                config
+                    .object_store
+                    .validate(true)
+                    .unwrap_or_else(|e| panic!("{}: [object_store]: {e}", path.display()));
+            }
+            names.push(path.file_stem().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "apod-s3",
+            "course",
+            "randomuser-files",
+            "turnstile",
+            "warehouse"
+        ]
+    );
+    // run.sh knows each of them.
+    let script =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/run.sh"))
+            .unwrap();
+    for name in &names {
+        assert!(
+            script.contains(name.as_str()),
+            "run.sh does not know {name}"
+        );
+    }
+}
+
+/// `quakestream --config examples/<name>.toml up`, from the repository root as run.sh runs it,
+/// on a free broker port and a fresh data directory.
+fn up(name: &str, data: &Path, extra: &[&str], env: &[(&str, String)]) -> Spawned {
+    let broker = format!("127.0.0.1:{}", free_port());
+    let mut command = quakestream(data);
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("--config")
+        .arg(example(name))
+        .args(["up", "--listen", &broker])
+        .args(extra);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut up = Spawned::start(&mut command);
+    up.wait_for(|l| l.contains("Press Ctrl+C"), LIMIT);
+    up
+}
+
+fn stop(mut up: Spawned) {
+    up.signal("INT");
+    assert!(up.wait(LIMIT).success(), "Ctrl+C exits 0");
+}
+
+/// Waits for `check` to return `Some`, failing with its last complaint past `LIMIT`.
+fn eventually<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// Every file under `dir` whose name ends with `suffix`.
+fn files(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                if !p.ends_with("_tmp") {
+                    stack.push(p);
+                }
+            } else if p.to_string_lossy().ends_with(suffix) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn usgs_feed(runtime: &tokio::runtime::Runtime) -> FakeServer {
+    let steps = common::revision_sequence()[..2]
+        .iter()
+        .map(|f| Step::Json(fixture(f).into()))
+        .collect();
+    runtime
+        .block_on(FakeServer::start("127.0.0.1:0", steps))
+        .unwrap()
+}
+
+#[test]
+fn course_prints_windows_and_alerts_and_serves_the_map() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let feed = usgs_feed(&runtime);
+    let dir = tempfile::tempdir().unwrap();
+    let web = format!("127.0.0.1:{}", free_port());
+    let url = feed.url("/earthquakes/feed/v1.0/summary/all_day.geojson");
+    let mut up = up(
+        "course",
+        &dir.path().join("data"),
+        &["--usgs-url", &url, "--interval", "1s", "--web", &web],
+        &[],
+    );
+    up.wait_for(|l| l.contains("EARTHQUAKE ALERT"), LIMIT);
+    up.wait_for(|l| l.starts_with("|window_start"), LIMIT);
+    let health = eventually("the map has the events", || {
+        let body = runtime
+            .block_on(async {
+                reqwest::get(format!("http://{web}/health"))
+                    .await?
+                    .text()
+                    .await
+            })
+            .map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        if v["events"].as_u64().unwrap_or(0) >= 190 {
+            Ok(v)
+        } else {
+            Err(body)
+        }
+    });
+    assert_eq!(health["kafka"], true);
+    stop(up);
+}
+
+#[test]
+fn randomuser_lands_users_in_json_lines_files() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let steps = [
+        "randomuser/results200_nat-us_v1.3_seed-624b47c9006a7219.json",
+        "randomuser/results1_nat-br_v1.4_seed-6786def1f7fa0850.json",
+        "randomuser/results1_nat-dk_v1.4_seed-8095ce78e9c2817d.json",
+    ]
+    .iter()
+    .map(|f| Step::Json(fixture(f).into()))
+    .collect();
+    let api = runtime
+        .block_on(FakeServer::start("127.0.0.1:0", steps))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let flag = format!("randomuser={}", api.url("/api/"));
+    let up = up(
+        "randomuser-files",
+        &data,
+        &["--http-url", &flag],
+        &[("QUAKESTREAM_FILES_ROLL_AGE", "1s".into())],
+    );
+    let users = eventually("202 users in the lake", || {
+        let mut users = BTreeMap::new();
+        for f in files(&data.join("lake/users_created"), ".jsonl") {
+            for line in std::fs::read_to_string(&f).unwrap().lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                users.insert(v["id"].as_str().unwrap().to_string(), v);
+            }
+        }
+        if users.len() == 202 {
+            Ok(users)
+        } else {
+            Err(format!(
+                "{} users; lake: {:?}",
+                users.len(),
+                files(&data.join("lake"), "")
+            ))
+        }
+    });
+    let dk = users
+        .get("c38f4a89-31ac-4cae-84b8-e2fc84a0abc6")
+        .expect("the Danish user");
+    assert_eq!(
+        dk["address"],
+        "9508 Grønnegade, Ryslinge, Nordjylland, Denmark"
+    );
+    assert_eq!(dk["post_code"], "62067");
+    stop(up);
+}
+
+#[test]
+fn turnstile_sums_per_station_per_five_minutes_in_gzip_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let up = up(
+        "turnstile",
+        &data,
+        &[],
+        &[("QUAKESTREAM_FILES_ROLL_AGE", "1s".into())],
+    );
+    // The newest result of each (window, station); their sums are the week's totals.
+    let totals = eventually("every window's result in the lake", || {
+        let mut latest: BTreeMap<(String, String), (String, i64, i64)> = BTreeMap::new();
+        for f in files(&data.join("lake/mta-turnstile-stats"), ".csv.gz") {
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(std::fs::File::open(&f).unwrap())
+                .read_to_string(&mut text)
+                .unwrap();
+            let mut reader = csv::Reader::from_reader(text.as_bytes());
+            let header = reader.headers().unwrap().clone();
+            let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+            let (ws, st, en, ex, at) = (
+                col("window_start"),
+                col("STATION"),
+                col("ENTRIES"),
+                col("EXITS"),
+                col("emitted_at"),
+            );
+            for row in reader.records() {
+                let row = row.unwrap();
+                let key = (row[ws].to_string(), row[st].to_string());
+                let value = (
+                    row[at].to_string(),
+                    row[en].parse::<f64>().unwrap() as i64,
+                    row[ex].parse::<f64>().unwrap() as i64,
+                );
+                let newer = latest.get(&key).is_none_or(|old| old.0 <= value.0);
+                if newer {
+                    latest.insert(key, value);
+                }
+            }
+        }
+        let mut totals: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        for ((_, station), (_, e, x)) in &latest {
+            let t = totals.entry(station.clone()).or_default();
+            t.0 += e;
+            t.1 += x;
+        }
+        let want = BTreeMap::from([
+            ("14 ST-UNION SQ".to_string(), (4_484, 14_826)),
+            ("59 ST".to_string(), (17_594, 33_298)),
+        ]);
+        if totals == want {
+            Ok(totals)
+        } else {
+            Err(format!("{totals:?}"))
+        }
+    });
+    assert_eq!(totals.len(), 2);
+    stop(up);
+}
+
+#[test]
+fn warehouse_loads_events_and_windows_into_postgres() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let feed = usgs_feed(&runtime);
+    let pg = PgServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = feed.url("/earthquakes/feed/v1.0/summary/all_day.geojson");
+    let up = up(
+        "warehouse",
+        &dir.path().join("data"),
+        &["--usgs-url", &url, "--interval", "1s"],
+        &[("QUAKESTREAM_POSTGRES_URL", pg.url())],
+    );
+    let expected = common::expected_revisions(&common::revision_sequence()[..2]);
+    let events: std::collections::BTreeSet<&String> = expected.iter().map(|(id, _)| id).collect();
+    let client = runtime.block_on(pg.client());
+    eventually("every event and revision in the warehouse", || {
+        runtime.block_on(async {
+            let count = |sql: &'static str| async {
+                client
+                    .query_one(sql, &[])
+                    .await
+                    .map(|r| r.get::<_, i64>(0))
+                    .unwrap_or(-1)
+            };
+            let facts = count("select count(*) from fact_earthquake").await;
+            let revisions = count("select count(*) from fact_earthquake_revision").await;
+            let windows = count("select count(*) from agg_window").await;
+            if facts >= events.len() as i64 && revisions == expected.len() as i64 && windows > 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{facts} events, {revisions} revisions, {windows} windows"
+                ))
+            }
+        })
+    });
+    stop(up);
+}
+
+#[test]
+fn apod_writes_one_object_per_date_to_s3() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let moto = Moto::start();
+    runtime.block_on(moto.create_bucket("nasa-apod"));
+    // The example asks for 2022-02-01 to 2022-02-13 (and polls hourly, so once here).
+    let steps = vec![Step::Json(
+        fixture("apod/range_2022-02-01_to_2022-02-13_thumbs.json").into(),
+    )];
+    let api = runtime
+        .block_on(FakeServer::start("127.0.0.1:0", steps))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let flag = format!("nasa-apod={}", api.url("/planetary/apod"));
+    let up = up(
+        "apod-s3",
+        &dir.path().join("data"),
+        &["--http-url", &flag],
+        &[
+            ("QUAKESTREAM_OBJECT_STORE_ENDPOINT", moto.endpoint.clone()),
+            ("QUAKESTREAM_OBJECT_STORE_ROLL_AGE", "1s".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ],
+    );
+    let bucket = moto.bucket("nasa-apod");
+    let keys = eventually("13 pictures as objects", || {
+        let keys: Vec<String> = runtime.block_on(async {
+            use futures::TryStreamExt;
+            use object_store::ObjectStore;
+            bucket
+                .list(Some(&object_store::path::Path::from("apod")))
+                .map_ok(|m| m.location.to_string())
+                .try_collect()
+                .await
+                .unwrap_or_default()
+        });
+        if keys.len() == 13 {
+            Ok(keys)
+        } else {
+            Err(format!("{keys:?}"))
+        }
+    });
+    assert!(
+        keys.iter().any(|k| k.ends_with("/2022-02-01.json")),
+        "{keys:?}"
+    );
+    assert!(
+        keys.iter().any(|k| k.ends_with("/2022-02-13.json")),
+        "{keys:?}"
+    );
+    let body = runtime.block_on(async {
+        use object_store::ObjectStoreExt;
+        let key = keys
+            .iter()
+            .find(|k| k.ends_with("2022-02-01.json"))
+            .unwrap();
+        bucket
+            .get(&object_store::path::Path::from(key.as_str()))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+    });
+    let picture: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(picture["media_type"], "video");
+    stop(up);
+}
