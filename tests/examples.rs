@@ -97,7 +97,15 @@ fn up(name: &str, data: &Path, extra: &[&str], env: &[(&str, String)]) -> Spawne
 
 fn stop(mut up: Spawned) {
     up.signal("INT");
-    assert!(up.wait(LIMIT).success(), "Ctrl+C exits 0");
+    let status = up.wait(LIMIT);
+    if !status.success() {
+        let errors: Vec<String> = up
+            .drain_stderr()
+            .into_iter()
+            .filter(|l| !l.contains("tansu"))
+            .collect();
+        panic!("Ctrl+C must exit 0, got {status}; stderr: {errors:#?}");
+    }
 }
 
 /// Waits for `check` to return `Some`, failing with its last complaint past `LIMIT`.

@@ -23,8 +23,11 @@ use crate::{
 };
 
 pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
+    // The broker has a token of its own: it must outlive its clients, which flush and commit
+    // after Ctrl+C (stopping it on the signal itself lost their last sends).
+    let broker_stop = CancellationToken::new();
     let broker = if config.embedded() {
-        Some(EmbeddedBroker::start(&config.broker, &config.data_dir, shutdown.clone()).await?)
+        Some(EmbeddedBroker::start(&config.broker, &config.data_dir, broker_stop.clone()).await?)
     } else {
         None
     };
@@ -48,86 +51,47 @@ pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
     let mut components = JoinSet::new();
     let mut lines = Vec::new();
     let registry = Arc::new(Registry::default());
+    let dlq = config.topics.dlq.clone();
+    let mut sources = Sources {
+        components: &mut components,
+        registry: &registry,
+        stop: &components_stop,
+    };
     if config.usgs.enabled {
-        let metrics = Arc::new(SourceMetrics::new("usgs"));
-        registry.register_source(metrics.clone());
-        let (usgs, dlq, settings) = (
-            config.usgs.clone(),
-            config.topics.dlq.clone(),
-            settings.clone(),
-        );
-        let stop = components_stop.clone();
-        components.spawn(async move {
-            let result = usgs::run(&usgs, &dlq, &settings, metrics.clone(), stop).await;
-            log_source_summary(&metrics);
-            result.map(|()| "usgs")
-        });
         lines.push(format!(
             "  usgs        {} every {} -> topic {}",
             config.usgs.url(),
             humantime::format_duration(config.usgs.interval()),
             config.usgs.topic()
         ));
+        let (c, dlq, settings) = (config.usgs.clone(), dlq.clone(), settings.clone());
+        sources.spawn("usgs", "usgs", move |m, stop| async move {
+            usgs::run(&c, &dlq, &settings, m, stop).await
+        });
     }
-
     for source in config.http.iter().filter(|s| s.enabled) {
         let resolved = source.resolved();
         lines.push(http_line(&resolved));
-        let metrics = Arc::new(SourceMetrics::new(&resolved.name));
-        registry.register_source(metrics.clone());
-        let (source, dlq, settings, stop) = (
-            source.clone(),
-            config.topics.dlq.clone(),
-            settings.clone(),
-            components_stop.clone(),
-        );
-        components.spawn(async move {
-            let result = http::run(&source, &dlq, &settings, metrics.clone(), stop.clone()).await;
-            log_source_summary(&metrics);
-            // A source whose `duration` ran out is done; the rest of the pipeline goes on.
-            result?;
-            stop.cancelled().await;
-            Ok("http")
+        let (c, dlq, settings) = (source.clone(), dlq.clone(), settings.clone());
+        sources.spawn(&resolved.name, "http", move |m, stop| async move {
+            http::run(&c, &dlq, &settings, m, stop).await
         });
     }
-
     if config.emsc.enabled {
         lines.push(format!(
             "  emsc        {} (WebSocket) -> topic {}",
             config.emsc.url, config.emsc.topic
         ));
-        let metrics = Arc::new(SourceMetrics::new("emsc"));
-        registry.register_source(metrics.clone());
-        let (emsc, dlq, settings, stop) = (
-            config.emsc.clone(),
-            config.topics.dlq.clone(),
-            settings.clone(),
-            components_stop.clone(),
-        );
-        components.spawn(async move {
-            let result = emsc::run(&emsc, &dlq, &settings, metrics.clone(), stop).await;
-            log_source_summary(&metrics);
-            result.map(|()| "emsc")
+        let (c, dlq, settings) = (config.emsc.clone(), dlq.clone(), settings.clone());
+        sources.spawn("emsc", "emsc", move |m, stop| async move {
+            emsc::run(&c, &dlq, &settings, m, stop).await
         });
     }
     if config.turnstile.enabled {
         lines.push(turnstile_line(config));
-        let metrics = Arc::new(SourceMetrics::new("turnstile"));
-        registry.register_source(metrics.clone());
-        let (turnstile, dlq, settings, stop) = (
-            config.turnstile.clone(),
-            config.topics.dlq.clone(),
-            settings.clone(),
-            components_stop.clone(),
-        );
-        components.spawn(async move {
-            let result =
-                turnstile::run(&turnstile, &dlq, &settings, metrics.clone(), stop.clone()).await;
-            log_source_summary(&metrics);
-            // A replayed file or a counted run is done; the rest of the pipeline goes on.
-            result?;
-            stop.cancelled().await;
-            Ok("turnstile")
+        let (c, dlq, settings) = (config.turnstile.clone(), dlq.clone(), settings.clone());
+        sources.spawn("turnstile", "turnstile", move |m, stop| async move {
+            turnstile::run(&c, &dlq, &settings, m, stop).await
         });
     }
 
@@ -262,7 +226,7 @@ pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
         }
     }
     // The broker stops after its clients.
-    shutdown.cancel();
+    broker_stop.cancel();
     if let Some(broker) = broker {
         broker.stopped().await?;
     }
@@ -283,10 +247,52 @@ fn component_failure(
     }
 }
 
+/// Sources under `up`: each registers its metrics and logs its summary when it ends.
+struct Sources<'a> {
+    components: &'a mut JoinSet<Result<&'static str>>,
+    registry: &'a Registry,
+    stop: &'a CancellationToken,
+}
+
+impl Sources<'_> {
+    fn spawn<F>(
+        &mut self,
+        name: &str,
+        label: &'static str,
+        run: impl FnOnce(Arc<SourceMetrics>, CancellationToken) -> F,
+    ) where
+        F: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
+        let metrics = Arc::new(SourceMetrics::new(name));
+        self.registry.register_source(metrics.clone());
+        let stop = self.stop.clone();
+        let running = run(metrics.clone(), stop.clone());
+        self.components.spawn(async move {
+            let result = running.await;
+            log_source_summary(&metrics);
+            result?;
+            // A source that is done by itself (a replayed file, a `duration` over) leaves the
+            // rest of the pipeline running.
+            stop.cancelled().await;
+            Ok(label)
+        });
+    }
+}
+
+/// A source alone (`run usgs`, …): its summary in the log whatever the outcome.
+async fn run_source<F>(name: &str, run: impl FnOnce(Arc<SourceMetrics>) -> F) -> Result<()>
+where
+    F: std::future::Future<Output = Result<()>>,
+{
+    let metrics = Arc::new(SourceMetrics::new(name));
+    let result = run(metrics.clone()).await;
+    log_source_summary(&metrics);
+    result
+}
+
 /// `quakestream run usgs`.
 pub async fn run_usgs(config: &Config, shutdown: CancellationToken) -> Result<()> {
     let settings = KafkaSettings::from_config(config);
-    let metrics = Arc::new(SourceMetrics::new("usgs"));
     print_out(&format!(
         "usgs source: {} every {} -> {} at {}\nPress Ctrl+C to stop.\n",
         config.usgs.url(),
@@ -294,16 +300,10 @@ pub async fn run_usgs(config: &Config, shutdown: CancellationToken) -> Result<()
         config.usgs.topic(),
         settings.bootstrap
     ))?;
-    let result = usgs::run(
-        &config.usgs,
-        &config.topics.dlq,
-        &settings,
-        metrics.clone(),
-        shutdown,
-    )
-    .await;
-    log_source_summary(&metrics);
-    result
+    run_source("usgs", |m| {
+        usgs::run(&config.usgs, &config.topics.dlq, &settings, m, shutdown)
+    })
+    .await
 }
 
 fn log_source_summary(m: &SourceMetrics) {
@@ -561,7 +561,6 @@ pub async fn run_http(
     print_out(&text)?;
     let mut tasks = JoinSet::new();
     for source in sources {
-        let metrics = Arc::new(SourceMetrics::new(&source.resolved().name));
         let (source, dlq, settings, stop) = (
             source.clone(),
             config.topics.dlq.clone(),
@@ -569,9 +568,8 @@ pub async fn run_http(
             shutdown.clone(),
         );
         tasks.spawn(async move {
-            let result = http::run(&source, &dlq, &settings, metrics.clone(), stop).await;
-            log_source_summary(&metrics);
-            result
+            let name = source.resolved().name;
+            run_source(&name, |m| http::run(&source, &dlq, &settings, m, stop)).await
         });
     }
     let mut failure = None;
@@ -612,17 +610,16 @@ pub async fn run_turnstile(config: &Config, shutdown: CancellationToken) -> Resu
         settings.bootstrap,
         turnstile_line(config)
     ))?;
-    let metrics = Arc::new(SourceMetrics::new("turnstile"));
-    let result = turnstile::run(
-        &config.turnstile,
-        &config.topics.dlq,
-        &settings,
-        metrics.clone(),
-        shutdown,
-    )
-    .await;
-    log_source_summary(&metrics);
-    result
+    run_source("turnstile", |m| {
+        turnstile::run(
+            &config.turnstile,
+            &config.topics.dlq,
+            &settings,
+            m,
+            shutdown,
+        )
+    })
+    .await
 }
 
 /// `quakestream run emsc`.
@@ -632,15 +629,8 @@ pub async fn run_emsc(config: &Config, shutdown: CancellationToken) -> Result<()
         "emsc source: {} -> {} at {}\nPress Ctrl+C to stop.\n",
         config.emsc.url, config.emsc.topic, settings.bootstrap
     ))?;
-    let metrics = Arc::new(SourceMetrics::new("emsc"));
-    let result = emsc::run(
-        &config.emsc,
-        &config.topics.dlq,
-        &settings,
-        metrics.clone(),
-        shutdown,
-    )
-    .await;
-    log_source_summary(&metrics);
-    result
+    run_source("emsc", |m| {
+        emsc::run(&config.emsc, &config.topics.dlq, &settings, m, shutdown)
+    })
+    .await
 }

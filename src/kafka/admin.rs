@@ -236,18 +236,11 @@ impl Admin {
         self.blocking(move |client, settings| {
             let mut out = Vec::new();
             for (name, partitions) in topics {
-                let mut messages = 0;
-                for (id, _) in &partitions {
-                    let (low, high) = client
-                        .inner()
-                        .fetch_watermarks(&name, *id, settings.timeout)
-                        .map_err(Error::kafka("reading offsets"))?;
-                    messages += high - low;
-                }
+                let infos = watermarks(client, settings, &name, partitions)?;
                 out.push(TopicSummary {
+                    partitions: infos.len(),
+                    messages: infos.iter().map(|p| p.end - p.start).sum(),
                     name,
-                    partitions: partitions.len(),
-                    messages,
                 });
             }
             Ok(out)
@@ -314,23 +307,10 @@ impl Admin {
             .blocking(move |client, settings| {
                 let mut out = Vec::new();
                 for (name, partitions) in topics {
-                    let mut infos = Vec::new();
-                    for (id, leader) in partitions {
-                        let (start, end) = client
-                            .inner()
-                            .fetch_watermarks(&name, id, settings.timeout)
-                            .map_err(Error::kafka("reading offsets"))?;
-                        infos.push(PartitionInfo {
-                            id,
-                            leader,
-                            start,
-                            end,
-                        });
-                    }
-                    infos.sort_by_key(|p| p.id);
+                    let partitions = watermarks(client, settings, &name, partitions)?;
                     out.push(TopicDescription {
                         name,
-                        partitions: infos,
+                        partitions,
                         groups: Vec::new(),
                     });
                 }
@@ -360,43 +340,26 @@ impl Admin {
             return Err(Error::UnknownTopic(topic.to_string()));
         };
         let name = topic.to_string();
-        self.blocking(move |client, settings| {
-            let mut infos = Vec::new();
-            for (id, leader) in partitions {
-                let (start, end) = client
-                    .inner()
-                    .fetch_watermarks(&name, id, settings.timeout)
-                    .map_err(Error::kafka("reading offsets"))?;
-                infos.push(PartitionInfo {
-                    id,
-                    leader,
-                    start,
-                    end,
-                });
-            }
-            infos.sort_by_key(|p| p.id);
-            Ok(infos)
-        })
-        .await
+        self.blocking(move |client, settings| watermarks(client, settings, &name, partitions))
+            .await
     }
 
     /// Partitions, offsets and the lag of every group that committed offsets on the topic.
     pub async fn describe(&self, topic: &TopicName) -> Result<TopicDescription> {
         let infos = self.partitions(topic).await?;
         let names = self.group_names().await?;
-        let name = topic.to_string();
+        let mut described = vec![TopicDescription {
+            name: topic.to_string(),
+            partitions: infos,
+            groups: Vec::new(),
+        }];
         self.blocking(move |_, settings| {
-            let mut lags = Vec::new();
             for group in &names {
-                if let Some(lag) = group_lag(settings, group, &name, &infos)? {
-                    lags.push(lag);
+                for (_, lag) in groups_lag(settings, group, &described)? {
+                    described[0].groups.push(lag);
                 }
             }
-            Ok(TopicDescription {
-                name,
-                partitions: infos,
-                groups: lags,
-            })
+            Ok(described.remove(0))
         })
         .await
     }
@@ -418,7 +381,31 @@ async fn probe(settings: &KafkaSettings) -> Result<()> {
     Err(settings.unreachable(Some(reasons.join("; "))))
 }
 
-/// Reads a group's committed offsets on every topic at once: (index into `topics`, lag) for
+/// Each partition's leader, start and end offsets, in partition order.
+fn watermarks(
+    client: &AdminClient<Context>,
+    settings: &KafkaSettings,
+    topic: &str,
+    partitions: Vec<(i32, i32)>,
+) -> Result<Vec<PartitionInfo>> {
+    let mut infos = Vec::new();
+    for (id, leader) in partitions {
+        let (start, end) = client
+            .inner()
+            .fetch_watermarks(topic, id, settings.timeout)
+            .map_err(Error::kafka("reading offsets"))?;
+        infos.push(PartitionInfo {
+            id,
+            leader,
+            start,
+            end,
+        });
+    }
+    infos.sort_by_key(|p| p.id);
+    Ok(infos)
+}
+
+/// Reads a group's committed offsets on every topic at once (without joining the group): (index into `topics`, lag) for
 /// each topic it committed on.
 fn groups_lag(
     settings: &KafkaSettings,
@@ -479,25 +466,4 @@ fn lag_of(
         group: group.to_string(),
         partitions: out,
     })
-}
-
-/// Reads a group's committed offsets on a topic (without joining the group).
-fn group_lag(
-    settings: &KafkaSettings,
-    group: &str,
-    topic: &str,
-    partitions: &[PartitionInfo],
-) -> Result<Option<GroupLag>> {
-    let consumer: BaseConsumer<Context> = settings
-        .client_config(&[("group.id", group.to_string())])
-        .create_with_context(Context::default())
-        .map_err(Error::kafka("creating an offsets reader"))?;
-    let mut wanted = TopicPartitionList::new();
-    for p in partitions {
-        wanted.add_partition(topic, p.id);
-    }
-    let committed = consumer
-        .committed_offsets(wanted, settings.timeout)
-        .map_err(Error::kafka("reading committed offsets"))?;
-    Ok(lag_of(group, topic, partitions, &committed))
 }

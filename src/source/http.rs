@@ -27,8 +27,8 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    fetch::{FetchError, Fetched, Fetcher, HttpConfig},
-    schedule::{self, Ended, PollFailure},
+    fetch::{Fetched, Fetcher, HttpConfig},
+    schedule::{self, Ended},
 };
 use crate::{
     config::duration,
@@ -492,34 +492,16 @@ impl Mapping {
     }
 }
 
-/// Why a poll failed.
-#[derive(Debug, thiserror::Error)]
-enum PollError {
-    #[error("{0}")]
-    Fetch(#[from] FetchError),
-    #[error("{0}")]
-    Body(#[from] BodyError),
-    #[error("{0}")]
-    Publish(Error),
-}
-
-impl PollFailure for PollError {
+impl schedule::BodyFailure for BodyError {
     fn kind(&self) -> &'static str {
         match self {
-            PollError::Fetch(e) => e.kind(),
-            PollError::Body(BodyError::NotJson(_)) => "malformed",
-            PollError::Body(BodyError::NoRecords(_)) => "no_records",
-            PollError::Publish(_) => "publish",
-        }
-    }
-
-    fn retry_after(&self) -> Option<Duration> {
-        match self {
-            PollError::Fetch(e) => e.retry_after(),
-            _ => None,
+            BodyError::NotJson(_) => "malformed",
+            BodyError::NoRecords(_) => "no_records",
         }
     }
 }
+
+type PollError = schedule::PollError<BodyError>;
 
 struct Poller {
     name: String,
@@ -686,7 +668,7 @@ impl Poller {
             }
             Fetched::Body(b) => b,
         };
-        let extracted = self.mapping.extract(&body)?;
+        let extracted = self.mapping.extract(&body).map_err(PollError::Body)?;
         for (key, reason, raw) in &extracted.rejected {
             let letter = DeadLetter {
                 reason: reason.clone(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::fetch::{Backoff, HttpConfig};
+use super::fetch::{Backoff, FetchError, HttpConfig};
 use crate::metrics::SourceMetrics;
 
 /// What the loop needs to know about a failed poll.
@@ -16,6 +16,39 @@ pub trait PollFailure: std::fmt::Display {
     fn kind(&self) -> &'static str;
     /// The pause the server asked for, if any.
     fn retry_after(&self) -> Option<Duration>;
+}
+
+/// What can go wrong with a body: it has a metric label like any failure.
+pub trait BodyFailure: std::fmt::Display {
+    fn kind(&self) -> &'static str;
+}
+
+/// Why a poll failed: the request, the body it brought, or publishing what it held.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError<B: BodyFailure> {
+    #[error("{0}")]
+    Fetch(#[from] FetchError),
+    #[error("{0}")]
+    Body(B),
+    #[error("{0}")]
+    Publish(crate::Error),
+}
+
+impl<B: BodyFailure> PollFailure for PollError<B> {
+    fn kind(&self) -> &'static str {
+        match self {
+            PollError::Fetch(e) => e.kind(),
+            PollError::Body(b) => b.kind(),
+            PollError::Publish(_) => "publish",
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            PollError::Fetch(e) => e.retry_after(),
+            _ => None,
+        }
+    }
 }
 
 /// A source's poll, as the loop calls it.

@@ -18,10 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     dedupe::Dedupe,
-    fetch::{FetchError, Fetched, Fetcher, HttpConfig},
+    fetch::{Fetched, Fetcher, HttpConfig},
     geojson::{self, FeedError},
     publish::{self, Profile, Publisher},
-    schedule::{self, PollFailure},
+    schedule,
 };
 use crate::{
     config::duration,
@@ -141,34 +141,16 @@ impl UsgsConfig {
     }
 }
 
-/// Why a poll failed.
-#[derive(Debug, thiserror::Error)]
-enum PollError {
-    #[error("{0}")]
-    Fetch(#[from] FetchError),
-    #[error("{0}")]
-    Feed(#[from] FeedError),
-    #[error("{0}")]
-    Publish(Error),
-}
-
-impl PollFailure for PollError {
+impl schedule::BodyFailure for FeedError {
     fn kind(&self) -> &'static str {
         match self {
-            PollError::Fetch(e) => e.kind(),
-            PollError::Feed(FeedError::NotJson(_)) => "malformed",
-            PollError::Feed(FeedError::NotCollection(_)) => "not_a_feed",
-            PollError::Publish(_) => "publish",
-        }
-    }
-
-    fn retry_after(&self) -> Option<Duration> {
-        match self {
-            PollError::Fetch(f) => f.retry_after(),
-            _ => None,
+            FeedError::NotJson(_) => "malformed",
+            FeedError::NotCollection(_) => "not_a_feed",
         }
     }
 }
+
+type PollError = schedule::PollError<FeedError>;
 
 /// The running source's state.
 struct Poller {
@@ -305,7 +287,7 @@ impl Poller {
             }
             Fetched::Body(body) => body,
         };
-        let parsed = geojson::parse_collection(&body, "usgs")?;
+        let parsed = geojson::parse_collection(&body, "usgs").map_err(PollError::Body)?;
         let generated = parsed.metadata.generated;
         if let (Some(g), Some(last)) = (generated, self.last_generated)
             && g < last
