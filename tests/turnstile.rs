@@ -176,3 +176,56 @@ async fn replay_publishes_each_interval_once() {
     assert_eq!(sum, 17_594);
     assert!(messages.iter().all(|(k, v)| v["ID"] == k.as_str()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_rows_are_dead_lettered_with_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, _shutdown, settings) = embedded_broker(dir.path()).await;
+    let mut file = fixture(SLICE);
+    file.extend_from_slice(
+        b"361,A002,R051,02-00-00,59 ST,NQR456W,BMT,06/02/2023,00:00:00,REGULAR,lots,5\n",
+    );
+    file.extend_from_slice(b"362,A002,R051,02-00-00,59 ST,NQR456W,BMT,06/02/2023\n");
+    file.extend_from_slice(
+        b"363,A002,R051,02-00-00,59 \xff\xfe ST,NQR456W,BMT,06/02/2023,04:00:00,REGULAR,1,1\n",
+    );
+    let path = dir.path().join("turnstile_bad.csv");
+    std::fs::write(&path, &file).unwrap();
+    let metrics = Arc::new(SourceMetrics::new("turnstile"));
+    turnstile::run(
+        &TurnstileConfig {
+            file: path,
+            ..Default::default()
+        },
+        "quakestream-dlq",
+        &settings,
+        metrics.clone(),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        metrics.published.get(),
+        351,
+        "the good rows all went through"
+    );
+    assert_eq!(metrics.dead_letters.get(), 3);
+    let letters = read_topic(&settings, "quakestream-dlq").await;
+    let reasons: Vec<&str> = letters
+        .iter()
+        .map(|(_, v)| v["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons.contains(&"line 363: ENTRIES \"lots\" or EXITS \"5\" is not a counter"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&"line 364: TIME is missing"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&"line 365: STATION is not UTF-8"),
+        "{reasons:?}"
+    );
+    assert!(letters.iter().all(|(_, v)| v["source"] == "turnstile"));
+}

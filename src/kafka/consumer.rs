@@ -139,6 +139,16 @@ impl Consumer {
         match self.raw().commit_consumer_state(CommitMode::Sync) {
             Ok(()) => Ok(()),
             Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => Ok(()),
+            // A rebalance took the partitions first (another member left or joined as this
+            // one stopped): they are no longer ours to commit, and their new owner resumes
+            // from the last commit, re-reading what this member handled since (at least once).
+            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AssignmentLost) => {
+                tracing::warn!(
+                    "final commit skipped: the partitions were reassigned first; their new owner \
+                     re-reads from the last commit"
+                );
+                Ok(())
+            }
             Err(e) => Err(Error::Kafka {
                 what: "committing offsets",
                 source: e,
