@@ -180,6 +180,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
 
+    /// Serve this component's counters in Prometheus text format at
+    /// http://HOST:PORT/metrics (and /health), as `up` does on its web port. `run web` serves
+    /// /metrics on its own address already.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics: Option<String>,
+
     #[command(flatten)]
     pub listen: ListenArgs,
 

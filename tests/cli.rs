@@ -527,3 +527,60 @@ fn the_dashboard_alone_warns_beyond_loopback_and_reports_kafka_down() {
     web.signal("TERM");
     assert!(web.wait(LIMIT).success(), "SIGTERM must exit 0");
 }
+
+#[test]
+fn a_component_alone_serves_its_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, addr) = start_broker(&dir.path().join("broker"));
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut window = Spawned::start(quakestream(&dir.path().join("data")).args([
+        "--brokers",
+        &addr,
+        "run",
+        "window",
+        "--metrics",
+        &metrics,
+    ]));
+    window.wait_for(|l| l.contains("Press Ctrl+C"), LIMIT);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let body = runtime.block_on(async {
+        let deadline = std::time::Instant::now() + LIMIT;
+        loop {
+            match reqwest::get(format!("http://{metrics}/metrics")).await {
+                Ok(r) if r.status().is_success() => return r.text().await.unwrap(),
+                _ if std::time::Instant::now() > deadline => panic!("no /metrics on {metrics}"),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    assert!(
+        body.contains("# TYPE quakestream_window_records_total counter"),
+        "{body}"
+    );
+    assert!(
+        body.contains("\nquakestream_window_records_total 0\n"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("quakestream_source_"),
+        "only this process's components: {body}"
+    );
+    window.signal("INT");
+    assert!(window.wait(LIMIT).success());
+    // A taken address is a clear error.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let finished = run(quakestream(&dir.path().join("data")).args([
+        "--brokers",
+        &addr,
+        "run",
+        "window",
+        "--metrics",
+        &taken,
+    ]));
+    let text = assert_one_line_error(&finished);
+    assert!(
+        text.contains("--metrics") && text.contains(&taken),
+        "{text}"
+    );
+}

@@ -97,19 +97,46 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
     match cli.command {
         Command::Up(_) => up(&config, shutdown).await,
         Command::Broker(_) => broker(&config, shutdown).await,
-        Command::Run(args) => match args.component {
-            Component::Broker => broker(&config, shutdown).await,
-            Component::Usgs => up::run_usgs(&config, shutdown).await,
-            Component::Window => up::run_window(&config, shutdown).await,
-            Component::Alerts => up::run_alerts(&config, shutdown).await,
-            Component::Files => sinks::run_lake(&config, false, shutdown).await,
-            Component::ObjectStore => sinks::run_lake(&config, true, shutdown).await,
-            Component::Postgres => sinks::run_postgres(&config, shutdown).await,
-            Component::Web => up::run_web(&config, shutdown).await,
-            Component::Emsc => up::run_emsc(&config, shutdown).await,
-            Component::Turnstile => up::run_turnstile(&config, shutdown).await,
-            Component::Http => up::run_http(&config, args.name.as_deref(), shutdown).await,
-        },
+        Command::Run(args) => {
+            let registry = std::sync::Arc::new(crate::metrics::Registry::default());
+            let metrics = match &args.metrics {
+                Some(listen) => Some(tokio::spawn(crate::web::serve_metrics(
+                    crate::web::bind_metrics(listen).await?,
+                    registry.clone(),
+                    shutdown.clone(),
+                ))),
+                None => None,
+            };
+            let result = match args.component {
+                Component::Broker => broker(&config, shutdown.clone()).await,
+                Component::Usgs => up::run_usgs(&config, &registry, shutdown.clone()).await,
+                Component::Window => up::run_window(&config, &registry, shutdown.clone()).await,
+                Component::Alerts => up::run_alerts(&config, &registry, shutdown.clone()).await,
+                Component::Files => {
+                    sinks::run_lake(&config, false, &registry, shutdown.clone()).await
+                }
+                Component::ObjectStore => {
+                    sinks::run_lake(&config, true, &registry, shutdown.clone()).await
+                }
+                Component::Postgres => {
+                    sinks::run_postgres(&config, &registry, shutdown.clone()).await
+                }
+                Component::Emsc => up::run_emsc(&config, &registry, shutdown.clone()).await,
+                Component::Turnstile => {
+                    up::run_turnstile(&config, &registry, shutdown.clone()).await
+                }
+                Component::Http => {
+                    up::run_http(&config, args.name.as_deref(), &registry, shutdown.clone()).await
+                }
+                Component::Web => up::run_web(&config, registry.clone(), shutdown.clone()).await,
+            };
+            // The metrics server stops with the component.
+            shutdown.cancel();
+            if let Some(task) = metrics {
+                let _ = task.await;
+            }
+            result
+        }
         Command::Topics(command) => topics(&config, command).await,
         Command::Produce(args) => produce(&config, args, shutdown).await,
         Command::Consume(args) => consume(&config, args, shutdown).await,

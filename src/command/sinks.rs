@@ -71,7 +71,12 @@ fn schemas(config: &Config, lake: &LakeConfig) -> Schemas {
 }
 
 /// `quakestream run files` (`object` false) and `quakestream run object-store`.
-pub async fn run_lake(config: &Config, object: bool, shutdown: CancellationToken) -> Result<()> {
+pub async fn run_lake(
+    config: &Config,
+    object: bool,
+    registry: &crate::metrics::Registry,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let settings = KafkaSettings::from_config(config);
     print_out(&format!(
         "{} sink at {}:\n{}\nPress Ctrl+C to stop (open files are finished first).\n",
@@ -79,14 +84,7 @@ pub async fn run_lake(config: &Config, object: bool, shutdown: CancellationToken
         settings.bootstrap,
         lake_line(config, object)
     ))?;
-    lake(
-        config,
-        &settings,
-        object,
-        &crate::metrics::Registry::default(),
-        shutdown,
-    )
-    .await
+    lake(config, &settings, object, registry, shutdown).await
 }
 
 /// A lake sink until `stop`, then its summary in the log.
@@ -147,20 +145,18 @@ pub(super) fn postgres_line(config: &Config) -> String {
 }
 
 /// `quakestream run postgres`.
-pub async fn run_postgres(config: &Config, shutdown: CancellationToken) -> Result<()> {
+pub async fn run_postgres(
+    config: &Config,
+    registry: &crate::metrics::Registry,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let settings = KafkaSettings::from_config(config);
     print_out(&format!(
         "postgres sink at {}:\n{}\nPress Ctrl+C to stop.\n",
         settings.bootstrap,
         postgres_line(config)
     ))?;
-    postgres(
-        config,
-        &settings,
-        &crate::metrics::Registry::default(),
-        shutdown,
-    )
-    .await
+    postgres(config, &settings, registry, shutdown).await
 }
 
 /// The PostgreSQL sink until `stop`, then its summary in the log.

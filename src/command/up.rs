@@ -280,18 +280,27 @@ impl Sources<'_> {
 }
 
 /// A source alone (`run usgs`, …): its summary in the log whatever the outcome.
-async fn run_source<F>(name: &str, run: impl FnOnce(Arc<SourceMetrics>) -> F) -> Result<()>
+async fn run_source<F>(
+    name: &str,
+    registry: &Registry,
+    run: impl FnOnce(Arc<SourceMetrics>) -> F,
+) -> Result<()>
 where
     F: std::future::Future<Output = Result<()>>,
 {
     let metrics = Arc::new(SourceMetrics::new(name));
+    registry.register_source(metrics.clone());
     let result = run(metrics.clone()).await;
     log_source_summary(&metrics);
     result
 }
 
 /// `quakestream run usgs`.
-pub async fn run_usgs(config: &Config, shutdown: CancellationToken) -> Result<()> {
+pub async fn run_usgs(
+    config: &Config,
+    registry: &Registry,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let settings = KafkaSettings::from_config(config);
     print_out(&format!(
         "usgs source: {} every {} -> {} at {}\nPress Ctrl+C to stop.\n",
@@ -300,7 +309,7 @@ pub async fn run_usgs(config: &Config, shutdown: CancellationToken) -> Result<()
         config.usgs.topic(),
         settings.bootstrap
     ))?;
-    run_source("usgs", |m| {
+    run_source("usgs", registry, |m| {
         usgs::run(&config.usgs, &config.topics.dlq, &settings, m, shutdown)
     })
     .await
@@ -340,14 +349,18 @@ fn window_line(config: &Config) -> String {
 }
 
 /// `quakestream run window`.
-pub async fn run_window(config: &Config, shutdown: CancellationToken) -> Result<()> {
+pub async fn run_window(
+    config: &Config,
+    registry: &Registry,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let settings = KafkaSettings::from_config(config);
     print_out(&format!(
         "window processor at {}:\n{}\nPress Ctrl+C to stop.\n",
         settings.bootstrap,
         window_line(config)
     ))?;
-    window(config, &settings, &Registry::default(), shutdown).await
+    window(config, &settings, registry, shutdown).await
 }
 
 /// The data directory as an absolute path (state files and logs are named by it).
@@ -406,14 +419,18 @@ fn alerts_line(config: &Config, data_dir: &std::path::Path) -> String {
 }
 
 /// `quakestream run alerts`.
-pub async fn run_alerts(config: &Config, shutdown: CancellationToken) -> Result<()> {
+pub async fn run_alerts(
+    config: &Config,
+    registry: &Registry,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let settings = KafkaSettings::from_config(config);
     print_out(&format!(
         "alert processor at {}:\n{}\nPress Ctrl+C to stop.\n",
         settings.bootstrap,
         alerts_line(config, &absolute_data_dir(config))
     ))?;
-    alerts(config, &settings, &Registry::default(), shutdown).await
+    alerts(config, &settings, registry, shutdown).await
 }
 
 /// The alert processor until `stop`, then its summary in the log.
@@ -495,7 +512,11 @@ fn web_warning(config: &Config) -> String {
 /// `quakestream run web`: the dashboard alone, reading the topics of a pipeline that runs
 /// elsewhere (its monitor shows Kafka's view; component counters come from their own
 /// processes).
-pub async fn run_web(config: &Config, shutdown: CancellationToken) -> Result<()> {
+pub async fn run_web(
+    config: &Config,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let settings = KafkaSettings::from_config(config);
     let web_settings = web_settings(config, &settings)?;
     let listener = web::bind(&config.web.listen).await?;
@@ -505,13 +526,7 @@ pub async fn run_web(config: &Config, shutdown: CancellationToken) -> Result<()>
         web_line(config, &listener),
         web_warning(config)
     ))?;
-    web::run(
-        listener,
-        web_settings,
-        Arc::new(Registry::default()),
-        shutdown,
-    )
-    .await
+    web::run(listener, web_settings, registry, shutdown).await
 }
 
 fn http_line(c: &http::HttpSourceConfig) -> String {
@@ -532,6 +547,7 @@ fn http_line(c: &http::HttpSourceConfig) -> String {
 pub async fn run_http(
     config: &Config,
     name: Option<&str>,
+    registry: &Arc<Registry>,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let settings = KafkaSettings::from_config(config);
@@ -561,15 +577,19 @@ pub async fn run_http(
     print_out(&text)?;
     let mut tasks = JoinSet::new();
     for source in sources {
-        let (source, dlq, settings, stop) = (
+        let (source, dlq, settings, stop, registry) = (
             source.clone(),
             config.topics.dlq.clone(),
             settings.clone(),
             shutdown.clone(),
+            registry.clone(),
         );
         tasks.spawn(async move {
             let name = source.resolved().name;
-            run_source(&name, |m| http::run(&source, &dlq, &settings, m, stop)).await
+            run_source(&name, &registry, |m| {
+                http::run(&source, &dlq, &settings, m, stop)
+            })
+            .await
         });
     }
     let mut failure = None;
@@ -596,7 +616,11 @@ fn turnstile_line(config: &Config) -> String {
 }
 
 /// `quakestream run turnstile`.
-pub async fn run_turnstile(config: &Config, shutdown: CancellationToken) -> Result<()> {
+pub async fn run_turnstile(
+    config: &Config,
+    registry: &Registry,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let settings = KafkaSettings::from_config(config);
     config
         .turnstile
@@ -610,7 +634,7 @@ pub async fn run_turnstile(config: &Config, shutdown: CancellationToken) -> Resu
         settings.bootstrap,
         turnstile_line(config)
     ))?;
-    run_source("turnstile", |m| {
+    run_source("turnstile", registry, |m| {
         turnstile::run(
             &config.turnstile,
             &config.topics.dlq,
@@ -623,13 +647,17 @@ pub async fn run_turnstile(config: &Config, shutdown: CancellationToken) -> Resu
 }
 
 /// `quakestream run emsc`.
-pub async fn run_emsc(config: &Config, shutdown: CancellationToken) -> Result<()> {
+pub async fn run_emsc(
+    config: &Config,
+    registry: &Registry,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let settings = KafkaSettings::from_config(config);
     print_out(&format!(
         "emsc source: {} -> {} at {}\nPress Ctrl+C to stop.\n",
         config.emsc.url, config.emsc.topic, settings.bootstrap
     ))?;
-    run_source("emsc", |m| {
+    run_source("emsc", registry, |m| {
         emsc::run(&config.emsc, &config.topics.dlq, &settings, m, shutdown)
     })
     .await

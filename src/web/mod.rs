@@ -39,6 +39,48 @@ pub async fn bind(listen: &str) -> Result<TcpListener> {
     })
 }
 
+/// Binds the address of a lone component's `/metrics` (`run … --metrics ADDR`).
+pub async fn bind_metrics(listen: &str) -> Result<TcpListener> {
+    TcpListener::bind(listen).await.map_err(|e| Error::Config {
+        origin: "--metrics".into(),
+        message: format!("cannot listen on {listen} for /metrics: {e}"),
+    })
+}
+
+/// `/metrics` (every component in `registry`) and `/health` for a component run alone, until
+/// `shutdown`.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    use axum::{http::header, response::IntoResponse, routing::get};
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut samples = crate::metrics::Samples::default();
+                    registry.observe(&mut samples);
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        samples.render(),
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .route("/health", get(|| async { "ok\n" }));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .map_err(Error::io("<metrics server>"))
+}
+
 /// Everything [`run`] needs besides its listener.
 pub struct Settings {
     pub config: WebConfig,
