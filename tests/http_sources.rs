@@ -149,11 +149,7 @@ async fn randomuser_preset_publishes_the_tutorial_schema() {
     );
     assert_eq!(metrics.errors("server_error"), 1);
     assert_eq!(metrics.errors("malformed"), 1);
-    let letters = read_topic(&settings, "quakestream-dlq").await;
-    let reasons: Vec<&str> = letters
-        .iter()
-        .map(|(_, v)| v["reason"].as_str().unwrap())
-        .collect();
+    let reasons = common::dead_letter_reasons(&settings, "randomuser").await;
     assert!(
         reasons
             .iter()
@@ -161,14 +157,15 @@ async fn randomuser_preset_publishes_the_tutorial_schema() {
         "{reasons:?}"
     );
     assert!(
-        reasons.contains(&"a record is a JSON object"),
+        reasons.iter().any(|r| r == "a record is a JSON object"),
         "{reasons:?}"
     );
     assert!(
-        reasons.contains(&"key field login.uuid is missing or empty"),
+        reasons
+            .iter()
+            .any(|r| r == "key field login.uuid is missing or empty"),
         "{reasons:?}"
     );
-    assert!(letters.iter().all(|(_, v)| v["source"] == "randomuser"));
 
     // A restart reads the topic back and publishes nothing twice.
     let again = FakeServer::start(

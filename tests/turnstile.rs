@@ -210,22 +210,21 @@ async fn unreadable_rows_are_dead_lettered_with_their_line() {
         "the good rows all went through"
     );
     assert_eq!(metrics.dead_letters.get(), 3);
-    let letters = read_topic(&settings, "quakestream-dlq").await;
-    let reasons: Vec<&str> = letters
-        .iter()
-        .map(|(_, v)| v["reason"].as_str().unwrap())
-        .collect();
+    let reasons = common::dead_letter_reasons(&settings, "turnstile").await;
     assert!(
-        reasons.contains(&"line 363: ENTRIES \"lots\" or EXITS \"5\" is not a counter"),
+        reasons
+            .iter()
+            .any(|r| r == "line 363: ENTRIES \"lots\" or EXITS \"5\" is not a counter"),
         "{reasons:?}"
     );
     assert!(
-        reasons.contains(&"line 364: TIME is missing"),
+        reasons.iter().any(|r| r == "line 364: TIME is missing"),
         "{reasons:?}"
     );
     assert!(
-        reasons.contains(&"line 365: STATION is not UTF-8"),
+        reasons
+            .iter()
+            .any(|r| r == "line 365: STATION is not UTF-8"),
         "{reasons:?}"
     );
-    assert!(letters.iter().all(|(_, v)| v["source"] == "turnstile"));
 }

@@ -248,6 +248,21 @@ pub async fn read_topic(
     .unwrap()
 }
 
+/// The reasons of every dead letter, checking that `source` wrote each of them.
+pub async fn dead_letter_reasons(
+    settings: &quakestream::kafka::KafkaSettings,
+    source: &str,
+) -> Vec<String> {
+    let letters = read_topic(settings, "quakestream-dlq").await;
+    for (_, letter) in &letters {
+        assert_eq!(letter["source"], source, "{letter}");
+    }
+    letters
+        .iter()
+        .map(|(_, v)| v["reason"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// A fixture file of the project's `fixtures/` folder.
 pub fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(format!("{}/fixtures/{path}", env!("CARGO_MANIFEST_DIR")))
