@@ -54,19 +54,26 @@ export QS_MOTO_SERVER="$venv/bin/moto_server"
 # nothing from it.
 export CARGO_INCREMENTAL=0
 
-if cargo fmt --version >/dev/null 2>&1; then
-  step "cargo fmt --check"
-  cargo fmt --all -- --check
-else
-  echo "warning: rustfmt is not installed; formatting not checked" >&2
-fi
+# Formatting and lints are part of the test: a machine without rustfmt or clippy gets them from
+# rustup, and one where that is impossible fails here instead of passing unchecked.
+for tool in rustfmt clippy; do
+  if ! cargo "${tool/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    if command -v rustup >/dev/null 2>&1; then
+      step "installing $tool with rustup"
+      rustup component add "$tool"
+    fi
+    if ! cargo "${tool/rustfmt/fmt}" --version >/dev/null 2>&1; then
+      echo "error: $tool is not installed and rustup could not add it; install it (rustup component add $tool)" >&2
+      exit 1
+    fi
+  fi
+done
 
-if cargo clippy --version >/dev/null 2>&1; then
-  step "cargo clippy"
-  cargo clippy --locked --all-targets -- -D warnings
-else
-  echo "warning: clippy is not installed; lints not checked" >&2
-fi
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
 
 step "cargo test"
 cargo test --locked "$@"

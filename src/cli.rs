@@ -225,6 +225,9 @@ pub enum Component {
     Emsc,
     /// The turnstile source ([turnstile]): an MTA file replayed as intervals, or synthetic.
     Turnstile,
+    /// The JSON Lines source ([jsonl]): a file or standard input to a topic, one message per
+    /// line, keyed by a field, exactly once.
+    Jsonl,
     /// The [[http]] sources (randomuser, NASA APOD, any JSON API); `--name` picks one.
     Http,
     /// The web server ([web]): the live map on http://127.0.0.1:8080, the pipeline monitor

@@ -56,6 +56,8 @@ pub struct Config {
     pub http: Vec<crate::source::http::HttpSourceConfig>,
     /// Subway turnstile counts: an MTA file replayed as intervals, or synthetic messages.
     pub turnstile: crate::source::turnstile::TurnstileConfig,
+    /// A JSON Lines file (or standard input) to a topic, one message per line, exactly once.
+    pub jsonl: crate::source::jsonl::JsonlConfig,
     /// The EMSC real-time WebSocket (off by default).
     pub emsc: crate::source::emsc::EmscConfig,
     /// The window processor: event-time windows over the quakes topic.
@@ -91,6 +93,7 @@ impl Default for Config {
             backfill: crate::source::backfill::BackfillConfig::default(),
             http: Vec::new(),
             turnstile: crate::source::turnstile::TurnstileConfig::default(),
+            jsonl: crate::source::jsonl::JsonlConfig::default(),
             emsc: crate::source::emsc::EmscConfig::default(),
             window: crate::process::window::WindowConfig::default(),
             alerts: crate::process::alert::AlertsConfig::default(),
@@ -271,6 +274,9 @@ impl Config {
         if self.turnstile.enabled {
             self.turnstile.validate().map_err(bad)?;
         }
+        if self.jsonl.enabled {
+            self.jsonl.validate().map_err(bad)?;
+        }
         self.emsc.validate().map_err(bad)?;
         let mut names = std::collections::HashSet::new();
         for source in &self.http {
@@ -368,6 +374,8 @@ fn env_layer(env: impl IntoIterator<Item = (String, String)>) -> Result<Table> {
         ["web", "quakes_topic"],
         ["web", "stats_topic"],
         ["web", "alerts_topic"],
+        ["jsonl", "version"],
+        ["jsonl", "time"],
     ] {
         leaves.push((
             optional.iter().map(|s| s.to_string()).collect(),

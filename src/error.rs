@@ -73,6 +73,12 @@ impl Error {
         move |source| Error::Kafka { what, source }
     }
 
+    /// A configuration error of `origin` (a section, a flag), for `map_err` on a validation.
+    pub fn config(origin: &str) -> impl FnOnce(String) -> Error {
+        let origin = origin.to_string();
+        move |message| Error::Config { origin, message }
+    }
+
     pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }

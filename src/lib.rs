@@ -30,6 +30,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod process;
 pub mod record;
+pub mod runtime;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

@@ -103,7 +103,7 @@ impl Histogram {
     }
 }
 
-/// What a polled source did (DESIGN.md §4, issue "freshness and counters").
+/// What a polled source did (freshness and counters for the monitor).
 #[derive(Debug)]
 pub struct SourceMetrics {
     pub source: String,
@@ -385,6 +385,7 @@ fn number(v: f64) -> String {
 pub struct Registry {
     parts: Mutex<Vec<Arc<dyn Observe>>>,
     sources: Mutex<Vec<Arc<SourceMetrics>>>,
+    components: Mutex<Vec<Arc<crate::runtime::ComponentStatus>>>,
 }
 
 impl Registry {
@@ -405,9 +406,27 @@ impl Registry {
         self.sources.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// A supervised component's state: observed like any part, and shown by `/health` and the
+    /// monitor.
+    pub fn register_component(&self, status: Arc<crate::runtime::ComponentStatus>) {
+        if let Ok(mut components) = self.components.lock() {
+            components.push(status);
+        }
+    }
+
+    pub fn components(&self) -> Vec<Arc<crate::runtime::ComponentStatus>> {
+        self.components
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
+    }
+
     pub fn observe(&self, out: &mut Samples) {
         for source in self.sources() {
             source.observe(out);
+        }
+        for component in self.components() {
+            component.observe(out);
         }
         let parts = self.parts.lock().map(|p| p.clone()).unwrap_or_default();
         for part in parts {

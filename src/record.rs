@@ -1,4 +1,4 @@
-//! The records quakestream writes to Kafka (DESIGN.md §3), in one place.
+//! The records quakestream writes to Kafka (docs/architecture.md), in one place.
 
 use serde::{Deserialize, Serialize};
 

@@ -19,6 +19,7 @@ use quakestream::{
         AlertsConfig, Geofence, RuleConfig,
         task::{self, AlertMetrics},
     },
+    runtime::Context,
     source::{fetch::HttpConfig, usgs::UsgsConfig},
 };
 use tokio_util::sync::CancellationToken;
@@ -69,7 +70,10 @@ fn start(config: AlertsConfig, settings: &KafkaSettings, data_dir: &std::path::P
             stop.clone(),
             data_dir.to_path_buf(),
         );
-        async move { task::run(&config, "quakestream-dlq", &dir, &settings, metrics, stop).await }
+        async move {
+            let ctx = Context::new(&settings, "quakestream-dlq", &dir, stop);
+            task::run(&config, &ctx, metrics).await
+        }
     });
     Running {
         metrics,

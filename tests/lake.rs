@@ -370,17 +370,9 @@ async fn run_sink(
             data_dir.to_path_buf(),
         );
         async move {
-            lake::run(
-                &config,
-                false,
-                schemas,
-                "quakestream-dlq",
-                &data_dir,
-                &settings,
-                metrics,
-                stop,
-            )
-            .await
+            let ctx =
+                quakestream::runtime::Context::new(&settings, "quakestream-dlq", &data_dir, stop);
+            lake::run(&config, false, schemas, &ctx, metrics).await
         }
     });
     let deadline = Instant::now() + Duration::from_secs(60);

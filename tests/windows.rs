@@ -19,6 +19,7 @@ use quakestream::{
         task::{self, WindowMetrics},
     },
     record::format_millis,
+    runtime::Context,
     source::{fetch::HttpConfig, usgs::UsgsConfig},
 };
 
@@ -128,15 +129,8 @@ async fn the_revision_sequence_through_source_and_window_equals_the_fixture_orac
         );
         let data_dir = dir.path().to_path_buf();
         async move {
-            task::run(
-                &config,
-                "quakestream-dlq",
-                &data_dir,
-                &settings,
-                metrics,
-                stop,
-            )
-            .await
+            let ctx = Context::new(&settings, "quakestream-dlq", &data_dir, stop);
+            task::run(&config, &ctx, metrics).await
         }
     });
 

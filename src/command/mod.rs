@@ -2,19 +2,17 @@
 
 mod backfill;
 mod broker;
+mod components;
 mod consume;
 mod produce;
 mod replay;
-mod sinks;
 mod topics;
 mod up;
-
-use std::io::Write;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cli::{Cli, Command, Component, ListenArgs, ProcessArgs, SourceArgs, WebArgs},
+    cli::{Cli, Command, ListenArgs, ProcessArgs, SourceArgs, WebArgs},
     config::Config,
     error::{Error, Result},
 };
@@ -107,29 +105,14 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
                 ))),
                 None => None,
             };
-            let result = match args.component {
-                Component::Broker => broker(&config, shutdown.clone()).await,
-                Component::Usgs => up::run_usgs(&config, &registry, shutdown.clone()).await,
-                Component::Window => up::run_window(&config, &registry, shutdown.clone()).await,
-                Component::Alerts => up::run_alerts(&config, &registry, shutdown.clone()).await,
-                Component::Files => {
-                    sinks::run_lake(&config, false, &registry, shutdown.clone()).await
-                }
-                Component::ObjectStore => {
-                    sinks::run_lake(&config, true, &registry, shutdown.clone()).await
-                }
-                Component::Postgres => {
-                    sinks::run_postgres(&config, &registry, shutdown.clone()).await
-                }
-                Component::Emsc => up::run_emsc(&config, &registry, shutdown.clone()).await,
-                Component::Turnstile => {
-                    up::run_turnstile(&config, &registry, shutdown.clone()).await
-                }
-                Component::Http => {
-                    up::run_http(&config, args.name.as_deref(), &registry, shutdown.clone()).await
-                }
-                Component::Web => up::run_web(&config, registry.clone(), shutdown.clone()).await,
-            };
+            let result = up::run(
+                &config,
+                args.component,
+                args.name.as_deref(),
+                registry.clone(),
+                shutdown.clone(),
+            )
+            .await;
             // The metrics server stops with the component.
             shutdown.cancel();
             if let Some(task) = metrics {
@@ -154,12 +137,4 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
     }
 }
 
-/// Writes to stdout; a closed pipe (`| head`) ends the output quietly instead of panicking.
-pub(crate) fn print_out(text: &str) -> Result<bool> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
-        Err(e) => Err(Error::io("<stdout>")(e)),
-    }
-}
+pub(crate) use crate::process::console::print_out;

@@ -81,7 +81,7 @@ impl Consumer {
         own.extend(extra.iter().cloned());
         let inner = settings
             .client_config(&own)
-            .create_with_context(Context::default())
+            .create_with_context(Context::for_group(group))
             .map_err(Error::kafka("creating the consumer"))?;
         Ok(Consumer {
             inner: Some(inner),

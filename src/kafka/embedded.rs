@@ -81,7 +81,7 @@ impl EmbeddedBroker {
             .await
             .map_err(|e| Error::Broker(format!("cannot open storage {}: {e}", db.display())))?;
 
-        index_headers(&db).await?;
+        prepare_storage(&db).await?;
 
         let task = tokio::spawn(async move {
             tokio::select! {
@@ -151,24 +151,35 @@ impl EmbeddedBroker {
     }
 }
 
-/// tansu 0.6 stores message headers in a table without an index and looks them up record by
-/// record when serving a fetch, so reading back a partition of many messages with headers takes
-/// time quadratic in its size (minutes for 10,000 messages). An index on the lookup columns
-/// makes each lookup a seek. tansu creates its tables with `if not exists`, so the index stays.
-async fn index_headers(db: &Path) -> Result<()> {
-    let failed = |e: libsql::Error| Error::Broker(format!("indexing {}: {e}", db.display()));
+/// Prepares tansu's database before the broker serves it. tansu creates its tables with
+/// `if not exists`, so what is done here stays.
+///
+/// - tansu 0.6 stores message headers in a table without an index and looks them up record by
+///   record when serving a fetch, so reading back a partition of many messages with headers
+///   takes time quadratic in its size (minutes for 10,000 messages). An index on the lookup
+///   columns makes each lookup a seek.
+/// - tansu 0.6 keeps each consumer group's members and leader in the database. After a restart
+///   every member it remembers is dead, and a dead *leader* is never replaced: when such a
+///   member is evicted while the group is formed, the group keeps naming it leader, every
+///   member that joins later is told it is a follower, and a follower's SyncGroup is refused
+///   until a leader sends the assignment, which never comes. The group never hands out
+///   partitions again (seen as a restarted window processor that waited forever, `window
+///   summary records=0`). Forgetting the members at start makes each group form afresh with
+///   the first member that joins as its leader. Committed offsets live in another table and
+///   are kept.
+async fn prepare_storage(db: &Path) -> Result<()> {
+    let failed = |e: libsql::Error| Error::Broker(format!("preparing {}: {e}", db.display()));
     let database = libsql::Builder::new_local(db)
         .build()
         .await
         .map_err(failed)?;
     let connection = database.connect().map_err(failed)?;
-    connection
-        .execute(
-            "create index if not exists quakestream_header_record on header (topition, offset_id)",
-            (),
-        )
-        .await
-        .map_err(failed)?;
+    for statement in [
+        "create index if not exists quakestream_header_record on header (topition, offset_id)",
+        "delete from consumer_group_detail",
+    ] {
+        connection.execute(statement, ()).await.map_err(failed)?;
+    }
     Ok(())
 }
 

@@ -131,9 +131,19 @@ pub(crate) fn millis(d: Duration) -> String {
 pub struct Context {
     last_error: Arc<Mutex<Option<String>>>,
     revoked: Arc<Mutex<Vec<(String, i32)>>>,
+    /// A consumer's group, for its log lines.
+    group: Option<Arc<str>>,
 }
 
 impl Context {
+    /// The context of a consumer in `group`.
+    pub fn for_group(group: &str) -> Context {
+        Context {
+            group: Some(group.into()),
+            ..Context::default()
+        }
+    }
+
     /// Partitions taken away by rebalances since the last call: a stateful processor drops
     /// what it built for them (the next owner rebuilds it).
     pub fn take_revoked(&self) -> Vec<(String, i32)> {
@@ -178,6 +188,19 @@ impl ClientContext for Context {
 }
 
 impl ConsumerContext for Context {
+    /// One line per assignment: when a member gets its partitions is what a restart waits for.
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance
+            && partitions.count() > 0
+        {
+            tracing::info!(
+                group = self.group.as_deref().unwrap_or(""),
+                partitions = partitions.count(),
+                "partitions assigned"
+            );
+        }
+    }
+
     /// Before partitions are taken away, commit what has been handled, so the next owner starts
     /// right after it instead of re-reading it.
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

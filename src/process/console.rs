@@ -247,6 +247,17 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
     lines
 }
 
+/// Writes to stdout; a closed pipe (`| head`) ends the output quietly instead of panicking.
+pub fn print_out(text: &str) -> crate::error::Result<bool> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(crate::error::Error::io("<stdout>")(e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

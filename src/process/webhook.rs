@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use crate::{metrics::Counter, source::fetch::Backoff};
+use crate::{metrics::Counter, runtime::Backoff};
 
 /// Alerts waiting for delivery at most.
 const QUEUE: usize = 1000;

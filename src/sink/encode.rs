@@ -21,7 +21,7 @@ use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use parquet::{arrow::ArrowWriter, file::properties::WriterProperties};
 use serde::{Deserialize, Serialize};
 
-use super::schema::{Cell, ColType, Columns, read_row};
+use super::schema::{Cell, ColType, Columns, check_inferable, read_row};
 use crate::error::{Error, Result};
 
 /// The lake's file formats.
@@ -184,8 +184,9 @@ impl FileEncoder {
     }
 
     /// Adds one record. An `Err` is the record's fault (not an object, a field of the wrong
-    /// type, a required field missing): nothing was written and the file is still good. I/O
-    /// errors are `Ok(Err(..))`'s opposite: they fail the whole file.
+    /// type, a required field missing; with inferred columns, a value the file could not hold:
+    /// see [`check_inferable`]): nothing was written and the file is still good. I/O errors are
+    /// `Ok(Err(..))`'s opposite: they fail the whole file.
     pub fn push(&mut self, record: &[u8]) -> Result<std::result::Result<(), String>> {
         let io = |path: &Path| Error::io(path.to_path_buf());
         let result = match self.encoder.as_mut() {
@@ -210,13 +211,17 @@ impl FileEncoder {
                 }
             }
             Some(Encoder::Parquet(parquet)) => parquet.push(record)?,
-            Some(Encoder::Infer(records)) => match check_object(record) {
-                Err(e) => Err(e),
-                Ok(()) => {
-                    records.push(record.to_vec());
-                    Ok(())
+            // Encoded only when the file is finished: what inference or encoding could not take
+            // is refused now, alone, instead of failing the whole file then.
+            Some(Encoder::Infer(records)) => {
+                match check_object(record).and_then(|()| check_inferable(record)) {
+                    Err(e) => Err(e),
+                    Ok(()) => {
+                        records.push(record.to_vec());
+                        Ok(())
+                    }
                 }
-            },
+            }
         };
         if result.is_ok() {
             self.records += 1;
@@ -248,6 +253,11 @@ fn finish_encoder(
             .close()
             .map_err(Error::io(path)),
         Encoder::Parquet(parquet) => parquet.close(path),
+        // No record taken (all refused): no columns to infer, and a Parquet file needs one. An
+        // empty file is left, which the lake discards unpublished as it does any empty file.
+        Encoder::Infer(records) if records.is_empty() => open(path, Compression::None)?
+            .close()
+            .map_err(Error::io(path)),
         Encoder::Infer(records) => {
             let values: Vec<serde_json::Value> = records
                 .iter()
@@ -271,7 +281,8 @@ fn finish_encoder(
                     _ => Ok(()),
                 };
                 if let Err(e) = outcome {
-                    // The columns were inferred from these very records; a mismatch is a bug.
+                    // The columns were inferred from these very records, each of which passed
+                    // `check_inferable`: a mismatch is a bug.
                     return Err(Error::Io {
                         path: path.to_path_buf(),
                         source: std::io::Error::other(format!("inferred schema: {e}")),
@@ -530,5 +541,75 @@ fn parquet_error(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Io {
         path: path.to_path_buf(),
         source: std::io::Error::other(format!("parquet: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    use super::*;
+
+    /// Regression: an integer above i64::MAX in a topic with inferred columns failed the whole
+    /// file when it was finished, and the segment was replayed into the same failure forever.
+    #[test]
+    fn an_integer_above_i64_is_refused_alone_and_the_inferred_file_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        for format in [Format::Csv, Format::Parquet] {
+            let path = dir
+                .path()
+                .join(format!("f.{}", format.extension(Compression::None)));
+            let mut file =
+                FileEncoder::create(&path, format, Compression::None, &FileSchema::Infer).unwrap();
+            let records: [&[u8]; 6] = [
+                br#"{"n":1,"s":"a"}"#,
+                br#"{"n":18446744073709551616,"s":"b"}"#,
+                br#"{"n":9223372036854775808,"s":"c"}"#,
+                br#"{"n":1e400,"s":"d"}"#,
+                br#"{}"#,
+                br#"{"n":2,"s":"e"}"#,
+            ];
+            let accepted: Vec<bool> = records
+                .iter()
+                .map(|r| file.push(r).unwrap().is_ok())
+                .collect();
+            assert_eq!(accepted, [true, false, false, false, false, true]);
+            assert_eq!(file.records(), 2);
+            let written = file.finish().unwrap();
+            match format {
+                Format::Csv => assert_eq!(
+                    std::fs::read_to_string(&written).unwrap(),
+                    "n,s\n1,a\n2,e\n"
+                ),
+                _ => {
+                    let reader =
+                        ParquetRecordBatchReaderBuilder::try_new(File::open(&written).unwrap())
+                            .unwrap()
+                            .build()
+                            .unwrap();
+                    let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
+                    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                    assert_eq!(rows, 2);
+                    let schema = batches[0].schema();
+                    assert_eq!(
+                        schema.field_with_name("n").unwrap().data_type(),
+                        &DataType::Int64
+                    );
+                }
+            }
+            // A file whose every record was refused finishes (empty) instead of failing.
+            let path = dir
+                .path()
+                .join(format!("g.{}", format.extension(Compression::None)));
+            let mut file =
+                FileEncoder::create(&path, format, Compression::None, &FileSchema::Infer).unwrap();
+            assert!(
+                file.push(br#"{"n":18446744073709551616}"#)
+                    .unwrap()
+                    .is_err()
+            );
+            assert_eq!(file.records(), 0);
+            file.finish().unwrap();
+        }
     }
 }

@@ -21,13 +21,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::{StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt, future::BoxFuture};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart, path::Path as Key};
-use rdkafka::{
-    Message, Offset, TopicPartitionList,
-    consumer::{CommitMode, Consumer as _},
-};
-use tokio_util::sync::CancellationToken;
 
 pub use self::config::LakeConfig;
 use self::{partition::Partitioner, template::Template};
@@ -37,9 +32,8 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    kafka::{KafkaSettings, TopicName, admin::Admin, consumer::Consumer, producer::Producer},
     metrics::{Counter, Observe, Samples},
-    record::DeadLetter,
+    runtime::{Component, Context, Kind, Metrics, consume},
 };
 
 #[derive(Debug, Default)]
@@ -315,133 +309,116 @@ impl Segment {
     }
 }
 
-/// Runs a lake sink until `shutdown`, then finishes and commits what it holds.
-#[allow(clippy::too_many_arguments)]
+/// Runs a lake sink until `ctx.shutdown`, then finishes and commits what it holds.
 pub async fn run(
     config: &LakeConfig,
     object: bool,
     schemas: Schemas,
-    dlq: &str,
-    data_dir: &Path,
-    settings: &KafkaSettings,
+    ctx: &Context,
     metrics: Arc<LakeMetrics>,
-    shutdown: CancellationToken,
 ) -> Result<()> {
     let name = if object { "object-store" } else { "files" };
     let section = if object { "[object_store]" } else { "[files]" };
-    config.validate(object).map_err(|message| Error::Config {
-        origin: section.into(),
-        message,
-    })?;
-    let store = Store::open(config, object, data_dir).await?;
-    let mut topics = config
-        .topics
-        .iter()
-        .map(|t| t.parse::<TopicName>())
-        .collect::<Result<Vec<_>>>()?;
-    topics.push(dlq.parse()?);
-    Admin::connect(settings)
-        .await?
-        .ensure_topics(&topics)
-        .await?;
-    topics.pop();
-
-    let consumer = Consumer::static_member(
-        settings,
-        &config.group_id,
-        config.instance_id.as_deref(),
-        data_dir,
-    )?;
-    consumer.subscribe(&topics)?;
-    let producer = Producer::new(settings)?;
+    let invalid = || Error::config(section);
+    config.validate(object).map_err(invalid())?;
+    let store = Store::open(config, object, &ctx.data_dir).await?;
     let template = config
         .object_per_record
         .as_deref()
         .map(Template::parse)
         .transpose()
-        .map_err(|message| Error::Config {
-            origin: section.into(),
-            message,
-        })?;
+        .map_err(invalid())?;
     let mut sink = Lake {
         name,
         config,
         store,
         schemas,
         template,
-        partitioner: Partitioner::new(&config.partition_by).map_err(|message| Error::Config {
-            origin: section.into(),
-            message,
-        })?,
-        data_dir: data_dir.to_path_buf(),
+        partitioner: Partitioner::new(&config.partition_by).map_err(invalid())?,
+        data_dir: ctx.data_dir.clone(),
         segments: HashMap::new(),
-        dlq: dlq.to_string(),
         metrics,
     };
     tracing::info!(sink = name, to = %sink.store.describe(), format = ?config.format,
         topics = ?config.topics, "lake sink started");
-
-    let tick = Duration::from_millis(250).min(config.roll_age);
-    let result = async {
-        loop {
-            let received = tokio::select! {
-                () = shutdown.cancelled() => break,
-                m = tokio::time::timeout(tick, consumer.recv()) => m,
-            };
-            for (topic, partition) in consumer.raw().context().take_revoked() {
-                if let Some(segment) = sink.segments.remove(&(topic, partition)) {
-                    tracing::debug!(topic = %segment.topic, partition, "partition revoked: \
-                        its open files are dropped, the next owner rewrites them");
-                    segment.discard();
-                }
-            }
-            match received {
-                Err(_elapsed) => {}
-                Ok(Err(e)) => tracing::warn!(sink = name, error = %e, "consumer error"),
-                Ok(Ok(message)) => {
-                    let key = (message.topic().to_string(), message.partition());
-                    let roll = sink
-                        .take(
-                            &key,
-                            message.offset(),
-                            message.timestamp().to_millis(),
-                            message.key(),
-                            message.payload().unwrap_or_default(),
-                            &producer,
-                        )
-                        .await?;
-                    if roll {
-                        sink.flush(&key, &consumer).await?;
-                    }
-                }
-            }
-            let old: Vec<(String, i32)> = sink
-                .segments
-                .iter()
-                .filter(|(_, s)| s.first_offset.is_some() && s.opened.elapsed() >= config.roll_age)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for key in old {
-                sink.flush(&key, &consumer).await?;
-            }
-        }
-        // Shutdown: everything read is finished and committed. (No synchronous commit to
-        // confirm it: with other members leaving at the same time it can wait for a rebalance
-        // this member no longer takes part in. A commit that did not arrive only makes the next
-        // start rewrite the same files.)
-        let keys: Vec<(String, i32)> = sink.segments.keys().cloned().collect();
-        for key in keys {
-            sink.flush(&key, &consumer).await?;
-        }
-        Ok::<(), Error>(())
-    }
-    .await;
+    let spec = consume::Spec {
+        name,
+        group: config.group_id.clone(),
+        instance_id: config.instance_id.clone(),
+        topics: config.topics.clone(),
+        batch_size: 1000,
+        batch_gap: Duration::from_millis(20),
+        tick: Duration::from_millis(250).min(config.roll_age),
+    };
+    let result = consume::run(ctx, &spec, &mut sink).await;
     if result.is_err() {
         for (_, segment) in sink.segments.drain() {
             segment.discard();
         }
     }
     result
+}
+
+/// The lake's side of the consume loop. Offsets are released per partition when its segment's
+/// files are in place (rolled by records, bytes or age, or at shutdown), never before.
+impl consume::Handler for Lake<'_> {
+    fn handle<'a>(
+        &'a mut self,
+        batch: &'a [consume::Record],
+        out: &'a mut consume::Outcome,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            for record in batch {
+                let key = (record.topic.clone(), record.partition);
+                if self.take(&key, record, out)? {
+                    self.flush(&key, out).await?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn tick<'a>(
+        &'a mut self,
+        _session: &'a consume::Session<'a>,
+        out: &'a mut consume::Outcome,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let old: Vec<(String, i32)> = self
+                .segments
+                .iter()
+                .filter(|(_, s)| {
+                    s.first_offset.is_some() && s.opened.elapsed() >= self.config.roll_age
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in old {
+                self.flush(&key, out).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn revoked(&mut self, partitions: &[(String, i32)]) {
+        for key in partitions {
+            if let Some(segment) = self.segments.remove(key) {
+                tracing::debug!(topic = %segment.topic, partition = segment.partition,
+                    "partition revoked: its open files are dropped, the next owner rewrites them");
+                segment.discard();
+            }
+        }
+    }
+
+    /// Shutdown: everything read is finished and released.
+    fn drain<'a>(&'a mut self, out: &'a mut consume::Outcome) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let keys: Vec<(String, i32)> = self.segments.keys().cloned().collect();
+            for key in keys {
+                self.flush(&key, out).await?;
+            }
+            Ok(())
+        })
+    }
 }
 
 struct Lake<'a> {
@@ -453,21 +430,19 @@ struct Lake<'a> {
     partitioner: Partitioner,
     data_dir: PathBuf,
     segments: HashMap<(String, i32), Segment>,
-    dlq: String,
     metrics: Arc<LakeMetrics>,
 }
 
 impl Lake<'_> {
-    /// Adds one message to its partition's segment. Returns whether the segment should roll.
-    async fn take(
+    /// Adds one record to its partition's segment (or refuses it, to the dead-letter topic).
+    /// Returns whether the segment should roll.
+    fn take(
         &mut self,
         key: &(String, i32),
-        offset: i64,
-        timestamp: Option<i64>,
-        message_key: Option<&[u8]>,
-        payload: &[u8],
-        producer: &Producer,
+        record: &consume::Record,
+        out: &mut consume::Outcome,
     ) -> Result<bool> {
+        let (offset, timestamp, payload) = (record.offset, record.timestamp, &record.payload[..]);
         if !self.segments.contains_key(key) {
             let staging = self.store.staging(&self.data_dir, &key.0, key.1);
             let segment = Segment::new(&key.0, key.1, staging, self.schemas.of(&key.0))?;
@@ -508,21 +483,9 @@ impl Lake<'_> {
             }
         };
         if let Err(reason) = outcome {
+            // Sent and acknowledged before the offset can be committed: never lost.
             self.metrics.bad.inc();
-            let letter = DeadLetter {
-                reason: format!("{}: {reason}", self.name),
-                source: self.name.into(),
-                topic: Some(key.0.clone()),
-                partition: Some(key.1),
-                offset: Some(offset),
-                payload: String::from_utf8_lossy(payload).into_owned(),
-            };
-            let body = serde_json::to_vec(&letter).unwrap_or_default();
-            let message_key = message_key.map(String::from_utf8_lossy);
-            // Acknowledged before the offset can be committed: a bad record is never lost.
-            producer
-                .send(&self.dlq, message_key.as_deref(), &body, timestamp)
-                .await?;
+            out.refuse(record, reason);
         }
         segment.first_offset.get_or_insert(offset);
         if segment.records == 0 {
@@ -535,7 +498,7 @@ impl Lake<'_> {
     }
 
     /// Finishes and publishes the segment's files, then commits its offset.
-    async fn flush(&mut self, key: &(String, i32), consumer: &Consumer) -> Result<()> {
+    async fn flush(&mut self, key: &(String, i32), out: &mut consume::Outcome) -> Result<()> {
         let Some(segment) = self.segments.get_mut(key) else {
             return Ok(());
         };
@@ -579,20 +542,8 @@ impl Lake<'_> {
         segment.first_offset = None;
         segment.records = 0;
         segment.bytes = 0;
-        // Asynchronous: a synchronous commit blocks this thread, and with it this member's
-        // part in a rebalance that the commit then waits for (seen with the embedded broker:
-        // stalls until the session times out). A commit that is lost only makes the next owner
-        // rewrite the same files.
-        let mut offsets = TopicPartitionList::new();
-        offsets
-            .add_partition_offset(&topic, partition, Offset::Offset(next))
-            .map_err(Error::kafka("committing offsets"))?;
-        match consumer.raw().commit(&offsets, CommitMode::Async) {
-            Ok(()) => self.metrics.commits.inc(),
-            // The files are in place; whoever reads the partition next rewrites the same names.
-            Err(e) => tracing::warn!(sink = self.name, %topic, partition, error = %e,
-                "commit failed after the files were written"),
-        }
+        out.release(&topic, partition, next);
+        self.metrics.commits.inc();
         tracing::debug!(sink = self.name, %topic, partition, files, objects = count, records,
             next_offset = next, "segment written");
         Ok(())
@@ -646,5 +597,84 @@ fn event_time(payload: &[u8], field: &str) -> Option<i64> {
         serde_json::Value::String(s) => parse_time(s),
         serde_json::Value::Number(n) => n.as_i64(),
         _ => None,
+    }
+}
+
+/// A lake sink (`files`, or `object-store` with `object`) as a pipeline component.
+pub struct LakeSink {
+    config: LakeConfig,
+    object: bool,
+    schemas: Schemas,
+    metrics: Arc<LakeMetrics>,
+    /// Where a relative `files` location lives (the data directory), for the banner.
+    data_dir: PathBuf,
+}
+
+impl LakeSink {
+    pub fn new(config: &LakeConfig, object: bool, schemas: Schemas, data_dir: &Path) -> LakeSink {
+        let name = if object { "object-store" } else { "files" };
+        LakeSink {
+            config: config.clone(),
+            object,
+            schemas,
+            metrics: Arc::new(LakeMetrics::new(name)),
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    fn section(&self) -> &'static str {
+        if self.object {
+            "[object_store]"
+        } else {
+            "[files]"
+        }
+    }
+}
+
+impl Component for LakeSink {
+    fn name(&self) -> &str {
+        self.metrics.sink
+    }
+
+    fn kind(&self) -> Kind {
+        Kind::Sink
+    }
+
+    fn reads(&self) -> Vec<String> {
+        self.config.topics.clone()
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.config
+            .validate(self.object)
+            .map_err(Error::config(self.section()))
+    }
+
+    fn describe(&self) -> String {
+        let c = &self.config;
+        let location = if self.object {
+            c.location.clone()
+        } else {
+            self.data_dir.join(&c.location).display().to_string()
+        };
+        let what = match &c.object_per_record {
+            Some(template) => format!("one object per record ({template})"),
+            None => format!("{:?} {}", c.format, c.partition_by.replace('%', "")).to_lowercase(),
+        };
+        format!("{} -> {location} ({what})", c.topics.join(", "))
+    }
+
+    fn metrics(&self) -> Metrics {
+        Metrics::Part(self.metrics.clone())
+    }
+
+    fn run(&self, ctx: Context) -> BoxFuture<'static, Result<()>> {
+        let (config, object, schemas, metrics) = (
+            self.config.clone(),
+            self.object,
+            self.schemas.clone(),
+            self.metrics.clone(),
+        );
+        Box::pin(async move { run(&config, object, schemas, &ctx, metrics).await })
     }
 }

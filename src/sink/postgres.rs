@@ -9,6 +9,17 @@
 //! replay change nothing. While the database is down the sink retries with backoff, reading no
 //! further and committing nothing. All SQL is parameterized: values travel as arrays, never as
 //! text spliced into statements.
+//!
+//! Poison records are dead-lettered, never retried. A record PostgreSQL could never store is
+//! refused when it is parsed: text holding a NUL character (SQLSTATE 22021), an event id or
+//! dimension value longer than [`MAX_KEY_BYTES`] (a btree index entry holds about 2700 bytes:
+//! SQLSTATE 54000). Whatever else the database refuses *as data* (SQLSTATE class 22, data
+//! exception, or 54, program limit exceeded) makes the batch be written again one record at a
+//! time: the records refused go to the dead-letter topic with the database's message, the rest
+//! are written, and the offsets are committed as usual. Any other error (connection lost, server
+//! down or restarting, a serialization failure) is retried as described above. Dead letters are
+//! acknowledged before the offsets are committed, so a crash in between sends one again (at
+//! least once), never loses one.
 
 pub mod migrations;
 
@@ -19,19 +30,16 @@ use std::{
 };
 
 use chrono::{DateTime, Datelike, Utc};
-use rdkafka::{
-    Message, Offset, TopicPartitionList,
-    consumer::{CommitMode, Consumer as _},
-};
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::{Client, NoTls, Transaction, types::ToSql};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     error::{Error, Result},
-    kafka::{KafkaSettings, TopicName, admin::Admin, consumer::Consumer, producer::Producer},
     metrics::{Counter, Observe, Samples},
-    record::{DeadLetter, Quake, parse_millis},
+    record::{Quake, parse_millis},
+    runtime::{Component, Context, Kind, Metrics, consume},
 };
 
 /// `[postgres]`.
@@ -176,6 +184,15 @@ impl Observe for PostgresMetrics {
     }
 }
 
+/// The longest event id or dimension value (`net`, `mag_type`, `event_type`, the region) the
+/// sink loads, in bytes. Each is the key of a btree index, and PostgreSQL refuses an index entry
+/// above about 2700 bytes (SQLSTATE 54000) at every retry. 1024 leaves room under that cap (the
+/// revisions' key holds `updated` too) and is far above any real id or code.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// Where a row came from: the consumed record, which a dead letter carries.
+type Origin = consume::Record;
+
 /// One quake revision ready to load.
 #[derive(Debug, Clone)]
 struct Row {
@@ -183,15 +200,12 @@ struct Row {
     time: DateTime<Utc>,
     updated: DateTime<Utc>,
     region: Option<String>,
-    topic: String,
-    partition: i32,
-    offset: i64,
+    origin: Origin,
 }
 
-/// One window result ready to load.
+/// One window result, as parsed.
 #[derive(Debug, Clone)]
-struct WindowRow {
-    topic: String,
+struct Window {
     start: DateTime<Utc>,
     end: DateTime<Utc>,
     group_key: String,
@@ -199,6 +213,13 @@ struct WindowRow {
     aggregates: serde_json::Value,
     is_final: bool,
     emitted_at: DateTime<Utc>,
+}
+
+/// One window result ready to load; `agg_window.topic` is the topic it was read from.
+#[derive(Debug, Clone)]
+struct WindowRow {
+    window: Window,
+    origin: Origin,
 }
 
 /// The region of a USGS `place`: what follows the last comma (`"10 km SSW of Tres Pinos, CA"` →
@@ -217,9 +238,10 @@ fn timestamp(ms: i64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_millis(ms)
 }
 
-fn parse_quake(
-    payload: &[u8],
-) -> std::result::Result<(Quake, DateTime<Utc>, DateTime<Utc>), String> {
+/// A parsed quake: the record, its time and version, its region.
+type ParsedQuake = (Quake, DateTime<Utc>, DateTime<Utc>, Option<String>);
+
+fn parse_quake(payload: &[u8]) -> std::result::Result<ParsedQuake, String> {
     let quake: Quake = serde_json::from_slice(payload).map_err(|e| format!("not a Quake: {e}"))?;
     let time = parse_millis(&quake.time)
         .and_then(timestamp)
@@ -230,10 +252,69 @@ fn parse_quake(
     if quake.id.is_empty() {
         return Err("id is empty".into());
     }
-    Ok((quake, time, updated))
+    let region = quake.place.as_deref().and_then(region_of);
+    check_quake(&quake, region.as_deref())?;
+    Ok((quake, time, updated, region))
 }
 
-fn parse_window(topic: &str, payload: &[u8]) -> std::result::Result<WindowRow, String> {
+/// Refuses a quake PostgreSQL could never store, so that it is dead-lettered instead of failing
+/// its batch at every retry: a NUL in any text the warehouse keeps, an id or a dimension value
+/// above [`MAX_KEY_BYTES`].
+fn check_quake(quake: &Quake, region: Option<&str>) -> std::result::Result<(), String> {
+    let text = [
+        ("id", Some(quake.id.as_str())),
+        ("source", Some(quake.source.as_str())),
+        ("mag_type", quake.mag_type.as_deref()),
+        ("place", quake.place.as_deref()),
+        ("status", Some(quake.status.as_str())),
+        ("alert", quake.alert.as_deref()),
+        ("net", Some(quake.net.as_str())),
+        ("event_type", Some(quake.event_type.as_str())),
+        ("title", Some(quake.title.as_str())),
+        ("url", Some(quake.url.as_str())),
+    ];
+    for (field, value) in text {
+        if value.is_some_and(has_nul) {
+            return Err(nul_reason(field));
+        }
+    }
+    if quake.ids.iter().any(|id| has_nul(id)) {
+        return Err(nul_reason("ids"));
+    }
+    let keys = [
+        ("id", Some(quake.id.as_str())),
+        ("net", Some(quake.net.as_str())),
+        ("mag_type", quake.mag_type.as_deref()),
+        ("event_type", Some(quake.event_type.as_str())),
+        ("region", region),
+    ];
+    for (field, value) in keys {
+        if let Some(value) = value
+            && value.len() > MAX_KEY_BYTES
+        {
+            return Err(too_long_reason(field, value.len()));
+        }
+    }
+    Ok(())
+}
+
+/// PostgreSQL's `text` cannot hold U+0000 (SQLSTATE 22021), nor `jsonb` a `\u0000` escape.
+fn has_nul(text: &str) -> bool {
+    text.contains('\0')
+}
+
+fn nul_reason(field: &str) -> String {
+    format!("field {field} contains a NUL character, which PostgreSQL text cannot store")
+}
+
+fn too_long_reason(field: &str, len: usize) -> String {
+    format!(
+        "field {field} is {len} bytes long, above the limit of {MAX_KEY_BYTES} bytes for an \
+         indexed value (PostgreSQL cannot index it)"
+    )
+}
+
+fn parse_window(payload: &[u8]) -> std::result::Result<Window, String> {
     let value: serde_json::Value =
         serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
     let object = value.as_object().ok_or("not a JSON object")?;
@@ -257,22 +338,37 @@ fn parse_window(topic: &str, payload: &[u8]) -> std::result::Result<WindowRow, S
     let mut aggregates = serde_json::Map::new();
     let mut group = Vec::new();
     for (name, v) in object {
+        // Aggregate names are jsonb keys, group values text: neither may hold a NUL.
+        if has_nul(name) {
+            return Err(nul_reason(&format!("name {name:?}")));
+        }
         match name.as_str() {
             "window_start" | "window_end" | "final" | "emitted_at" => {}
             _ if v.is_number() || v.is_null() => {
                 aggregates.insert(name.clone(), v.clone());
             }
-            _ => group.push(match v {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            }),
+            _ => {
+                let value = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    // JSON text escapes a NUL inside an array or object.
+                    other => other.to_string(),
+                };
+                if has_nul(&value) {
+                    return Err(nul_reason(name));
+                }
+                group.push(value);
+            }
         }
     }
-    Ok(WindowRow {
-        topic: topic.to_string(),
+    let group_key = group.join("|");
+    // The group key is part of agg_window's primary key: the same index limit as an event id.
+    if group_key.len() > MAX_KEY_BYTES {
+        return Err(too_long_reason("group key", group_key.len()));
+    }
+    Ok(Window {
         start,
         end,
-        group_key: group.join("|"),
+        group_key,
         count: object.get("count").and_then(|v| v.as_i64()),
         aggregates: serde_json::Value::Object(aggregates),
         is_final,
@@ -280,154 +376,148 @@ fn parse_window(topic: &str, payload: &[u8]) -> std::result::Result<WindowRow, S
     })
 }
 
-/// Runs the sink until `shutdown`.
+/// Runs the sink until `ctx.shutdown`.
 pub async fn run(
     config: &PostgresConfig,
-    dlq: &str,
-    data_dir: &std::path::Path,
-    settings: &KafkaSettings,
+    ctx: &Context,
     metrics: Arc<PostgresMetrics>,
-    shutdown: CancellationToken,
 ) -> Result<()> {
-    config.validate().map_err(|message| Error::Config {
-        origin: "[postgres]".into(),
-        message,
-    })?;
-    let mut topics = vec![config.quakes_topic.parse::<TopicName>()?];
+    config.validate().map_err(Error::config("[postgres]"))?;
+    let mut topics = vec![config.quakes_topic.clone()];
     if !config.windows_topic.is_empty() {
-        topics.push(config.windows_topic.parse()?);
+        topics.push(config.windows_topic.clone());
     }
-    let mut all = topics.clone();
-    all.push(dlq.parse()?);
-    Admin::connect(settings).await?.ensure_topics(&all).await?;
-
     // The first connection must work: a wrong URL or password is the user's to fix now.
     let mut warehouse = Warehouse::connect(config).await?;
     warehouse.migrate().await?;
+    tracing::info!(url = %config.redacted_url(), topics = ?topics, "postgres sink started");
+    let spec = consume::Spec {
+        name: "postgres",
+        group: config.group_id.clone(),
+        instance_id: config.instance_id.clone(),
+        topics,
+        batch_size: config.batch_size,
+        batch_gap: Duration::from_millis(100),
+        tick: Duration::from_secs(1),
+    };
+    let mut sink = Sink {
+        config,
+        warehouse,
+        metrics,
+        shutdown: ctx.shutdown.clone(),
+    };
+    consume::run(ctx, &spec, &mut sink).await
+}
 
-    let consumer = Consumer::static_member(
-        settings,
-        &config.group_id,
-        config.instance_id.as_deref(),
-        data_dir,
-    )?;
-    consumer.subscribe(&topics)?;
-    let producer = Producer::new(settings)?;
-    tracing::info!(url = %config.redacted_url(), topics = ?topics.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
-        "postgres sink started");
+/// The sink's side of the consume loop: a batch is parsed, written in one transaction (or
+/// record by record when the database refuses some of its data), and only then released.
+struct Sink<'a> {
+    config: &'a PostgresConfig,
+    warehouse: Warehouse,
+    metrics: Arc<PostgresMetrics>,
+    shutdown: CancellationToken,
+}
 
-    loop {
-        // A batch: what arrives until a short pause, up to batch_size.
-        let mut rows = Vec::new();
-        let mut windows = Vec::new();
-        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        let first = tokio::select! {
-            () = shutdown.cancelled() => break,
-            m = consumer.recv() => m,
-        };
-        let mut received = vec![first];
-        while received.len() < config.batch_size {
-            match tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await {
-                Ok(m) => received.push(m),
-                Err(_) => break,
-            }
-        }
-        for message in received {
-            let message = match message {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "postgres sink: consumer error");
-                    continue;
-                }
-            };
-            metrics.records.inc();
-            let (topic, partition, offset) = (
-                message.topic().to_string(),
-                message.partition(),
-                message.offset(),
-            );
-            let payload = message.payload().unwrap_or_default();
-            let parsed = if topic == config.quakes_topic {
-                parse_quake(payload).map(|(quake, time, updated)| {
-                    rows.push(Row {
-                        region: quake.place.as_deref().and_then(region_of),
-                        quake,
-                        time,
-                        updated,
-                        topic: topic.clone(),
-                        partition,
-                        offset,
+impl consume::Handler for Sink<'_> {
+    fn handle<'a>(
+        &'a mut self,
+        batch: &'a [consume::Record],
+        out: &'a mut consume::Outcome,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut rows = Vec::new();
+            let mut windows = Vec::new();
+            for record in batch {
+                self.metrics.records.inc();
+                let parsed = if record.topic == self.config.quakes_topic {
+                    parse_quake(&record.payload).map(|(quake, time, updated, region)| {
+                        rows.push(Row {
+                            quake,
+                            time,
+                            updated,
+                            region,
+                            origin: record.clone(),
+                        })
                     })
-                })
-            } else {
-                parse_window(&topic, payload).map(|w| windows.push(w))
-            };
-            if let Err(reason) = parsed {
-                metrics.bad.inc();
-                let letter = DeadLetter {
-                    reason: format!("postgres: {reason}"),
-                    source: "postgres".into(),
-                    topic: Some(topic.clone()),
-                    partition: Some(partition),
-                    offset: Some(offset),
-                    payload: String::from_utf8_lossy(payload).into_owned(),
+                } else {
+                    parse_window(&record.payload).map(|window| {
+                        windows.push(WindowRow {
+                            window,
+                            origin: record.clone(),
+                        })
+                    })
                 };
-                let key = message.key().map(String::from_utf8_lossy);
-                let body = serde_json::to_vec(&letter).unwrap_or_default();
-                producer
-                    .send(dlq, key.as_deref(), &body, message.timestamp().to_millis())
-                    .await?;
+                if let Err(reason) = parsed {
+                    self.metrics.bad.inc();
+                    out.refuse(record, reason);
+                }
             }
-            next.insert((topic, partition), offset + 1);
-        }
-        // Partitions taken away meanwhile: their rows are still written (idempotently), but
-        // their offsets are the new owner's to commit.
-        let revoked = consumer.raw().context().take_revoked();
+            if self.write(&rows, &windows, out).await? {
+                self.metrics.batches.inc();
+                out.release_all(batch);
+            }
+            Ok(())
+        })
+    }
+}
 
+impl Sink<'_> {
+    /// Writes a batch, retrying with backoff while the database is away (nothing is released
+    /// meanwhile). False when shutdown came first.
+    async fn write(
+        &mut self,
+        rows: &[Row],
+        windows: &[WindowRow],
+        out: &mut consume::Outcome,
+    ) -> Result<bool> {
         let mut pause = Duration::from_millis(500);
         loop {
-            match warehouse.write(&rows, &windows, &metrics).await {
-                Ok(()) => break,
-                Err(e) => {
-                    metrics.retries.inc();
-                    tracing::warn!(error = %e, "postgres sink: writing a batch failed; retrying in {pause:?} (nothing is committed meanwhile)");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(pause) => {}
-                    }
-                    pause = (pause * 2).min(config.max_backoff);
-                    if warehouse.is_closed() {
-                        match Warehouse::connect(config).await {
-                            Ok(w) => {
-                                tracing::info!("postgres sink: reconnected");
-                                warehouse = w;
+            let e = match self.warehouse.write(rows, windows, &self.metrics).await {
+                Ok(()) => return Ok(true),
+                Err(WriteError::Poison(e)) => {
+                    // Retrying the batch would fail the same way: find the records refused.
+                    tracing::warn!(error = %e, rows = rows.len(), windows = windows.len(),
+                        "postgres sink: the database refused data in a batch; writing its records one at a time");
+                    match self
+                        .warehouse
+                        .write_each(rows, windows, &self.metrics)
+                        .await
+                    {
+                        Ok(refused) => {
+                            for (origin, reason) in refused {
+                                self.metrics.bad.inc();
+                                out.refuse(
+                                    origin,
+                                    format!("the database refused the record: {reason}"),
+                                );
                             }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "postgres sink: reconnecting failed")
-                            }
+                            return Ok(true);
                         }
+                        Err(e) => e,
+                    }
+                }
+                Err(WriteError::Other(e)) => e,
+            };
+            self.metrics.retries.inc();
+            tracing::warn!(error = %e, "postgres sink: writing a batch failed; retrying in {pause:?} (nothing is committed meanwhile)");
+            tokio::select! {
+                () = self.shutdown.cancelled() => return Ok(false),
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(self.config.max_backoff);
+            if self.warehouse.is_closed() {
+                match Warehouse::connect(self.config).await {
+                    Ok(w) => {
+                        tracing::info!("postgres sink: reconnected");
+                        self.warehouse = w;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "postgres sink: reconnecting failed")
                     }
                 }
             }
         }
-        metrics.batches.inc();
-        let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), offset) in &next {
-            if revoked.iter().any(|(t, p)| t == topic && p == partition) {
-                continue;
-            }
-            offsets
-                .add_partition_offset(topic, *partition, Offset::Offset(*offset))
-                .map_err(Error::kafka("committing offsets"))?;
-        }
-        // Asynchronous, as in the lake sink: a lost commit only replays rows the guards ignore.
-        if offsets.count() > 0
-            && let Err(e) = consumer.raw().commit(&offsets, CommitMode::Async)
-        {
-            tracing::warn!(error = %e, "postgres sink: commit failed after the batch was written");
-        }
     }
-    Ok(())
 }
 
 /// A connection to the warehouse, with the dimension keys seen so far.
@@ -450,6 +540,40 @@ fn db_error(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
     move |e| Error::Sink {
         sink: "postgres",
         message: format!("{what}: {}", describe(&e)),
+    }
+}
+
+/// Why writing a batch failed, as the retry loop needs to know it.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    /// The database refused the data itself: the same rows fail the same way at every retry.
+    #[error("{0}")]
+    Poison(String),
+    /// Anything else (connection lost, server down or restarting, a serialization failure): the
+    /// same write may succeed later.
+    #[error(transparent)]
+    Other(#[from] Error),
+}
+
+/// Whether a SQLSTATE says the data can never be stored: class 22, data exception (a NUL in
+/// text, an invalid encoding, a value out of range), or 54, program limit exceeded (an index
+/// entry too large). Every other class may pass on a retry: 08 (connection), 40 (serialization,
+/// deadlock), 53 (resources), 57 (shutdown, cancelled), …
+fn is_poison(sqlstate: &str) -> bool {
+    sqlstate.starts_with("22") || sqlstate.starts_with("54")
+}
+
+/// [`db_error`] for the write path: sorts the error into poison or retriable.
+fn write_error(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> WriteError {
+    move |e| {
+        let message = format!("{what}: {}", describe(&e));
+        match e.as_db_error() {
+            Some(db) if is_poison(db.code().code()) => WriteError::Poison(message),
+            _ => WriteError::Other(Error::Sink {
+                sink: "postgres",
+                message,
+            }),
+        }
     }
 }
 
@@ -555,7 +679,7 @@ impl Warehouse {
         rows: &[Row],
         windows: &[WindowRow],
         metrics: &PostgresMetrics,
-    ) -> Result<()> {
+    ) -> Result<(), WriteError> {
         if rows.is_empty() && windows.is_empty() {
             return Ok(());
         }
@@ -564,19 +688,49 @@ impl Warehouse {
             .client
             .transaction()
             .await
-            .map_err(db_error("starting a transaction"))?;
+            .map_err(write_error("starting a transaction"))?;
         let inserted = insert_revisions(&tx, rows, &self.keys).await?;
         let upserted = upsert_events(&tx, rows, &self.keys).await?;
         let windowed = upsert_windows(&tx, windows).await?;
-        tx.commit().await.map_err(db_error("committing a batch"))?;
+        tx.commit()
+            .await
+            .map_err(write_error("committing a batch"))?;
         metrics.revisions_inserted.add(inserted);
         metrics.events_upserted.add(upserted);
         metrics.windows_upserted.add(windowed);
         Ok(())
     }
 
+    /// Writes a batch the database refused as data one record at a time (rows, then windows),
+    /// so that only the records it refuses are left out; returns those with the database's
+    /// reason. Any other error stops it and is returned: the caller retries the whole batch, and
+    /// the part already written changes nothing the second time (the same guards as a replay).
+    async fn write_each<'b>(
+        &mut self,
+        rows: &'b [Row],
+        windows: &'b [WindowRow],
+        metrics: &PostgresMetrics,
+    ) -> Result<Vec<(&'b Origin, String)>> {
+        let mut refused = Vec::new();
+        for row in rows {
+            match self.write(std::slice::from_ref(row), &[], metrics).await {
+                Ok(()) => {}
+                Err(WriteError::Poison(reason)) => refused.push((&row.origin, reason)),
+                Err(WriteError::Other(e)) => return Err(e),
+            }
+        }
+        for window in windows {
+            match self.write(&[], std::slice::from_ref(window), metrics).await {
+                Ok(()) => {}
+                Err(WriteError::Poison(reason)) => refused.push((&window.origin, reason)),
+                Err(WriteError::Other(e)) => return Err(e),
+            }
+        }
+        Ok(refused)
+    }
+
     /// Adds the dimension rows the batch needs and learns their keys.
-    async fn dimensions(&mut self, rows: &[Row]) -> Result<()> {
+    async fn dimensions(&mut self, rows: &[Row]) -> Result<(), WriteError> {
         let mut dates: Vec<chrono::NaiveDate> = rows
             .iter()
             .map(|r| r.time.date_naive())
@@ -605,7 +759,7 @@ impl Warehouse {
                     &[&keys, &dates, &years, &quarters, &months, &days, &weekdays, &month_names, &day_names],
                 )
                 .await
-                .map_err(db_error("adding dates"))?;
+                .map_err(write_error("adding dates"))?;
             self.keys.dates.extend(keys);
         }
         let client = &self.client;
@@ -674,7 +828,7 @@ async fn learn<'a>(
     column: &str,
     known: &mut HashMap<String, i32>,
     values: impl Iterator<Item = Option<&'a str>>,
-) -> Result<()> {
+) -> Result<(), WriteError> {
     let mut new: Vec<String> = values
         .flatten()
         .filter(|v| !v.is_empty() && !known.contains_key(*v))
@@ -693,14 +847,14 @@ async fn learn<'a>(
             &[&new],
         )
         .await
-        .map_err(db_error("adding dimension values"))?;
+        .map_err(write_error("adding dimension values"))?;
     let rows = client
         .query(
             &format!("SELECT {column}, {key} FROM {table} WHERE {column} = ANY($1)"),
             &[&new],
         )
         .await
-        .map_err(db_error("reading dimension keys"))?;
+        .map_err(write_error("reading dimension keys"))?;
     for row in rows {
         known.insert(row.get(0), row.get(1));
     }
@@ -856,14 +1010,14 @@ fn fact_select(kafka: bool) -> String {
     )
 }
 
-async fn insert_revisions(tx: &Transaction<'_>, rows: &[Row], w: &Keys) -> Result<u64> {
+async fn insert_revisions(tx: &Transaction<'_>, rows: &[Row], w: &Keys) -> Result<u64, WriteError> {
     if rows.is_empty() {
         return Ok(0);
     }
     let c = Columns::of(rows.iter(), w);
-    let topics: Vec<&str> = rows.iter().map(|r| r.topic.as_str()).collect();
-    let partitions: Vec<i32> = rows.iter().map(|r| r.partition).collect();
-    let offsets: Vec<i64> = rows.iter().map(|r| r.offset).collect();
+    let topics: Vec<&str> = rows.iter().map(|r| r.origin.topic.as_str()).collect();
+    let partitions: Vec<i32> = rows.iter().map(|r| r.origin.partition).collect();
+    let offsets: Vec<i64> = rows.iter().map(|r| r.origin.offset).collect();
     let sql = format!(
         "INSERT INTO fact_earthquake_revision ({FACT_COLUMNS}, kafka_topic, kafka_partition, \
          kafka_offset) {} ON CONFLICT (event_id, updated) DO NOTHING",
@@ -874,10 +1028,10 @@ async fn insert_revisions(tx: &Transaction<'_>, rows: &[Row], w: &Keys) -> Resul
         &[c.params(), vec![&topics, &partitions, &offsets]].concat(),
     )
     .await
-    .map_err(db_error("inserting revisions"))
+    .map_err(write_error("inserting revisions"))
 }
 
-async fn upsert_events(tx: &Transaction<'_>, rows: &[Row], w: &Keys) -> Result<u64> {
+async fn upsert_events(tx: &Transaction<'_>, rows: &[Row], w: &Keys) -> Result<u64, WriteError> {
     // One row per event (the newest of the batch): an upsert may not touch a row twice.
     let mut newest: BTreeMap<&str, &Row> = BTreeMap::new();
     for row in rows {
@@ -904,17 +1058,23 @@ async fn upsert_events(tx: &Transaction<'_>, rows: &[Row], w: &Keys) -> Result<u
     );
     tx.execute(&sql, &c.params())
         .await
-        .map_err(db_error("upserting events"))
+        .map_err(write_error("upserting events"))
 }
 
 /// Topic, start, end, group key.
 type WindowKey<'a> = (&'a str, DateTime<Utc>, DateTime<Utc>, &'a str);
 
-async fn upsert_windows(tx: &Transaction<'_>, windows: &[WindowRow]) -> Result<u64> {
+async fn upsert_windows(tx: &Transaction<'_>, windows: &[WindowRow]) -> Result<u64, WriteError> {
     // One row per window (the latest emission of the batch; a final beats an update).
-    let mut latest: BTreeMap<WindowKey<'_>, &WindowRow> = BTreeMap::new();
-    for w in windows {
-        let key = (w.topic.as_str(), w.start, w.end, w.group_key.as_str());
+    let mut latest: BTreeMap<WindowKey<'_>, &Window> = BTreeMap::new();
+    for row in windows {
+        let w = &row.window;
+        let key = (
+            row.origin.topic.as_str(),
+            w.start,
+            w.end,
+            w.group_key.as_str(),
+        );
         let entry = latest.entry(key).or_insert(w);
         if (w.is_final, w.emitted_at) >= (entry.is_final, entry.emitted_at) {
             *entry = w;
@@ -923,8 +1083,10 @@ async fn upsert_windows(tx: &Transaction<'_>, windows: &[WindowRow]) -> Result<u
     if latest.is_empty() {
         return Ok(0);
     }
-    let rows: Vec<&WindowRow> = latest.into_values().collect();
-    let topic: Vec<&str> = rows.iter().map(|w| w.topic.as_str()).collect();
+    let (topic, rows): (Vec<&str>, Vec<&Window>) = latest
+        .into_iter()
+        .map(|((topic, ..), w)| (topic, w))
+        .unzip();
     let start: Vec<DateTime<Utc>> = rows.iter().map(|w| w.start).collect();
     let end: Vec<DateTime<Utc>> = rows.iter().map(|w| w.end).collect();
     let group: Vec<&str> = rows.iter().map(|w| w.group_key.as_str()).collect();
@@ -942,7 +1104,61 @@ async fn upsert_windows(tx: &Transaction<'_>, windows: &[WindowRow]) -> Result<u
         &[&topic, &start, &end, &group, &count, &aggregates, &is_final, &emitted],
     )
     .await
-    .map_err(db_error("upserting windows"))
+    .map_err(write_error("upserting windows"))
+}
+
+/// The PostgreSQL sink as a pipeline component.
+pub struct PostgresSink {
+    config: PostgresConfig,
+    metrics: Arc<PostgresMetrics>,
+}
+
+impl PostgresSink {
+    pub fn new(config: &PostgresConfig) -> PostgresSink {
+        PostgresSink {
+            config: config.clone(),
+            metrics: Arc::default(),
+        }
+    }
+}
+
+impl Component for PostgresSink {
+    fn name(&self) -> &str {
+        "postgres"
+    }
+
+    fn kind(&self) -> Kind {
+        Kind::Sink
+    }
+
+    fn reads(&self) -> Vec<String> {
+        let mut topics = vec![self.config.quakes_topic.clone()];
+        if !self.config.windows_topic.is_empty() {
+            topics.push(self.config.windows_topic.clone());
+        }
+        topics
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.config.validate().map_err(Error::config("[postgres]"))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} -> {} (fact_earthquake, fact_earthquake_revision, agg_window)",
+            self.reads().join(", "),
+            self.config.redacted_url()
+        )
+    }
+
+    fn metrics(&self) -> Metrics {
+        Metrics::Part(self.metrics.clone())
+    }
+
+    fn run(&self, ctx: Context) -> BoxFuture<'static, Result<()>> {
+        let (config, metrics) = (self.config.clone(), self.metrics.clone());
+        Box::pin(async move { run(&config, &ctx, metrics).await })
+    }
 }
 
 #[cfg(test)]
@@ -970,7 +1186,6 @@ mod tests {
     #[test]
     fn window_results_parse_with_their_group() {
         let w = parse_window(
-            "stats",
             br#"{"window_start":"2024-01-15T10:30:00.000Z","window_end":"2024-01-15T10:35:00.000Z","net":"us","count":3,"avg_mag":4.1,"max_mag":null,"final":true,"emitted_at":"2024-01-15T12:00:00.000Z"}"#,
         )
         .unwrap();
@@ -986,7 +1201,87 @@ mod tests {
             br#"{"window_start":"x","window_end":"2024-01-15T10:35:00.000Z","final":true,"emitted_at":"2024-01-15T12:00:00.000Z"}"#,
             br#"{"window_start":"2024-01-15T10:30:00.000Z","window_end":"2024-01-15T10:35:00.000Z","emitted_at":"2024-01-15T12:00:00.000Z"}"#,
         ] {
-            assert!(parse_window("stats", bad).is_err());
+            assert!(parse_window(bad).is_err());
+        }
+    }
+
+    fn quake_json(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+        let mut quake: serde_json::Value = serde_json::from_str(
+            r#"{"id":"us1","ids":["us1"],"source":"usgs","time":"2024-01-15T10:30:00.000Z",
+            "updated":"2024-01-15T10:45:00.000Z","mag":4.5,"mag_type":"mb",
+            "place":"10 km SSW of Tres Pinos, CA","lat":36.6,"lon":-121.3,"depth_km":8.0,
+            "status":"reviewed","tsunami":false,"alert":null,"sig":312,"felt":null,"cdi":null,
+            "mmi":null,"net":"us","code":"1","event_type":"earthquake","title":"M 4.5",
+            "url":"https://x/us1"}"#,
+        )
+        .unwrap();
+        edit(&mut quake);
+        serde_json::to_vec(&quake).unwrap()
+    }
+
+    #[test]
+    fn poison_quakes_are_refused_with_the_field_named() {
+        let (_, _, _, region) = parse_quake(&quake_json(|_| {})).unwrap();
+        assert_eq!(region.as_deref(), Some("CA"));
+        for (field, value) in [
+            ("place", serde_json::json!("Tres\u{0}Pinos, CA")),
+            ("title", serde_json::json!("M\u{0}4.5")),
+            ("id", serde_json::json!("us\u{0}1")),
+            ("ids", serde_json::json!(["us1", "x\u{0}"])),
+            ("alert", serde_json::json!("\u{0}")),
+        ] {
+            let payload = quake_json(|q| q[field] = value);
+            let reason = parse_quake(&payload).unwrap_err();
+            assert_eq!(
+                reason,
+                format!(
+                    "field {field} contains a NUL character, which PostgreSQL text cannot store"
+                )
+            );
+        }
+        for field in ["id", "net", "mag_type", "event_type"] {
+            let long = "x".repeat(MAX_KEY_BYTES + 1);
+            let payload = quake_json(|q| q[field] = serde_json::json!(long));
+            let reason = parse_quake(&payload).unwrap_err();
+            assert!(
+                reason.starts_with(&format!(
+                    "field {field} is {} bytes long",
+                    MAX_KEY_BYTES + 1
+                )),
+                "{reason}"
+            );
+        }
+        // At the limit is fine.
+        let payload = quake_json(|q| q["id"] = serde_json::json!("x".repeat(MAX_KEY_BYTES)));
+        assert!(parse_quake(&payload).is_ok());
+    }
+
+    #[test]
+    fn poison_windows_are_refused() {
+        let window = |extra: &str| {
+            format!(
+                r#"{{"window_start":"2024-01-15T10:30:00.000Z","window_end":"2024-01-15T10:35:00.000Z",{extra}"final":true,"emitted_at":"2024-01-15T12:00:00.000Z"}}"#
+            )
+        };
+        assert!(parse_window(window(r#""net":"us","count":1,"#).as_bytes()).is_ok());
+        let reason = parse_window(window(r#""net":"u\u0000s","#).as_bytes()).unwrap_err();
+        assert!(reason.contains("field net contains a NUL"), "{reason}");
+        let reason = parse_window(window(r#""c\u0000":1,"#).as_bytes()).unwrap_err();
+        assert!(reason.contains("NUL"), "{reason}");
+        let long = "n".repeat(MAX_KEY_BYTES + 1);
+        let reason = parse_window(window(&format!(r#""net":"{long}","#)).as_bytes()).unwrap_err();
+        assert!(reason.starts_with("field group key is"), "{reason}");
+    }
+
+    #[test]
+    fn data_errors_are_poison_and_the_rest_retriable() {
+        for code in ["22021", "22P05", "22003", "54000", "54001"] {
+            assert!(is_poison(code), "{code}");
+        }
+        for code in [
+            "08006", "40001", "40P01", "53300", "57P01", "57014", "23505", "42P01",
+        ] {
+            assert!(!is_poison(code), "{code}");
         }
     }
 }

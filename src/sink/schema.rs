@@ -88,7 +88,7 @@ impl Columns {
         }
     }
 
-    /// The `Quake` record (DESIGN.md §3).
+    /// The `Quake` record (docs/architecture.md).
     pub fn quake() -> Columns {
         use ColType::*;
         let c = |name: &str, ty, nullable| Column {
@@ -180,8 +180,11 @@ impl Columns {
                 let seen = match value {
                     serde_json::Value::Null => Seen::Null,
                     serde_json::Value::Bool(_) => Seen::Bool,
-                    serde_json::Value::Number(n) if n.is_f64() => Seen::Float,
-                    serde_json::Value::Number(_) => Seen::Int,
+                    // Only what fits an i64 is an integer: [`read_row`] reads anything else
+                    // (2^63 and up) as a float, and the column must take what it reads.
+                    // ([`check_inferable`] keeps integers out of i64's range out of the file.)
+                    serde_json::Value::Number(n) if n.is_i64() => Seen::Int,
+                    serde_json::Value::Number(_) => Seen::Float,
                     serde_json::Value::String(s) if parse_time(s).is_some() => Seen::Time,
                     serde_json::Value::String(_) => Seen::Text,
                     serde_json::Value::Array(items) if items.iter().all(|i| i.is_string()) => {
@@ -227,6 +230,90 @@ impl Columns {
             })
             .collect();
         Columns::new(columns)
+    }
+}
+
+/// Refuses a record that cannot go into a file whose columns are inferred, with a reason naming
+/// the field. Such a file is only encoded when it is finished, from columns worked out from all
+/// its records: one record that inference or encoding cannot take would fail the whole file, and
+/// the segment would be replayed into the same failure forever. So each record is checked when
+/// it arrives, and one that would not fit is dead-lettered alone:
+///
+/// - an integer outside the 64-bit range (`18446744073709551616`, `9223372036854775808`):
+///   refused rather than stored as a float or as text, because either would change the value
+///   (a float rounds it) and the type of the column for every other record of the file, while
+///   the dead letter keeps it exactly;
+/// - a number too large for a 64-bit float (`1e400`: JSON has no NaN or infinity);
+/// - a value nested deeper than the JSON parser's limit (128 levels);
+/// - a field given twice (which value wins would differ between inference and encoding);
+/// - an empty object (a file of them has no column, which Parquet cannot write).
+///
+/// A deterministic check of the record alone, so a replay refuses the same records.
+pub fn check_inferable(record: &[u8]) -> Result<(), String> {
+    let Fields(fields) = serde_json::from_slice::<Fields<'_>>(record)
+        .map_err(|e| format!("not a JSON object: {e}"))?;
+    if fields.is_empty() {
+        return Err("an empty object has no field to write".into());
+    }
+    let mut names: Vec<&str> = fields.iter().map(|(name, _)| &**name).collect();
+    names.sort_unstable();
+    if let Some(twice) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+        return Err(format!("field `{}` appears twice", twice[0]));
+    }
+    for (name, value) in &fields {
+        let text = value.get();
+        match text.as_bytes().first() {
+            Some(b'-' | b'0'..=b'9') => {
+                let integer = !text.contains(&['.', 'e', 'E'][..]);
+                if integer && text.parse::<i64>().is_err() {
+                    return Err(format!(
+                        "field `{name}` = {text} does not fit a 64-bit integer"
+                    ));
+                }
+                if !integer && !text.parse::<f64>().is_ok_and(f64::is_finite) {
+                    return Err(format!(
+                        "field `{name}` = {text} does not fit a 64-bit float"
+                    ));
+                }
+            }
+            Some(b'[' | b'{') => {
+                serde_json::from_str::<serde_json::Value>(text)
+                    .map_err(|e| format!("field `{name}`: {e}"))?;
+            }
+            _ => {}
+        }
+    }
+    // Inference reads each record as a `Value`: one it cannot read would have no say in the
+    // columns (the nesting limit counts the record's own level too).
+    serde_json::from_slice::<serde_json::Value>(record).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// A record's top-level fields in order, each value as its JSON text.
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a serde_json::value::RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Fields<'de>, D::Error> {
+        deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+struct FieldsVisitor;
+
+impl<'de> Visitor<'de> for FieldsVisitor {
+    type Value = Fields<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Fields<'de>, M::Error> {
+        let mut fields = Vec::new();
+        while let Some(name) = map.next_key_seed(Text)? {
+            let value: &'de serde_json::value::RawValue = map.next_value()?;
+            fields.push((name, value));
+        }
+        Ok(Fields(fields))
     }
 }
 
@@ -626,6 +713,78 @@ mod tests {
                 ("h", ColType::Json, true),
             ]
         );
+        for record in &records {
+            let text = serde_json::to_vec(record).unwrap();
+            let mut row = Vec::new();
+            read_row(&columns, &text, &mut row).unwrap();
+        }
+    }
+
+    #[test]
+    fn records_an_inferred_file_could_not_hold_are_refused_alone() {
+        for (text, expected) in [
+            (
+                r#"{"a":1,"n":18446744073709551616}"#,
+                "field `n` = 18446744073709551616 does not fit a 64-bit integer",
+            ),
+            (
+                r#"{"n":9223372036854775808}"#,
+                "field `n` = 9223372036854775808 does not fit a 64-bit integer",
+            ),
+            (
+                r#"{"n":-9223372036854775809}"#,
+                "field `n` = -9223372036854775809 does not fit a 64-bit integer",
+            ),
+            (
+                r#"{"x":1e400}"#,
+                "field `x` = 1e400 does not fit a 64-bit float",
+            ),
+            (
+                r#"{"x":-1E400}"#,
+                "field `x` = -1E400 does not fit a 64-bit float",
+            ),
+            (r#"{"x":[1e400]}"#, "field `x`: number out of range"),
+            (r#"{"a":"x","a":1}"#, "field `a` appears twice"),
+            ("{}", "an empty object"),
+            ("[1]", "not a JSON object"),
+        ] {
+            let reason = check_inferable(text.as_bytes()).unwrap_err();
+            assert!(reason.contains(expected), "{text}: {reason}");
+        }
+        let deep = format!(r#"{{"d":{}{}}}"#, "[".repeat(200), "]".repeat(200));
+        let reason = check_inferable(deep.as_bytes()).unwrap_err();
+        assert!(reason.contains("field `d`: recursion limit"), "{reason}");
+        // 127 levels in the field, 128 with the record: what inference could not read.
+        let edge = format!(r#"{{"d":{}{}}}"#, "[".repeat(127), "]".repeat(127));
+        assert!(check_inferable(edge.as_bytes()).is_err());
+        let fine = [
+            r#"{"n":9223372036854775807,"m":-9223372036854775808}"#,
+            r#"{"x":1.5e300,"y":-2.5E-3,"z":-0}"#,
+            r#"{"d":{"n":18446744073709551616},"l":[1,[2]],"s":"\u0000"}"#,
+        ];
+        for text in fine {
+            check_inferable(text.as_bytes()).unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
+        // Each record that passes reads into the columns inferred from all of them.
+        let values: Vec<serde_json::Value> = fine
+            .iter()
+            .map(|t| serde_json::from_str(t).unwrap())
+            .collect();
+        let columns = Columns::infer(&values);
+        for text in fine {
+            let mut row = Vec::new();
+            read_row(&columns, text.as_bytes(), &mut row).unwrap();
+        }
+    }
+
+    #[test]
+    fn inference_types_only_what_fits_an_i64_as_an_integer() {
+        let records: Vec<serde_json::Value> = [r#"{"n":1}"#, r#"{"n":9223372036854775808}"#]
+            .iter()
+            .map(|t| serde_json::from_str(t).unwrap())
+            .collect();
+        let columns = Columns::infer(&records);
+        assert_eq!(columns.get(0).ty, ColType::F64);
         for record in &records {
             let text = serde_json::to_vec(record).unwrap();
             let mut row = Vec::new();

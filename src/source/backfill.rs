@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     dedupe::Dedupe,
-    fetch::{Backoff, FetchError, Fetched, Fetcher, HttpConfig},
+    fetch::{FetchError, Fetched, Fetcher, HttpConfig},
     geojson,
     publish::{self, Profile, Publisher, published_of},
 };
@@ -32,6 +32,7 @@ use crate::{
     kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer, reader},
     metrics::SourceMetrics,
     record::{format_millis, parse_millis},
+    runtime::Backoff,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

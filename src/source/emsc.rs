@@ -13,15 +13,15 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures::{SinkExt, StreamExt};
+use futures::{SinkExt, StreamExt, future::BoxFuture};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    SourceSettings,
     dedupe::Dedupe,
-    fetch::Backoff,
     publish::{self, Profile, Publisher},
 };
 use crate::{
@@ -30,6 +30,8 @@ use crate::{
     kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer},
     metrics::SourceMetrics,
     record::{Quake, format_millis},
+    runtime::Backoff,
+    runtime::Context,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -206,10 +208,7 @@ pub async fn run(
     metrics: Arc<SourceMetrics>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    config.validate().map_err(|message| Error::Config {
-        origin: "config".into(),
-        message,
-    })?;
+    config.validate().map_err(Error::config("config"))?;
     let topic: TopicName = config.topic.parse()?;
     let admin = Admin::connect(settings).await?;
     admin
@@ -403,6 +402,28 @@ async fn handle(
     }
     metrics.last_success_ms.set(now);
     Ok(())
+}
+
+impl SourceSettings for EmscConfig {
+    fn name(&self) -> String {
+        "emsc".into()
+    }
+
+    fn topic(&self) -> String {
+        self.topic.clone()
+    }
+
+    fn check(&self) -> Result<()> {
+        self.validate().map_err(Error::config("config"))
+    }
+
+    fn describe(&self) -> String {
+        format!("{} (WebSocket) -> topic {}", self.url, self.topic)
+    }
+
+    fn start(self, ctx: Context, metrics: Arc<SourceMetrics>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move { run(&self, &ctx.dlq, &ctx.kafka, metrics, ctx.shutdown).await })
+    }
 }
 
 #[cfg(test)]

@@ -22,11 +22,13 @@ use std::{
     time::Duration,
 };
 
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    SourceSettings,
     fetch::{Fetched, Fetcher, HttpConfig},
     schedule::{self, Ended},
 };
@@ -36,6 +38,7 @@ use crate::{
     kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer, reader},
     metrics::SourceMetrics,
     record::DeadLetter,
+    runtime::Context,
 };
 
 /// Header holding a record's key and version, `key\u{1f}version`, read back at start.
@@ -721,6 +724,38 @@ impl Poller {
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+impl SourceSettings for HttpSourceConfig {
+    fn name(&self) -> String {
+        self.resolved().name
+    }
+
+    fn topic(&self) -> String {
+        self.resolved().topic
+    }
+
+    fn check(&self) -> Result<()> {
+        self.validate().map_err(Error::config("config"))
+    }
+
+    fn describe(&self) -> String {
+        let c = self.resolved();
+        let mut line = format!(
+            "{} every {} -> topic {}",
+            c.url,
+            humantime::format_duration(c.interval()),
+            c.topic
+        );
+        if let Some(d) = c.duration {
+            line.push_str(&format!(" for {}", humantime::format_duration(d)));
+        }
+        line
+    }
+
+    fn start(self, ctx: Context, metrics: Arc<SourceMetrics>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move { run(&self, &ctx.dlq, &ctx.kafka, metrics, ctx.shutdown).await })
+    }
 }
 
 #[cfg(test)]

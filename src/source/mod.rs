@@ -6,6 +6,8 @@
 //! - [`geojson`]: USGS GeoJSON parsed and normalized to [`crate::record::Quake`].
 //! - [`emsc`]: the EMSC real-time WebSocket, normalized to `Quake`.
 //! - [`http`]: any JSON API, and the `randomuser` and `nasa-apod` presets.
+//! - [`jsonl`]: a JSON Lines file (or standard input) to a topic, one message per line, exactly
+//!   once.
 //! - [`turnstile`]: MTA turnstile counters (a weekly file replayed as deltas, or synthetic).
 //! - [`schedule`]: the polling loop they share (interval, backoff, `Retry-After`, deadline).
 //! - [`fetch`]: the HTTP poller every source shares (conditional requests, gzip, size cap,
@@ -19,7 +21,81 @@ pub mod emsc;
 pub mod fetch;
 pub mod geojson;
 pub mod http;
+pub mod jsonl;
 pub mod publish;
 pub mod schedule;
 pub mod turnstile;
 pub mod usgs;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use crate::{
+    error::Result,
+    metrics::SourceMetrics,
+    runtime::{Component, Context, Kind, Metrics},
+};
+
+/// What the runtime needs of a source's settings; [`Source`] makes the component of them. A new
+/// source implements this for its configuration and needs nothing else from the runtime.
+pub trait SourceSettings: Clone + Send + Sync + 'static {
+    /// The source's name (`usgs`, an `[[http]]` source's own name, …).
+    fn name(&self) -> String;
+    /// The topic it publishes to.
+    fn topic(&self) -> String;
+    /// Settings that can never work.
+    fn check(&self) -> Result<()>;
+    /// What it does, for the start-up banner.
+    fn describe(&self) -> String;
+    /// Polls and publishes until `ctx.shutdown` (or until its input is done).
+    fn start(self, ctx: Context, metrics: Arc<SourceMetrics>) -> BoxFuture<'static, Result<()>>;
+}
+
+/// A source as a pipeline component.
+pub struct Source<C> {
+    config: C,
+    name: String,
+    metrics: Arc<SourceMetrics>,
+}
+
+impl<C: SourceSettings> Source<C> {
+    pub fn new(config: &C) -> Source<C> {
+        let name = config.name();
+        Source {
+            config: config.clone(),
+            metrics: Arc::new(SourceMetrics::new(&name)),
+            name,
+        }
+    }
+}
+
+impl<C: SourceSettings> Component for Source<C> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> Kind {
+        Kind::Source
+    }
+
+    fn writes(&self) -> Vec<String> {
+        vec![self.config.topic()]
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.config.check()
+    }
+
+    fn describe(&self) -> String {
+        self.config.describe()
+    }
+
+    fn metrics(&self) -> Metrics {
+        Metrics::Source(self.metrics.clone())
+    }
+
+    fn run(&self, ctx: Context) -> BoxFuture<'static, Result<()>> {
+        self.config.clone().start(ctx, self.metrics.clone())
+    }
+}

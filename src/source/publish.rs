@@ -30,7 +30,7 @@ pub const H_MERGED_INTO: &str = "qs-merged-into";
 /// Header: `metadata.generated` of the feed the record came from, epoch ms.
 pub const H_GENERATED: &str = "qs-generated";
 
-/// What a source writes to its topic (DESIGN.md §3, compatibility profiles).
+/// What a source writes to its topic (docs/architecture.md, compatibility profiles).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Profile {

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::fetch::{Backoff, FetchError, HttpConfig};
+use super::fetch::{FetchError, HttpConfig};
 use crate::metrics::SourceMetrics;
+use crate::runtime::Backoff;
 
 /// What the loop needs to know about a failed poll.
 pub trait PollFailure: std::fmt::Display {

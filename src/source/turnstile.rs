@@ -22,17 +22,22 @@ use std::{
 };
 
 use chrono::{FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::http::{H_RECORD, read_back};
+use super::{
+    SourceSettings,
+    http::{H_RECORD, read_back},
+};
 use crate::{
     config::duration,
     error::{Error, Result},
     kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer},
     metrics::{Counter, SourceMetrics},
     record::{DeadLetter, format_millis},
+    runtime::Context,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -516,6 +521,35 @@ pub async fn run(
     }
     producer.flush()?;
     Ok(())
+}
+
+impl SourceSettings for TurnstileConfig {
+    fn name(&self) -> String {
+        "turnstile".into()
+    }
+
+    fn topic(&self) -> String {
+        self.topic.clone()
+    }
+
+    fn check(&self) -> Result<()> {
+        self.validate().map_err(Error::config("config"))
+    }
+
+    fn describe(&self) -> String {
+        let what = match self.mode {
+            Mode::Replay => format!("{} replayed as intervals", self.file.display()),
+            Mode::Synthetic => format!(
+                "synthetic, one every {}",
+                humantime::format_duration(self.interval)
+            ),
+        };
+        format!("{what} -> topic {}", self.topic)
+    }
+
+    fn start(self, ctx: Context, metrics: Arc<SourceMetrics>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move { run(&self, &ctx.dlq, &ctx.kafka, metrics, ctx.shutdown).await })
+    }
 }
 
 #[cfg(test)]

@@ -13,10 +13,12 @@
 
 use std::{sync::Arc, time::Duration};
 
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    SourceSettings,
     dedupe::Dedupe,
     fetch::{Fetched, Fetcher, HttpConfig},
     geojson::{self, FeedError},
@@ -28,6 +30,7 @@ use crate::{
     error::{Error, Result},
     kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer},
     metrics::SourceMetrics,
+    runtime::Context,
 };
 
 /// The summary feeds' base URL.
@@ -175,10 +178,7 @@ pub async fn run(
     metrics: Arc<SourceMetrics>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    config.validate().map_err(|message| Error::Config {
-        origin: "usgs".into(),
-        message,
-    })?;
+    config.validate().map_err(Error::config("usgs"))?;
     let topic: TopicName = config.topic().parse()?;
     let dlq_topic: TopicName = dlq.parse()?;
     let admin = Admin::connect(settings).await?;
@@ -403,6 +403,33 @@ impl Poller {
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+impl SourceSettings for UsgsConfig {
+    fn name(&self) -> String {
+        "usgs".into()
+    }
+
+    fn topic(&self) -> String {
+        UsgsConfig::topic(self).to_string()
+    }
+
+    fn check(&self) -> Result<()> {
+        self.validate().map_err(Error::config("usgs"))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} every {} -> topic {}",
+            self.url(),
+            humantime::format_duration(self.interval()),
+            UsgsConfig::topic(self)
+        )
+    }
+
+    fn start(self, ctx: Context, metrics: Arc<SourceMetrics>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move { run(&self, &ctx.dlq, &ctx.kafka, metrics, ctx.shutdown).await })
+    }
 }
 
 #[cfg(test)]

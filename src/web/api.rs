@@ -346,6 +346,7 @@ async fn pipeline(State(web): State<Arc<Web>>) -> Json<serde_json::Value> {
         "groups": snapshot.groups,
         "dlq": web.page_config["topics"]["dlq"],
         "sources": sources,
+        "components": components(&web),
         "map": {
             "events": stats.events,
             "newest": stats.newest,
@@ -367,21 +368,54 @@ async fn metrics(State(web): State<Arc<Web>>) -> Response {
         .into_response()
 }
 
+/// Each supervised component of this process: state, restarts, last error.
+fn components(web: &Web) -> Vec<crate::runtime::status::StatusView> {
+    web.registry.components().iter().map(|c| c.view()).collect()
+}
+
+/// `200` while Kafka answers and every component runs (`"status": "ok"`), still `200` but
+/// `"degraded"` while one is restarting after a failure (the rest of the pipeline works), and
+/// `503` when Kafka does not answer or a component has failed for good.
 async fn health(State(web): State<Arc<Web>>) -> Response {
     let kafka = web.pipeline.healthy();
     let caught_up = web.live.caught_up();
-    let status = if kafka {
-        StatusCode::OK
+    let components = components(&web);
+    let failed: Vec<&str> = components
+        .iter()
+        .filter(|c| c.state == crate::runtime::State::Failed)
+        .map(|c| c.name.as_str())
+        .collect();
+    let restarting: Vec<&str> = components
+        .iter()
+        .filter(|c| c.state == crate::runtime::State::Restarting)
+        .map(|c| c.name.as_str())
+        .collect();
+    let (status, text) = if !kafka {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kafka unreachable".to_string(),
+        )
+    } else if !failed.is_empty() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("failed: {}", failed.join(", ")),
+        )
+    } else if !restarting.is_empty() {
+        (
+            StatusCode::OK,
+            format!("degraded: {} restarting", restarting.join(", ")),
+        )
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        (StatusCode::OK, "ok".to_string())
     };
     (
         status,
         Json(json!({
-            "status": if kafka { "ok" } else { "kafka unreachable" },
+            "status": text,
             "kafka": kafka,
             "caught_up": caught_up,
             "events": web.live.stats(now_ms()).events,
+            "components": components,
         })),
     )
         .into_response()

@@ -1,5 +1,5 @@
 //! The web server: the live earthquake map, the pipeline monitor, the JSON API, `/metrics`
-//! and `/health` (DESIGN.md §4, Web; docs/web.md).
+//! and `/health` (docs/web.md).
 //!
 //! - [`config`]: the `[web]` settings.
 //! - [`state`]: what the map shows, rebuilt from the topics at every start, and the numbered
@@ -17,6 +17,8 @@ pub mod state;
 
 use std::{sync::Arc, time::Duration};
 
+use futures::future::BoxFuture;
+
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +28,7 @@ use crate::{
     error::{Error, Result},
     kafka::KafkaSettings,
     metrics::Registry,
-    source::fetch::Backoff,
+    runtime::{Backoff, Component, Context, Kind},
 };
 
 /// Binds the server's address; a clear error when it is taken or not ours to take.
@@ -82,6 +84,7 @@ pub async fn serve_metrics(
 }
 
 /// Everything [`run`] needs besides its listener.
+#[derive(Clone)]
 pub struct Settings {
     pub config: WebConfig,
     pub topics: feed::Topics,
@@ -104,10 +107,7 @@ pub async fn run(
         max_alerts: c.max_alerts,
     }));
     let pipeline = Arc::new(pipeline::Pipeline::new(&settings.kafka.bootstrap));
-    let tile_origin = c.tile_origin().map_err(|message| Error::Config {
-        origin: "[web]".into(),
-        message,
-    })?;
+    let tile_origin = c.tile_origin().map_err(Error::config("[web]"))?;
     let missing = assets::missing();
     if !missing.is_empty() {
         tracing::warn!(
@@ -174,6 +174,80 @@ pub async fn run(
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     served
+}
+
+/// The web server as a pipeline component. Its address is bound before anything starts (a
+/// taken port is a configuration error); each start serves on that same socket.
+pub struct WebServer {
+    listener: std::net::TcpListener,
+    settings: Settings,
+}
+
+impl WebServer {
+    pub fn new(listener: TcpListener, settings: Settings) -> Result<WebServer> {
+        let listener = listener
+            .into_std()
+            .map_err(Error::io("<web server socket>"))?;
+        Ok(WebServer { listener, settings })
+    }
+
+    /// The address it serves on.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+}
+
+impl Component for WebServer {
+    fn name(&self) -> &str {
+        "web"
+    }
+
+    fn kind(&self) -> Kind {
+        Kind::Web
+    }
+
+    fn reads(&self) -> Vec<String> {
+        let t = &self.settings.topics;
+        vec![
+            t.quakes.to_string(),
+            t.stats.to_string(),
+            t.alerts.to_string(),
+        ]
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.settings
+            .config
+            .validate()
+            .map_err(Error::config("[web]"))
+    }
+
+    fn describe(&self) -> String {
+        let addr = self
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| self.settings.config.listen.clone());
+        format!("http://{addr}/ (live map), /pipeline (monitor), /api, /metrics")
+    }
+
+    fn run(&self, ctx: Context) -> BoxFuture<'static, Result<()>> {
+        let listener = self
+            .listener
+            .try_clone()
+            .map_err(Error::io("<web server socket>"));
+        let settings = self.settings.clone();
+        Box::pin(async move {
+            let listener = listener?;
+            listener
+                .set_nonblocking(true)
+                .map_err(Error::io("<web server socket>"))?;
+            let listener =
+                TcpListener::from_std(listener).map_err(Error::io("<web server socket>"))?;
+            // The server ends its own helpers on the way out: a token of its own, so that
+            // this does not stop the other components.
+            run(listener, settings, ctx.registry, ctx.shutdown.child_token()).await
+        })
+    }
 }
 
 #[cfg(test)]

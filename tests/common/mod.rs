@@ -585,3 +585,34 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+
+impl Moto {
+    /// moto's S3 server on a port chosen beforehand, as [`Moto::start`] runs it: how a test
+    /// brings up an endpoint that a running pipeline has been pointed at while it was dead.
+    pub fn start_on(port: u16) -> Moto {
+        let program = std::env::var("QS_MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
+        let child = Command::new(&program)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program}: {e} (scripts/test.sh installs moto[server])"));
+        let mut moto = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            // moto exits at once when it cannot start: say so rather than wait 30 s.
+            if let Ok(Some(status)) = moto.child.try_wait() {
+                panic!("moto_server on port {port} exited with {status} (port taken?)");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        moto
+    }
+}

@@ -59,6 +59,16 @@
     setText('map-events', fmt(p.map.events));
     setText('map-fresh', p.map.newest ? `newest origin ${ago(p.map.newest)}` : (p.map.caught_up ? 'topics empty' : 'reading topics…'));
 
+    const components = p.components || [];
+    rows('components', components.map((c) => el('tr', { dataset: { component: c.name, state: c.state } },
+      el('td', {}, c.name),
+      el('td', {}, c.kind),
+      el('td', { class: c.state === 'restarting' || c.state === 'failed' ? 'warn' : '' }, c.state),
+      el('td', { title: utc(c.since_ms) }, ago(c.since_ms)),
+      el('td', { class: c.restarts > 0 ? 'num warn' : 'num' }, fmt(c.restarts)),
+      el('td', { class: 'error-text', title: c.last_error_at_ms ? utc(c.last_error_at_ms) : '' },
+        c.last_error ? c.last_error : '–'))), 'components-empty');
+
     rows('sources', (p.sources || []).map((s) => el('tr', {},
       el('td', {}, s.source),
       el('td', { title: s.last_success || '' }, s.last_success ? ago(s.last_success) : 'never'),

@@ -16,25 +16,19 @@ use std::{
 };
 
 use chrono::{Offset, TimeZone};
-use rdkafka::{Message, consumer::Consumer as _};
-use tokio_util::sync::CancellationToken;
+use futures::future::BoxFuture;
+use rdkafka::Message;
 
 use super::{Alert, Alerter, AlertsConfig, Event, Kind};
 use crate::{
     error::{Error, Result},
-    kafka::{
-        KafkaSettings, TopicName,
-        admin::Admin,
-        consumer::{Consumer, StartFrom, static_member_id},
-        producer::Producer,
-        reader,
-    },
+    kafka::{KafkaSettings, producer::Producer, reader},
     metrics::{Counter, Observe, Samples},
     process::{
         console,
         webhook::{WebhookMetrics, Webhooks},
     },
-    record::DeadLetter,
+    runtime::{Component, Context, Kind as ComponentKind, Metrics, consume},
 };
 
 #[derive(Debug, Default)]
@@ -101,131 +95,140 @@ impl AlertMetrics {
 }
 
 /// Runs the alert processor until `shutdown`.
-pub async fn run(
-    config: &AlertsConfig,
-    dlq: &str,
-    data_dir: &Path,
-    settings: &KafkaSettings,
-    metrics: Arc<AlertMetrics>,
-    shutdown: CancellationToken,
-) -> Result<()> {
+pub async fn run(config: &AlertsConfig, ctx: &Context, metrics: Arc<AlertMetrics>) -> Result<()> {
+    let settings = &ctx.kafka;
     let invalid = |message: String| Error::Config {
         origin: "[alerts]".into(),
         message,
     };
     config.validate().map_err(invalid)?;
     let rules = config.compiled_rules().map_err(invalid)?;
-    let names = [config.input.as_str(), config.output.as_str(), dlq]
-        .iter()
-        .map(|t| t.parse::<TopicName>())
-        .collect::<Result<Vec<_>>>()?;
-    Admin::connect(settings)
-        .await?
-        .ensure_topics(&names)
-        .await?;
-
+    consume::ensure_topics(ctx, &[config.input.clone(), config.output.clone()]).await?;
     let mut alerter = Alerter::new(rules, config.magnitude_step);
     rebuild(&mut alerter, settings, &config.output).await?;
-    let consumer = Consumer::with_properties(
+    let spec = consume::Spec {
+        name: "alerts",
+        group: config.group_id.clone(),
+        instance_id: None,
+        topics: vec![config.input.clone()],
+        batch_size: 500,
+        batch_gap: Duration::from_millis(20),
+        tick: Duration::from_secs(1),
+    };
+    let mut handler = Alerts {
+        config,
         settings,
-        &config.group_id,
-        StartFrom::Earliest,
-        true,
-        &[(
-            "group.instance.id",
-            static_member_id(&config.group_id, data_dir),
-        )],
-    )?;
-    consumer.subscribe(&names[..1])?;
-    let producer = Producer::new(settings)?;
-    let mut log = AlertLog::open(config, data_dir)?;
-    let webhooks = Webhooks::start(
-        config.webhooks.clone(),
-        config.webhook_attempts,
-        metrics.webhooks.clone(),
-    );
-    tracing::info!(input = %config.input, output = %config.output, rules = alerter.rules().len(),
-        known_events = alerter.events(), "alert processor started");
+        producer: Producer::new(settings)?,
+        log: AlertLog::open(config, &ctx.data_dir)?,
+        webhooks: Webhooks::start(
+            config.webhooks.clone(),
+            config.webhook_attempts,
+            metrics.webhooks.clone(),
+        ),
+        alerter,
+        rebuild: false,
+        metrics,
+    };
+    tracing::info!(input = %config.input, output = %config.output, rules = handler.alerter.rules().len(),
+        known_events = handler.alerter.events(), "alert processor started");
+    let result = consume::run(ctx, &spec, &mut handler).await;
+    handler.webhooks.stop(Duration::from_secs(5)).await;
+    result
+}
 
-    let result = async {
-        loop {
-            let message = tokio::select! {
-                () = shutdown.cancelled() => break,
-                m = consumer.recv() => m,
-            };
-            let message = match message {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "alert processor: consumer error");
-                    continue;
-                }
-            };
-            // Partitions moved: events of the new ones may have been alerted by another process.
-            if !consumer.raw().context().take_revoked().is_empty() {
-                alerter = Alerter::new(alerter.rules().to_vec(), config.magnitude_step);
-                rebuild(&mut alerter, settings, &config.output).await?;
+/// The alert processor's side of the consume loop.
+struct Alerts<'a> {
+    config: &'a AlertsConfig,
+    settings: &'a KafkaSettings,
+    producer: Producer,
+    log: AlertLog,
+    webhooks: Webhooks,
+    alerter: Alerter,
+    /// Partitions moved: events of the new ones may have been alerted by another process, so
+    /// the alerter is rebuilt from the alerts topic before the next batch.
+    rebuild: bool,
+    metrics: Arc<AlertMetrics>,
+}
+
+impl consume::Handler for Alerts<'_> {
+    fn handle<'a>(
+        &'a mut self,
+        batch: &'a [consume::Record],
+        out: &'a mut consume::Outcome,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            if std::mem::take(&mut self.rebuild) {
+                self.alerter =
+                    Alerter::new(self.alerter.rules().to_vec(), self.config.magnitude_step);
+                rebuild(&mut self.alerter, self.settings, &self.config.output).await?;
             }
-            metrics.records.inc();
-            let key = message
-                .key()
-                .map(|k| String::from_utf8_lossy(k).into_owned());
-            let payload = message.payload().unwrap_or_default();
-            let parsed = serde_json::from_slice::<serde_json::Value>(payload)
-                .map_err(|_| "the record is not valid JSON")
-                .and_then(|v| {
-                    let key = key
-                        .clone()
-                        .or_else(|| v.get("id").and_then(|i| i.as_str()).map(String::from))
-                        .ok_or("the record has neither a key nor an id")?;
-                    Event::from_json(&key, &v).map(|e| (e, v))
-                });
-            match parsed {
-                Err(reason) => {
-                    metrics.bad.inc();
-                    let letter = DeadLetter {
-                        reason: format!("bad record: {reason}"),
-                        source: "alerts".into(),
-                        topic: Some(config.input.clone()),
-                        partition: Some(message.partition()),
-                        offset: Some(message.offset()),
-                        payload: String::from_utf8_lossy(payload).into_owned(),
-                    };
-                    let body = serde_json::to_vec(&letter).unwrap_or_default();
-                    producer.send(dlq, key.as_deref(), &body, None).await?;
-                }
-                Ok((event, quake)) => {
-                    let now = chrono::Utc::now().timestamp_millis();
-                    if let Some(alert) = alerter.decide(&event, &quake, now) {
-                        let body = serde_json::to_vec(&alert).unwrap_or_default();
-                        producer
-                            .send(&config.output, Some(&event.key), &body, event.time)
-                            .await?;
-                        match alert.kind {
-                            Kind::New => metrics.new.inc(),
-                            Kind::Upgrade => metrics.upgrades.inc(),
-                            Kind::Cancel => metrics.cancels.inc(),
-                        }
-                        log.write(&event.key, &alert)?;
-                        if config.console {
-                            crate::command::print_out(&console::alert_box(
-                                &alert,
-                                local_offset(&alert),
-                            ))?;
-                        }
-                        webhooks.send(console::alert_line(&alert));
+            for record in batch {
+                self.metrics.records.inc();
+                match self.decide(record) {
+                    Ok(Some((event, alert))) => self.emit(&event, &alert).await?,
+                    Ok(None) => {}
+                    Err(Refused(reason)) => {
+                        self.metrics.bad.inc();
+                        out.refuse(record, format!("bad record: {reason}"));
                     }
                 }
             }
-            consumer.handled(&message)?;
+            out.release_all(batch);
+            Ok(())
+        })
+    }
+
+    fn revoked(&mut self, _partitions: &[(String, i32)]) {
+        self.rebuild = true;
+    }
+}
+
+/// A record the alert processor cannot read, with the reason.
+struct Refused(&'static str);
+
+impl Alerts<'_> {
+    /// The alert one record calls for, if any.
+    fn decide(
+        &mut self,
+        record: &consume::Record,
+    ) -> std::result::Result<Option<(Event, Alert)>, Refused> {
+        let key = record.key_text();
+        let (event, quake) = serde_json::from_slice::<serde_json::Value>(&record.payload)
+            .map_err(|_| "the record is not valid JSON")
+            .and_then(|v| {
+                let key = key
+                    .clone()
+                    .or_else(|| v.get("id").and_then(|i| i.as_str()).map(String::from))
+                    .ok_or("the record has neither a key nor an id")?;
+                Event::from_json(&key, &v).map(|e| (e, v))
+            })
+            .map_err(Refused)?;
+        let now = chrono::Utc::now().timestamp_millis();
+        Ok(self
+            .alerter
+            .decide(&event, &quake, now)
+            .map(|alert| (event, alert)))
+    }
+
+    /// An alert on the topic (acknowledged), in the log, on the console and queued for the
+    /// webhooks.
+    async fn emit(&mut self, event: &Event, alert: &Alert) -> Result<()> {
+        let body = serde_json::to_vec(alert).unwrap_or_default();
+        self.producer
+            .send(&self.config.output, Some(&event.key), &body, event.time)
+            .await?;
+        match alert.kind {
+            Kind::New => self.metrics.new.inc(),
+            Kind::Upgrade => self.metrics.upgrades.inc(),
+            Kind::Cancel => self.metrics.cancels.inc(),
         }
-        Ok::<(), Error>(())
+        self.log.write(&event.key, alert)?;
+        if self.config.console {
+            crate::process::console::print_out(&console::alert_box(alert, local_offset(alert)))?;
+        }
+        self.webhooks.send(console::alert_line(alert));
+        Ok(())
     }
-    .await;
-    if let Err(e) = consumer.commit() {
-        tracing::warn!(error = %e, "alert processor: final commit failed");
-    }
-    webhooks.stop(Duration::from_secs(5)).await;
-    result
 }
 
 /// Reads the alerts topic back: what every event has been alerted at.
@@ -305,5 +308,75 @@ impl AlertLog {
         file.write_all(line.as_bytes())
             .and_then(|()| file.flush())
             .map_err(Error::io(path.as_path()))
+    }
+}
+
+/// The alert processor as a pipeline component.
+pub struct AlertProcessor {
+    config: AlertsConfig,
+    metrics: Arc<AlertMetrics>,
+    /// The data directory, for the log file's path in the banner.
+    data_dir: PathBuf,
+}
+
+impl AlertProcessor {
+    pub fn new(config: &AlertsConfig, data_dir: &Path) -> AlertProcessor {
+        AlertProcessor {
+            config: config.clone(),
+            metrics: Arc::default(),
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+}
+
+impl Component for AlertProcessor {
+    fn name(&self) -> &str {
+        "alerts"
+    }
+
+    fn kind(&self) -> ComponentKind {
+        ComponentKind::Processor
+    }
+
+    fn reads(&self) -> Vec<String> {
+        vec![self.config.input.clone()]
+    }
+
+    fn writes(&self) -> Vec<String> {
+        vec![self.config.output.clone()]
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.config.validate().map_err(Error::config("[alerts]"))
+    }
+
+    fn describe(&self) -> String {
+        let a = &self.config;
+        let rules: Vec<&str> = a.rules.iter().map(|r| r.name.as_str()).collect();
+        let mut line = format!(
+            "{} -> rules {} -> topic {}",
+            a.input,
+            rules.join(", "),
+            a.output
+        );
+        if !a.log_file.as_os_str().is_empty() {
+            line.push_str(&format!(
+                ", log {}",
+                self.data_dir.join(&a.log_file).display()
+            ));
+        }
+        if !a.webhooks.is_empty() {
+            line.push_str(&format!(", {} webhook(s)", a.webhooks.len()));
+        }
+        line
+    }
+
+    fn metrics(&self) -> Metrics {
+        Metrics::Part(self.metrics.clone())
+    }
+
+    fn run(&self, ctx: Context) -> BoxFuture<'static, Result<()>> {
+        let (config, metrics) = (self.config.clone(), self.metrics.clone());
+        Box::pin(async move { run(&config, &ctx, metrics).await })
     }
 }

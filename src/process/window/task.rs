@@ -17,19 +17,15 @@
 use std::{
     collections::{BTreeMap, HashMap},
     future::Future,
-    path::{Path, PathBuf},
+    path::PathBuf,
     pin::Pin,
     sync::Arc,
     time::Duration,
 };
 
-use futures::FutureExt;
-use rdkafka::{
-    Message, Offset, TopicPartitionList,
-    consumer::{CommitMode, Consumer as _},
-};
+use futures::future::BoxFuture;
+use rdkafka::Message;
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
 use super::{
     Applied, Assigner, Change, Combiner, Extractor, Layout, Op, Outcome, Spec, WindowConfig,
@@ -40,12 +36,12 @@ use crate::{
     kafka::{
         KafkaSettings, TopicName,
         admin::Admin,
-        consumer::{Consumer, StartFrom, static_member_id},
         producer::{Delivery, Producer},
         reader,
     },
     metrics::{Counter, Gauge, Observe, Samples},
     record::{DeadLetter, format_millis},
+    runtime::{Component, Context, Kind, Metrics, consume},
 };
 
 /// Most messages handled as one batch (between commits).
@@ -235,14 +231,8 @@ struct Incoming {
 }
 
 /// Runs the window processor until `shutdown`.
-pub async fn run(
-    config: &WindowConfig,
-    dlq: &str,
-    data_dir: &Path,
-    settings: &KafkaSettings,
-    metrics: Arc<WindowMetrics>,
-    shutdown: CancellationToken,
-) -> Result<()> {
+pub async fn run(config: &WindowConfig, ctx: &Context, metrics: Arc<WindowMetrics>) -> Result<()> {
+    let (dlq, data_dir, settings) = (ctx.dlq.as_str(), ctx.data_dir.as_path(), &ctx.kafka);
     let invalid = |message: String| Error::Config {
         origin: "[window]".into(),
         message,
@@ -266,21 +256,7 @@ pub async fn run(
     if repartitions == 0 {
         return Err(Error::Broker(format!("{} has no partitions", names[1])));
     }
-    let consumer = Consumer::with_properties(
-        settings,
-        &config.group_id,
-        StartFrom::Earliest,
-        false,
-        &[(
-            "group.instance.id",
-            config
-                .instance_id
-                .clone()
-                .unwrap_or_else(|| static_member_id(&config.group_id, data_dir)),
-        )],
-    )?;
-    consumer.subscribe(&names[..2])?;
-    let mut processor = Processor {
+    let processor = Processor {
         config: config.clone(),
         spec,
         layout: extractor.layout.clone(),
@@ -305,136 +281,131 @@ pub async fn run(
         input = %config.input, output = %config.output, group = %config.group_id,
         size = ?config.size, lateness = ?config.lateness, "window processor started"
     );
-    let tick_every = config.emit_interval.max(Duration::from_millis(100));
-    let mut positions: HashMap<i32, i64> = HashMap::new();
-    let mut unannounced = 0u64;
-    let mut tick = tokio::time::interval(tick_every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let mut batch = Vec::new();
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-            message = consumer.recv() => match message {
-                Ok(m) => batch.push(processor.incoming(&m)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "window processor: consumer error");
-                    continue;
-                }
-            },
-        }
-        // What arrives without a pause joins the batch: records published together (one poll
-        // spread over partitions) reach the consumer within milliseconds of each other.
-        while !batch.is_empty() && batch.len() < MAX_BATCH {
-            let next = match consumer.recv().now_or_never() {
-                Some(m) => Some(m),
-                None => tokio::time::timeout(BATCH_GAP, consumer.recv()).await.ok(),
-            };
-            match next {
-                Some(Ok(m)) => batch.push(processor.incoming(&m)),
-                _ => break,
-            }
-        }
-        let revoked = consumer.raw().context().take_revoked();
-        processor.forget(&revoked);
-        for (topic, partition) in &revoked {
-            if *topic == config.input {
-                positions.remove(partition);
-            }
-        }
-        for m in batch.iter().filter(|m| m.input) {
-            positions.insert(m.partition, m.offset + 1);
-            unannounced += 1;
-        }
-        let (caught_up, assigned) = caught_up(&consumer, &config.input, &mut positions);
-        let announce = caught_up || unannounced >= MAX_UNANNOUNCED;
-        if announce {
-            unannounced = 0;
-        }
-        let commits = processor.handle(batch, &assigned, announce, false).await?;
-        commit(&consumer, &commits);
+    let spec = consume::Spec {
+        name: "window",
+        group: config.group_id.clone(),
+        instance_id: config.instance_id.clone(),
+        topics: vec![config.input.clone(), config.repartition_topic()],
+        batch_size: MAX_BATCH,
+        batch_gap: BATCH_GAP,
+        tick: config.emit_interval.max(Duration::from_millis(100)),
+    };
+    let mut handler = Windows {
+        processor,
+        pending: Vec::new(),
+        positions: HashMap::new(),
+        unannounced: 0,
+    };
+    consume::run(ctx, &spec, &mut handler).await
+}
+
+/// The window processor's side of the consume loop: a batch is taken in, then handled on the
+/// tick that follows it (every loop turn has one), when the consumer's positions tell whether
+/// this member has caught up with its input partitions.
+struct Windows {
+    processor: Processor,
+    pending: Vec<Incoming>,
+    /// The next offset to read of each assigned input partition.
+    positions: HashMap<i32, i64>,
+    /// Input records since progress was last announced.
+    unannounced: u64,
+}
+
+impl consume::Handler for Windows {
+    fn handle<'a>(
+        &'a mut self,
+        batch: &'a [consume::Record],
+        _out: &'a mut consume::Outcome,
+    ) -> BoxFuture<'a, Result<()>> {
+        let input = &self.processor.config.input;
+        self.pending.extend(batch.iter().map(|r| Incoming {
+            input: r.topic == *input,
+            partition: r.partition,
+            offset: r.offset,
+            key: r.key.clone(),
+            payload: Some(r.payload.clone()),
+        }));
+        Box::pin(async { Ok(()) })
     }
-    // Pending coalesced updates go out before stopping.
-    let commits = processor.handle(Vec::new(), &[], false, true).await?;
-    commit(&consumer, &commits);
-    Ok(())
+
+    fn tick<'a>(
+        &'a mut self,
+        session: &'a consume::Session<'a>,
+        out: &'a mut consume::Outcome,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let batch = std::mem::take(&mut self.pending);
+            for m in batch.iter().filter(|m| m.input) {
+                self.positions.insert(m.partition, m.offset + 1);
+                self.unannounced += 1;
+            }
+            let (caught_up, assigned) =
+                caught_up(session, &self.processor.config.input, &mut self.positions);
+            let announce = caught_up || self.unannounced >= MAX_UNANNOUNCED;
+            if announce {
+                self.unannounced = 0;
+            }
+            let commits = self
+                .processor
+                .handle(batch, &assigned, announce, false)
+                .await?;
+            release(out, &commits);
+            Ok(())
+        })
+    }
+
+    fn revoked(&mut self, partitions: &[(String, i32)]) {
+        self.processor.forget(partitions);
+        for (topic, partition) in partitions {
+            if *topic == self.processor.config.input {
+                self.positions.remove(partition);
+            }
+        }
+    }
+
+    /// Pending coalesced updates go out before stopping.
+    fn drain<'a>(&'a mut self, out: &'a mut consume::Outcome) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let batch = std::mem::take(&mut self.pending);
+            let commits = self.processor.handle(batch, &[], false, true).await?;
+            release(out, &commits);
+            Ok(())
+        })
+    }
 }
 
 /// Whether every input partition assigned to this process has been read up to the end the
 /// consumer last saw from the broker. A partition nothing was read from yet starts at its
 /// committed offset (asked once), or at its start.
 fn caught_up(
-    consumer: &Consumer,
+    session: &consume::Session<'_>,
     input: &str,
     positions: &mut HashMap<i32, i64>,
 ) -> (bool, Vec<i32>) {
-    let Ok(assignment) = consumer.raw().assignment() else {
-        return (false, Vec::new());
-    };
-    let assigned: Vec<i32> = assignment
-        .elements()
-        .iter()
-        .filter(|e| e.topic() == input)
-        .map(|e| e.partition())
-        .collect();
+    let assigned = session.assigned(input);
     let mut caught_up = true;
     for &partition in &assigned {
-        let Some((low, high)) = consumer.cached_watermarks(input, partition) else {
+        let Some((low, high)) = session.watermarks(input, partition) else {
             caught_up = false;
             continue;
         };
-        let position = match positions.get(&partition) {
-            Some(p) => *p,
-            None => {
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition(input, partition);
-                let committed = consumer
-                    .raw()
-                    .committed_offsets(tpl, Duration::from_secs(2))
-                    .ok()
-                    .and_then(|t| {
-                        t.find_partition(input, partition)
-                            .and_then(|e| e.offset().to_raw())
-                    })
-                    .filter(|o| *o >= 0);
-                let start = committed.unwrap_or(low).max(low);
-                positions.insert(partition, start);
-                start
-            }
-        };
+        let position = *positions
+            .entry(partition)
+            .or_insert_with(|| session.committed(input, partition).unwrap_or(low).max(low));
         caught_up &= position >= high;
     }
     (caught_up, assigned)
 }
 
-fn commit(consumer: &Consumer, commits: &[(String, i32, i64)]) {
-    if commits.is_empty() {
-        return;
-    }
-    let mut tpl = TopicPartitionList::new();
+/// Offsets to commit, once everything sent for them is delivered (a failed commit is not lost
+/// work: the tail is processed again and its changes are recognised as duplicates).
+fn release(out: &mut consume::Outcome, commits: &[(String, i32, i64)]) {
     for (topic, partition, next) in commits {
-        if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
-            tracing::warn!(error = %e, "window processor: bad offset to commit");
-        }
-    }
-    // A failed commit (a rebalance under way) is not lost work: the tail is processed again and
-    // its changes are recognised as duplicates.
-    if let Err(e) = consumer.raw().commit(&tpl, CommitMode::Sync) {
-        tracing::warn!(error = %e, "window processor: committing offsets failed");
+        out.release(topic, *partition, *next);
     }
 }
 
 impl Processor {
-    fn incoming(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Incoming {
-        Incoming {
-            input: m.topic() == self.config.input,
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m.key().map(<[u8]>::to_vec),
-            payload: m.payload().map(<[u8]>::to_vec),
-        }
-    }
-
     fn forget(&mut self, revoked: &[(String, i32)]) {
         for (topic, partition) in revoked {
             if *topic == self.config.input {
@@ -564,7 +535,7 @@ impl Processor {
             self.batch_no += 1;
             let table =
                 crate::process::console::window_table(&self.layout, self.batch_no, &results);
-            crate::command::print_out(&table)?;
+            crate::process::console::print_out(&table)?;
         }
         for delivery in futures::future::join_all(sends).await {
             delivery?;
@@ -983,6 +954,76 @@ pub fn render(layout: &Layout, result: &WindowResult) -> (String, Vec<u8>) {
     );
     let value = serde_json::to_vec(&serde_json::Value::Object(record)).unwrap_or_default();
     (key, value)
+}
+
+/// The window processor as a pipeline component.
+pub struct WindowProcessor {
+    config: WindowConfig,
+    metrics: Arc<WindowMetrics>,
+}
+
+impl WindowProcessor {
+    pub fn new(config: &WindowConfig) -> WindowProcessor {
+        WindowProcessor {
+            config: config.clone(),
+            metrics: Arc::default(),
+        }
+    }
+}
+
+impl Component for WindowProcessor {
+    fn name(&self) -> &str {
+        "window"
+    }
+
+    fn kind(&self) -> Kind {
+        Kind::Processor
+    }
+
+    fn reads(&self) -> Vec<String> {
+        vec![self.config.input.clone(), self.config.repartition_topic()]
+    }
+
+    fn writes(&self) -> Vec<String> {
+        vec![self.config.repartition_topic(), self.config.output.clone()]
+    }
+
+    fn validate(&self) -> Result<()> {
+        let invalid = Error::config("[window]");
+        match self.config.validate() {
+            Ok(()) => self.config.spec().map(drop).map_err(invalid),
+            Err(message) => Err(invalid(message)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let w = &self.config;
+        let shape = match w.slide {
+            Some(slide) => format!(
+                "{} windows sliding by {}",
+                humantime::format_duration(w.size),
+                humantime::format_duration(slide)
+            ),
+            None => format!("{} windows", humantime::format_duration(w.size)),
+        };
+        let aggregates: Vec<&str> = w.aggregates.iter().map(|a| a.name.as_str()).collect();
+        format!(
+            "{} -> {shape} ({}), lateness {} -> topic {}",
+            w.input,
+            aggregates.join(", "),
+            humantime::format_duration(w.lateness),
+            w.output
+        )
+    }
+
+    fn metrics(&self) -> Metrics {
+        Metrics::Part(self.metrics.clone())
+    }
+
+    fn run(&self, ctx: Context) -> BoxFuture<'static, Result<()>> {
+        let (config, metrics) = (self.config.clone(), self.metrics.clone());
+        Box::pin(async move { run(&config, &ctx, metrics).await })
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,346 @@
+//! The supervisor: runs every component side by side and restarts one that fails, with
+//! backoff, while the others run on.
+//!
+//! A component keeps no state that the topics cannot rebuild (docs/architecture.md), so a
+//! restart is always safe: it resumes from its group's committed offsets, or rebuilds its
+//! dedupe state from the topic it writes. What is *not* restarted is a configuration error on a
+//! component's first start: no restart can cure it, so it stops the whole start with its
+//! message, as a bad flag does. A panic counts as a failure like any other.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::task::JoinSet;
+
+use super::{Backoff, Component, ComponentStatus, Context, State};
+use crate::{
+    error::{Error, Fault, Result},
+    metrics::Registry,
+};
+
+/// How failed components are started again.
+#[derive(Debug, Clone, Copy)]
+pub struct RestartPolicy {
+    /// The pause after the first failure; it doubles (with jitter) after each further one.
+    pub initial: Duration,
+    /// The longest pause.
+    pub max: Duration,
+    /// A run this long counts as healthy: the next failure starts from `initial` again.
+    pub healthy_after: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> RestartPolicy {
+        RestartPolicy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(15),
+            healthy_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The components of one process, each with its status.
+pub struct Supervisor {
+    components: Vec<(Arc<dyn Component>, Arc<ComponentStatus>)>,
+    policy: RestartPolicy,
+}
+
+impl Supervisor {
+    /// Registers each component's metrics and status in `registry`.
+    pub fn new(components: Vec<Arc<dyn Component>>, registry: &Registry) -> Supervisor {
+        let components = components
+            .into_iter()
+            .map(|component| {
+                component.metrics().register(registry);
+                let status = Arc::new(ComponentStatus::new(component.name(), component.kind()));
+                registry.register_component(status.clone());
+                (component, status)
+            })
+            .collect();
+        Supervisor {
+            components,
+            policy: RestartPolicy::default(),
+        }
+    }
+
+    pub fn with_policy(mut self, policy: RestartPolicy) -> Supervisor {
+        self.policy = policy;
+        self
+    }
+
+    /// Runs every component until `ctx.shutdown` (or until each is done by itself). A
+    /// configuration error on a component's first start cancels `ctx.shutdown`, so the others
+    /// stop too, and is returned; so is an error a component meets while stopping.
+    pub async fn run(self, ctx: Context) -> Result<()> {
+        let mut tasks = JoinSet::new();
+        for (component, status) in self.components {
+            tasks.spawn(supervise(component, status, ctx.clone(), self.policy));
+        }
+        let mut failure = None;
+        while let Some(done) = tasks.join_next().await {
+            let result = done.unwrap_or_else(|e| Err(Error::Broker(format!("supervisor: {e}"))));
+            if let Err(e) = result {
+                ctx.shutdown.cancel();
+                failure.get_or_insert(e);
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+}
+
+/// One component, started again after each failure until shutdown.
+async fn supervise(
+    component: Arc<dyn Component>,
+    status: Arc<ComponentStatus>,
+    ctx: Context,
+    policy: RestartPolicy,
+) -> Result<()> {
+    let name = component.name().to_string();
+    let mut backoff = Backoff::new(policy.initial, policy.max);
+    let mut first = true;
+    loop {
+        status.set(State::Running);
+        if !first {
+            tracing::info!(component = %name, "component restarted");
+        }
+        let started = Instant::now();
+        let error = match tokio::spawn(component.run(ctx.clone())).await {
+            Ok(Ok(())) => {
+                if ctx.shutdown.is_cancelled() {
+                    status.set(State::Stopped);
+                } else {
+                    status.set(State::Finished);
+                    tracing::info!(component = %name, "component finished its work");
+                }
+                summary(component.as_ref());
+                return Ok(());
+            }
+            Ok(Err(e)) => e,
+            Err(e) if e.is_panic() => Error::Broker(format!("{name} panicked: {}", panic_text(e))),
+            Err(e) => Error::Broker(format!("{name}: {e}")),
+        };
+        let message = error.to_string();
+        if ctx.shutdown.is_cancelled() {
+            status.failed(State::Stopped, &message);
+            summary(component.as_ref());
+            return Err(error);
+        }
+        if first && error.fault() == Fault::User {
+            status.failed(State::Failed, &message);
+            tracing::error!(component = %name, error = %message, "component cannot start");
+            summary(component.as_ref());
+            return Err(error);
+        }
+        if started.elapsed() >= policy.healthy_after {
+            backoff.reset();
+        }
+        let wait = backoff.next(None);
+        status.failed(State::Restarting, &message);
+        tracing::warn!(
+            component = %name,
+            error = %message,
+            retry_in = %humantime::format_duration(round(wait)),
+            "component failed; restarting it (the others run on)"
+        );
+        tokio::select! {
+            () = ctx.shutdown.cancelled() => {
+                status.set(State::Stopped);
+                summary(component.as_ref());
+                return Ok(());
+            }
+            () = tokio::time::sleep(wait) => {}
+        }
+        status.restarts.inc();
+        first = false;
+    }
+}
+
+/// The component's counters in one log line, when it stops for good.
+fn summary(component: &dyn Component) {
+    tracing::info!(
+        component = component.name(),
+        counters = %component.metrics().summary(),
+        "component summary"
+    );
+}
+
+fn round(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}
+
+fn panic_text(e: tokio::task::JoinError) -> String {
+    let payload = e.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use futures::future::BoxFuture;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::{kafka::KafkaSettings, runtime::Kind};
+
+    /// Fails its first `failures` runs (the first one with a panic), then runs until shutdown.
+    struct Flaky {
+        name: &'static str,
+        failures: u32,
+        runs: Arc<AtomicU32>,
+        fault: Fault,
+    }
+
+    impl Component for Flaky {
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn kind(&self) -> Kind {
+            Kind::Sink
+        }
+        fn describe(&self) -> String {
+            "flaky".into()
+        }
+        fn run(&self, ctx: Context) -> BoxFuture<'static, Result<()>> {
+            let run = self.runs.fetch_add(1, Ordering::SeqCst);
+            let (failures, fault) = (self.failures, self.fault);
+            Box::pin(async move {
+                if run < failures {
+                    if run == 0 && fault == Fault::External {
+                        panic!("first run panics");
+                    }
+                    return Err(match fault {
+                        Fault::User => Error::Config {
+                            origin: "[flaky]".into(),
+                            message: "bad".into(),
+                        },
+                        _ => Error::Sink {
+                            sink: "flaky",
+                            message: "endpoint down".into(),
+                        },
+                    });
+                }
+                ctx.shutdown.cancelled().await;
+                Ok(())
+            })
+        }
+    }
+
+    fn context(shutdown: CancellationToken) -> Context {
+        Context {
+            kafka: KafkaSettings::for_bootstrap("127.0.0.1:1"),
+            dlq: "dlq".into(),
+            data_dir: std::env::temp_dir(),
+            registry: Arc::new(Registry::default()),
+            shutdown,
+        }
+    }
+
+    fn quick() -> RestartPolicy {
+        RestartPolicy {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(40),
+            healthy_after: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_component_is_restarted_while_the_others_run_on() {
+        let registry = Registry::default();
+        let (flaky_runs, steady_runs) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let supervisor = Supervisor::new(
+            vec![
+                Arc::new(Flaky {
+                    name: "flaky",
+                    failures: 3,
+                    runs: flaky_runs.clone(),
+                    fault: Fault::External,
+                }),
+                Arc::new(Flaky {
+                    name: "steady",
+                    failures: 0,
+                    runs: steady_runs.clone(),
+                    fault: Fault::External,
+                }),
+            ],
+            &registry,
+        )
+        .with_policy(quick());
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(supervisor.run(context(stop.clone())));
+        while flaky_runs.load(Ordering::SeqCst) < 4 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let views: Vec<_> = registry.components().iter().map(|c| c.view()).collect();
+        assert_eq!(views[0].name, "flaky");
+        assert_eq!(views[0].restarts, 3);
+        assert_eq!(views[0].last_error.as_deref(), Some("flaky: endpoint down"));
+        assert_eq!(views[1].state, State::Running);
+        assert_eq!(views[1].restarts, 0);
+        assert_eq!(steady_runs.load(Ordering::SeqCst), 1);
+        stop.cancel();
+        running.await.unwrap().unwrap();
+        let states: Vec<_> = registry.components().iter().map(|c| c.state()).collect();
+        assert_eq!(states, [State::Stopped, State::Stopped]);
+    }
+
+    #[tokio::test]
+    async fn a_configuration_error_at_the_first_start_stops_everything() {
+        let registry = Registry::default();
+        let supervisor = Supervisor::new(
+            vec![
+                Arc::new(Flaky {
+                    name: "bad",
+                    failures: 1,
+                    runs: Arc::default(),
+                    fault: Fault::User,
+                }),
+                Arc::new(Flaky {
+                    name: "good",
+                    failures: 0,
+                    runs: Arc::default(),
+                    fault: Fault::External,
+                }),
+            ],
+            &registry,
+        )
+        .with_policy(quick());
+        let error = supervisor
+            .run(context(CancellationToken::new()))
+            .await
+            .unwrap_err();
+        assert_eq!(error.to_string(), "[flaky]: bad");
+        let states: Vec<_> = registry.components().iter().map(|c| c.state()).collect();
+        assert_eq!(states, [State::Failed, State::Stopped]);
+    }
+
+    #[tokio::test]
+    async fn states_and_restarts_are_exported() {
+        let registry = Registry::default();
+        let status = Arc::new(ComponentStatus::new("files", Kind::Sink));
+        registry.register_component(status.clone());
+        status.failed(State::Restarting, "down");
+        status.restarts.inc();
+        let mut samples = crate::metrics::Samples::default();
+        registry.observe(&mut samples);
+        let text = samples.render();
+        assert!(
+            text.contains("quakestream_component_up{component=\"files\",kind=\"sink\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "quakestream_component_restarts_total{component=\"files\",kind=\"sink\"} 1\n"
+        ));
+        assert!(
+            text.contains(
+                "quakestream_component_state{component=\"files\",state=\"restarting\"} 1\n"
+            )
+        );
+    }
+}
