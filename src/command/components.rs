@@ -5,12 +5,10 @@ use std::{path::Path, sync::Arc};
 
 use crate::{
     config::Config,
-    process::{alert::task::AlertProcessor, window::task::WindowProcessor},
-    runtime::Component,
+    runtime::{Component, Stage},
     sink::{
         encode::FileSchema,
-        lake::{LakeConfig, LakeSink, Schemas},
-        postgres::PostgresSink,
+        lake::{LakeConfig, LakeSettings, Schemas},
         schema::Columns,
     },
     source::Source,
@@ -47,20 +45,24 @@ pub fn build(config: &Config, data_dir: &Path) -> Vec<Entry> {
     ));
     all.push(entry(
         config.window.enabled,
-        Arc::new(WindowProcessor::new(&config.window)),
+        Arc::new(Stage::new(config.window.clone(), data_dir)),
     ));
     all.push(entry(
         config.alerts.enabled,
-        Arc::new(AlertProcessor::new(&config.alerts, data_dir)),
+        Arc::new(Stage::new(config.alerts.clone(), data_dir)),
     ));
     for (object, lake) in [(false, &config.files), (true, &config.object_store)] {
         let enabled = lake.enabled && (!object || !lake.location.is_empty());
-        let sink = LakeSink::new(lake, object, schemas(config, lake), data_dir);
-        all.push(entry(enabled, Arc::new(sink)));
+        let settings = LakeSettings {
+            config: lake.clone(),
+            object,
+            schemas: schemas(config, lake),
+        };
+        all.push(entry(enabled, Arc::new(Stage::new(settings, data_dir))));
     }
     all.push(entry(
         config.postgres.enabled && !config.postgres.url.is_empty(),
-        Arc::new(PostgresSink::new(&config.postgres)),
+        Arc::new(Stage::new(config.postgres.clone(), data_dir)),
     ));
     all
 }

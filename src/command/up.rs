@@ -137,7 +137,7 @@ fn joined(done: std::result::Result<Result<()>, tokio::task::JoinError>) -> Resu
 /// The start-up banner's lines, one per component.
 fn banner(list: &[Arc<dyn Component>]) -> String {
     list.iter()
-        .map(|c| format!("  {:<11} {}\n", c.name(), c.describe()))
+        .map(|c| format!("  {:<11} {}\n", c.name(), c.about().line))
         .collect()
 }
 

@@ -60,19 +60,12 @@ impl Kind {
 /// registers its metrics once, then calls [`Component::run`] — again after a failure, with
 /// backoff, since a component keeps no state that the topics cannot rebuild.
 pub trait Component: Send + Sync {
+    /// Its name, kind, topics and banner line.
+    fn about(&self) -> &About;
+
     /// Its name in logs, `/health`, the monitor, `/metrics` and `run NAME`.
-    fn name(&self) -> &str;
-
-    fn kind(&self) -> Kind;
-
-    /// The topics it reads (dead letters apart).
-    fn reads(&self) -> Vec<String> {
-        Vec::new()
-    }
-
-    /// The topics it writes (dead letters apart).
-    fn writes(&self) -> Vec<String> {
-        Vec::new()
+    fn name(&self) -> &str {
+        &self.about().name
     }
 
     /// Settings that can never work, found before anything starts: a configuration error
@@ -80,9 +73,6 @@ pub trait Component: Send + Sync {
     fn validate(&self) -> Result<()> {
         Ok(())
     }
-
-    /// What it does, in one line of the start-up banner (after the name column).
-    fn describe(&self) -> String;
 
     /// What it counts: registered once, before the first run, so that restarts keep counting
     /// where they were; logged in one line when it stops.
@@ -94,6 +84,31 @@ pub trait Component: Send + Sync {
     /// itself (a replayed file read to its end). An error ends this run; the supervisor decides
     /// whether to start another.
     fn run(&self, ctx: Context) -> BoxFuture<'static, Result<()>>;
+}
+
+/// What a component is, as the banner, `/health`, the monitor and `run NAME` show it.
+#[derive(Debug, Clone)]
+pub struct About {
+    pub name: String,
+    pub kind: Kind,
+    /// The topics it reads and writes (dead letters apart).
+    pub reads: Vec<String>,
+    pub writes: Vec<String>,
+    /// What it does, in one line of the start-up banner (after the name column).
+    pub line: String,
+}
+
+impl About {
+    /// A source's: it reads no topic and writes one.
+    pub fn source(name: &str, topic: &str, line: String) -> About {
+        About {
+            name: name.to_string(),
+            kind: Kind::Source,
+            reads: Vec::new(),
+            writes: vec![topic.to_string()],
+            line,
+        }
+    }
 }
 
 /// A component's counters.
@@ -180,5 +195,59 @@ impl Context {
             shutdown,
             ..self.clone()
         }
+    }
+}
+
+/// What a processor or sink tells the runtime; [`Stage`] makes the component of it.
+pub trait StageSettings: Clone + Send + Sync + 'static {
+    /// Its counters, at `/metrics`.
+    type Counters: Observe + 'static;
+
+    /// Its name, kind, topics and banner line (`data_dir` is the absolute data directory,
+    /// for paths under it).
+    fn about(&self, data_dir: &std::path::Path) -> About;
+
+    /// Settings that can never work.
+    fn check(&self) -> Result<()>;
+
+    /// Its counters, made once: restarts keep counting.
+    fn counters(&self) -> Self::Counters;
+
+    /// One run: consumes until `ctx.shutdown` or an error.
+    fn start(self, ctx: Context, counters: Arc<Self::Counters>) -> BoxFuture<'static, Result<()>>;
+}
+
+/// A processor or sink as a pipeline component.
+pub struct Stage<S: StageSettings> {
+    settings: S,
+    about: About,
+    counters: Arc<S::Counters>,
+}
+
+impl<S: StageSettings> Stage<S> {
+    pub fn new(settings: S, data_dir: &std::path::Path) -> Stage<S> {
+        Stage {
+            about: settings.about(data_dir),
+            counters: Arc::new(settings.counters()),
+            settings,
+        }
+    }
+}
+
+impl<S: StageSettings> Component for Stage<S> {
+    fn about(&self) -> &About {
+        &self.about
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.settings.check()
+    }
+
+    fn metrics(&self) -> Metrics {
+        Metrics::Part(self.counters.clone())
+    }
+
+    fn run(&self, ctx: Context) -> BoxFuture<'static, Result<()>> {
+        self.settings.clone().start(ctx, self.counters.clone())
     }
 }

@@ -54,7 +54,10 @@ impl Supervisor {
             .into_iter()
             .map(|component| {
                 component.metrics().register(registry);
-                let status = Arc::new(ComponentStatus::new(component.name(), component.kind()));
+                let status = Arc::new(ComponentStatus::new(
+                    component.name(),
+                    component.about().kind,
+                ));
                 registry.register_component(status.clone());
                 (component, status)
             })
@@ -187,25 +190,22 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::{kafka::KafkaSettings, runtime::Kind};
+    use crate::{
+        kafka::KafkaSettings,
+        runtime::{About, Kind},
+    };
 
     /// Fails its first `failures` runs (the first one with a panic), then runs until shutdown.
     struct Flaky {
-        name: &'static str,
+        about: About,
         failures: u32,
         runs: Arc<AtomicU32>,
         fault: Fault,
     }
 
     impl Component for Flaky {
-        fn name(&self) -> &str {
-            self.name
-        }
-        fn kind(&self) -> Kind {
-            Kind::Sink
-        }
-        fn describe(&self) -> String {
-            "flaky".into()
+        fn about(&self) -> &About {
+            &self.about
         }
         fn run(&self, ctx: Context) -> BoxFuture<'static, Result<()>> {
             let run = self.runs.fetch_add(1, Ordering::SeqCst);
@@ -242,6 +242,16 @@ mod tests {
         }
     }
 
+    fn about(name: &str) -> About {
+        About {
+            name: name.into(),
+            kind: Kind::Sink,
+            reads: Vec::new(),
+            writes: Vec::new(),
+            line: "flaky".into(),
+        }
+    }
+
     fn quick() -> RestartPolicy {
         RestartPolicy {
             initial: Duration::from_millis(10),
@@ -257,13 +267,13 @@ mod tests {
         let supervisor = Supervisor::new(
             vec![
                 Arc::new(Flaky {
-                    name: "flaky",
+                    about: about("flaky"),
                     failures: 3,
                     runs: flaky_runs.clone(),
                     fault: Fault::External,
                 }),
                 Arc::new(Flaky {
-                    name: "steady",
+                    about: about("steady"),
                     failures: 0,
                     runs: steady_runs.clone(),
                     fault: Fault::External,
@@ -296,13 +306,13 @@ mod tests {
         let supervisor = Supervisor::new(
             vec![
                 Arc::new(Flaky {
-                    name: "bad",
+                    about: about("bad"),
                     failures: 1,
                     runs: Arc::default(),
                     fault: Fault::User,
                 }),
                 Arc::new(Flaky {
-                    name: "good",
+                    about: about("good"),
                     failures: 0,
                     runs: Arc::default(),
                     fault: Fault::External,

@@ -33,7 +33,7 @@ use super::{
 use crate::{
     error::{Error, Result},
     metrics::{Counter, Observe, Samples},
-    runtime::{Component, Context, Kind, Metrics, consume},
+    runtime::{About, Context, Kind, StageSettings, consume},
 };
 
 #[derive(Debug, Default)]
@@ -600,81 +600,60 @@ fn event_time(payload: &[u8], field: &str) -> Option<i64> {
     }
 }
 
-/// A lake sink (`files`, or `object-store` with `object`) as a pipeline component.
-pub struct LakeSink {
-    config: LakeConfig,
-    object: bool,
-    schemas: Schemas,
-    metrics: Arc<LakeMetrics>,
-    /// Where a relative `files` location lives (the data directory), for the banner.
-    data_dir: PathBuf,
+/// A lake sink's settings: `[files]`, or `[object_store]` with `object`, and the columns of
+/// its topics.
+#[derive(Debug, Clone)]
+pub struct LakeSettings {
+    pub config: LakeConfig,
+    pub object: bool,
+    pub schemas: Schemas,
 }
 
-impl LakeSink {
-    pub fn new(config: &LakeConfig, object: bool, schemas: Schemas, data_dir: &Path) -> LakeSink {
-        let name = if object { "object-store" } else { "files" };
-        LakeSink {
-            config: config.clone(),
-            object,
-            schemas,
-            metrics: Arc::new(LakeMetrics::new(name)),
-            data_dir: data_dir.to_path_buf(),
-        }
+impl StageSettings for LakeSettings {
+    type Counters = LakeMetrics;
+
+    fn counters(&self) -> LakeMetrics {
+        LakeMetrics::new(self.name())
     }
 
-    fn section(&self) -> &'static str {
-        if self.object {
-            "[object_store]"
-        } else {
-            "[files]"
-        }
-    }
-}
-
-impl Component for LakeSink {
-    fn name(&self) -> &str {
-        self.metrics.sink
-    }
-
-    fn kind(&self) -> Kind {
-        Kind::Sink
-    }
-
-    fn reads(&self) -> Vec<String> {
-        self.config.topics.clone()
-    }
-
-    fn validate(&self) -> Result<()> {
-        self.config
-            .validate(self.object)
-            .map_err(Error::config(self.section()))
-    }
-
-    fn describe(&self) -> String {
+    fn about(&self, data_dir: &Path) -> About {
         let c = &self.config;
         let location = if self.object {
             c.location.clone()
         } else {
-            self.data_dir.join(&c.location).display().to_string()
+            data_dir.join(&c.location).display().to_string()
         };
         let what = match &c.object_per_record {
             Some(template) => format!("one object per record ({template})"),
             None => format!("{:?} {}", c.format, c.partition_by.replace('%', "")).to_lowercase(),
         };
-        format!("{} -> {location} ({what})", c.topics.join(", "))
+        About {
+            name: self.name().into(),
+            kind: Kind::Sink,
+            reads: c.topics.clone(),
+            writes: Vec::new(),
+            line: format!("{} -> {location} ({what})", c.topics.join(", ")),
+        }
     }
 
-    fn metrics(&self) -> Metrics {
-        Metrics::Part(self.metrics.clone())
+    fn check(&self) -> Result<()> {
+        let section = if self.object {
+            "[object_store]"
+        } else {
+            "[files]"
+        };
+        self.config
+            .validate(self.object)
+            .map_err(Error::config(section))
     }
 
-    fn run(&self, ctx: Context) -> BoxFuture<'static, Result<()>> {
-        let (config, object, schemas, metrics) = (
-            self.config.clone(),
-            self.object,
-            self.schemas.clone(),
-            self.metrics.clone(),
-        );
-        Box::pin(async move { run(&config, object, schemas, &ctx, metrics).await })
+    fn start(self, ctx: Context, counters: Arc<LakeMetrics>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move { run(&self.config, self.object, self.schemas, &ctx, counters).await })
+    }
+}
+
+impl LakeSettings {
+    fn name(&self) -> &'static str {
+        if self.object { "object-store" } else { "files" }
     }
 }

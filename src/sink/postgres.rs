@@ -39,7 +39,7 @@ use crate::{
     error::{Error, Result},
     metrics::{Counter, Observe, Samples},
     record::{Quake, parse_millis},
-    runtime::{Component, Context, Kind, Metrics, consume},
+    runtime::{About, Context, Kind, StageSettings, consume},
 };
 
 /// `[postgres]`.
@@ -1107,57 +1107,38 @@ async fn upsert_windows(tx: &Transaction<'_>, windows: &[WindowRow]) -> Result<u
     .map_err(write_error("upserting windows"))
 }
 
-/// The PostgreSQL sink as a pipeline component.
-pub struct PostgresSink {
-    config: PostgresConfig,
-    metrics: Arc<PostgresMetrics>,
-}
+impl StageSettings for PostgresConfig {
+    type Counters = PostgresMetrics;
 
-impl PostgresSink {
-    pub fn new(config: &PostgresConfig) -> PostgresSink {
-        PostgresSink {
-            config: config.clone(),
-            metrics: Arc::default(),
+    fn counters(&self) -> PostgresMetrics {
+        PostgresMetrics::default()
+    }
+
+    fn about(&self, _data_dir: &std::path::Path) -> About {
+        let mut reads = vec![self.quakes_topic.clone()];
+        if !self.windows_topic.is_empty() {
+            reads.push(self.windows_topic.clone());
         }
-    }
-}
-
-impl Component for PostgresSink {
-    fn name(&self) -> &str {
-        "postgres"
-    }
-
-    fn kind(&self) -> Kind {
-        Kind::Sink
-    }
-
-    fn reads(&self) -> Vec<String> {
-        let mut topics = vec![self.config.quakes_topic.clone()];
-        if !self.config.windows_topic.is_empty() {
-            topics.push(self.config.windows_topic.clone());
-        }
-        topics
-    }
-
-    fn validate(&self) -> Result<()> {
-        self.config.validate().map_err(Error::config("[postgres]"))
-    }
-
-    fn describe(&self) -> String {
-        format!(
+        let line = format!(
             "{} -> {} (fact_earthquake, fact_earthquake_revision, agg_window)",
-            self.reads().join(", "),
-            self.config.redacted_url()
-        )
+            reads.join(", "),
+            self.redacted_url()
+        );
+        About {
+            name: "postgres".into(),
+            kind: Kind::Sink,
+            reads,
+            writes: Vec::new(),
+            line,
+        }
     }
 
-    fn metrics(&self) -> Metrics {
-        Metrics::Part(self.metrics.clone())
+    fn check(&self) -> Result<()> {
+        self.validate().map_err(Error::config("[postgres]"))
     }
 
-    fn run(&self, ctx: Context) -> BoxFuture<'static, Result<()>> {
-        let (config, metrics) = (self.config.clone(), self.metrics.clone());
-        Box::pin(async move { run(&config, &ctx, metrics).await })
+    fn start(self, ctx: Context, counters: Arc<PostgresMetrics>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move { run(&self, &ctx, counters).await })
     }
 }
 

@@ -31,7 +31,7 @@ use crate::{
     metrics::SourceMetrics,
     record::{Quake, format_millis},
     runtime::Backoff,
-    runtime::Context,
+    runtime::{About, Context},
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -405,20 +405,13 @@ async fn handle(
 }
 
 impl SourceSettings for EmscConfig {
-    fn name(&self) -> String {
-        "emsc".into()
-    }
-
-    fn topic(&self) -> String {
-        self.topic.clone()
-    }
-
     fn check(&self) -> Result<()> {
         self.validate().map_err(Error::config("config"))
     }
 
-    fn describe(&self) -> String {
-        format!("{} (WebSocket) -> topic {}", self.url, self.topic)
+    fn about(&self) -> About {
+        let line = format!("{} (WebSocket) -> topic {}", self.url, self.topic);
+        About::source("emsc", &self.topic, line)
     }
 
     fn start(self, ctx: Context, metrics: Arc<SourceMetrics>) -> BoxFuture<'static, Result<()>> {

@@ -38,7 +38,7 @@ use crate::{
     kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer, reader},
     metrics::SourceMetrics,
     record::DeadLetter,
-    runtime::Context,
+    runtime::{About, Context},
 };
 
 /// Header holding a record's key and version, `key\u{1f}version`, read back at start.
@@ -727,19 +727,11 @@ fn now_ms() -> i64 {
 }
 
 impl SourceSettings for HttpSourceConfig {
-    fn name(&self) -> String {
-        self.resolved().name
-    }
-
-    fn topic(&self) -> String {
-        self.resolved().topic
-    }
-
     fn check(&self) -> Result<()> {
         self.validate().map_err(Error::config("config"))
     }
 
-    fn describe(&self) -> String {
+    fn about(&self) -> About {
         let c = self.resolved();
         let mut line = format!(
             "{} every {} -> topic {}",
@@ -750,7 +742,7 @@ impl SourceSettings for HttpSourceConfig {
         if let Some(d) = c.duration {
             line.push_str(&format!(" for {}", humantime::format_duration(d)));
         }
-        line
+        About::source(&c.name, &c.topic, line)
     }
 
     fn start(self, ctx: Context, metrics: Arc<SourceMetrics>) -> BoxFuture<'static, Result<()>> {

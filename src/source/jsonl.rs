@@ -45,7 +45,7 @@ use crate::{
     kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer},
     metrics::SourceMetrics,
     record::DeadLetter,
-    runtime::Context,
+    runtime::{About, Context},
 };
 
 /// How often a followed file is checked for new lines.
@@ -761,29 +761,22 @@ pub async fn run(
 }
 
 impl SourceSettings for JsonlConfig {
-    fn name(&self) -> String {
-        "jsonl".into()
-    }
-
-    fn topic(&self) -> String {
-        self.topic.clone()
-    }
-
     fn check(&self) -> Result<()> {
         self.validate().map_err(Error::config("config"))
     }
 
-    fn describe(&self) -> String {
+    fn about(&self) -> About {
         let key = match &self.version {
             Some(v) => format!("key {}, version {v}", self.key),
             None => format!("key {}", self.key),
         };
         let follow = if self.follow { ", followed" } else { "" };
-        format!(
+        let line = format!(
             "{} (JSON Lines, {key}{follow}) -> topic {}",
             self.origin(),
             self.topic
-        )
+        );
+        About::source("jsonl", &self.topic, line)
     }
 
     fn start(self, ctx: Context, metrics: Arc<SourceMetrics>) -> BoxFuture<'static, Result<()>> {
@@ -1082,7 +1075,7 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(
-            s.describe(),
+            s.about().line,
             "standard input (JSON Lines, key id) -> topic jsonl"
         );
         let s = super::super::Source::new(&JsonlConfig {
@@ -1091,9 +1084,9 @@ mod tests {
             ..config()
         });
         assert_eq!(
-            s.describe(),
+            s.about().line,
             "events.jsonl (JSON Lines, key user.id, version rev, followed) -> topic jsonl"
         );
-        assert_eq!(s.writes(), ["jsonl"]);
+        assert_eq!(s.about().writes, ["jsonl"]);
     }
 }

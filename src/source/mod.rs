@@ -34,20 +34,17 @@ use futures::future::BoxFuture;
 use crate::{
     error::Result,
     metrics::SourceMetrics,
-    runtime::{Component, Context, Kind, Metrics},
+    runtime::{About, Component, Context, Metrics},
 };
 
 /// What the runtime needs of a source's settings; [`Source`] makes the component of them. A new
 /// source implements this for its configuration and needs nothing else from the runtime.
 pub trait SourceSettings: Clone + Send + Sync + 'static {
-    /// The source's name (`usgs`, an `[[http]]` source's own name, …).
-    fn name(&self) -> String;
-    /// The topic it publishes to.
-    fn topic(&self) -> String;
+    /// Its name (`usgs`, an `[[http]]` source's own name, …), the topic it publishes to and
+    /// what it does: [`About::source`].
+    fn about(&self) -> About;
     /// Settings that can never work.
     fn check(&self) -> Result<()>;
-    /// What it does, for the start-up banner.
-    fn describe(&self) -> String;
     /// Polls and publishes until `ctx.shutdown` (or until its input is done).
     fn start(self, ctx: Context, metrics: Arc<SourceMetrics>) -> BoxFuture<'static, Result<()>>;
 }
@@ -55,40 +52,28 @@ pub trait SourceSettings: Clone + Send + Sync + 'static {
 /// A source as a pipeline component.
 pub struct Source<C> {
     config: C,
-    name: String,
+    about: About,
     metrics: Arc<SourceMetrics>,
 }
 
 impl<C: SourceSettings> Source<C> {
     pub fn new(config: &C) -> Source<C> {
-        let name = config.name();
+        let about = config.about();
         Source {
             config: config.clone(),
-            metrics: Arc::new(SourceMetrics::new(&name)),
-            name,
+            metrics: Arc::new(SourceMetrics::new(&about.name)),
+            about,
         }
     }
 }
 
 impl<C: SourceSettings> Component for Source<C> {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn kind(&self) -> Kind {
-        Kind::Source
-    }
-
-    fn writes(&self) -> Vec<String> {
-        vec![self.config.topic()]
+    fn about(&self) -> &About {
+        &self.about
     }
 
     fn validate(&self) -> Result<()> {
         self.config.check()
-    }
-
-    fn describe(&self) -> String {
-        self.config.describe()
     }
 
     fn metrics(&self) -> Metrics {

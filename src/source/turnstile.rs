@@ -37,7 +37,7 @@ use crate::{
     kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer},
     metrics::{Counter, SourceMetrics},
     record::{DeadLetter, format_millis},
-    runtime::Context,
+    runtime::{About, Context},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -524,19 +524,11 @@ pub async fn run(
 }
 
 impl SourceSettings for TurnstileConfig {
-    fn name(&self) -> String {
-        "turnstile".into()
-    }
-
-    fn topic(&self) -> String {
-        self.topic.clone()
-    }
-
     fn check(&self) -> Result<()> {
         self.validate().map_err(Error::config("config"))
     }
 
-    fn describe(&self) -> String {
+    fn about(&self) -> About {
         let what = match self.mode {
             Mode::Replay => format!("{} replayed as intervals", self.file.display()),
             Mode::Synthetic => format!(
@@ -544,7 +536,11 @@ impl SourceSettings for TurnstileConfig {
                 humantime::format_duration(self.interval)
             ),
         };
-        format!("{what} -> topic {}", self.topic)
+        About::source(
+            "turnstile",
+            &self.topic,
+            format!("{what} -> topic {}", self.topic),
+        )
     }
 
     fn start(self, ctx: Context, metrics: Arc<SourceMetrics>) -> BoxFuture<'static, Result<()>> {

@@ -30,7 +30,7 @@ use crate::{
     error::{Error, Result},
     kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer},
     metrics::SourceMetrics,
-    runtime::Context,
+    runtime::{About, Context},
 };
 
 /// The summary feeds' base URL.
@@ -406,25 +406,18 @@ fn now_ms() -> i64 {
 }
 
 impl SourceSettings for UsgsConfig {
-    fn name(&self) -> String {
-        "usgs".into()
-    }
-
-    fn topic(&self) -> String {
-        UsgsConfig::topic(self).to_string()
-    }
-
     fn check(&self) -> Result<()> {
         self.validate().map_err(Error::config("usgs"))
     }
 
-    fn describe(&self) -> String {
-        format!(
+    fn about(&self) -> About {
+        let line = format!(
             "{} every {} -> topic {}",
             self.url(),
             humantime::format_duration(self.interval()),
             UsgsConfig::topic(self)
-        )
+        );
+        About::source("usgs", UsgsConfig::topic(self), line)
     }
 
     fn start(self, ctx: Context, metrics: Arc<SourceMetrics>) -> BoxFuture<'static, Result<()>> {

@@ -28,7 +28,7 @@ use crate::{
     error::{Error, Result},
     kafka::KafkaSettings,
     metrics::Registry,
-    runtime::{Backoff, Component, Context, Kind},
+    runtime::{About, Backoff, Component, Context, Kind},
 };
 
 /// Binds the server's address; a clear error when it is taken or not ours to take.
@@ -181,6 +181,7 @@ pub async fn run(
 pub struct WebServer {
     listener: std::net::TcpListener,
     settings: Settings,
+    about: About,
 }
 
 impl WebServer {
@@ -188,7 +189,27 @@ impl WebServer {
         let listener = listener
             .into_std()
             .map_err(Error::io("<web server socket>"))?;
-        Ok(WebServer { listener, settings })
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| settings.config.listen.clone());
+        let t = &settings.topics;
+        let about = About {
+            name: "web".into(),
+            kind: Kind::Web,
+            reads: vec![
+                t.quakes.to_string(),
+                t.stats.to_string(),
+                t.alerts.to_string(),
+            ],
+            writes: Vec::new(),
+            line: format!("http://{addr}/ (live map), /pipeline (monitor), /api, /metrics"),
+        };
+        Ok(WebServer {
+            listener,
+            settings,
+            about,
+        })
     }
 
     /// The address it serves on.
@@ -198,21 +219,8 @@ impl WebServer {
 }
 
 impl Component for WebServer {
-    fn name(&self) -> &str {
-        "web"
-    }
-
-    fn kind(&self) -> Kind {
-        Kind::Web
-    }
-
-    fn reads(&self) -> Vec<String> {
-        let t = &self.settings.topics;
-        vec![
-            t.quakes.to_string(),
-            t.stats.to_string(),
-            t.alerts.to_string(),
-        ]
+    fn about(&self) -> &About {
+        &self.about
     }
 
     fn validate(&self) -> Result<()> {
@@ -220,14 +228,6 @@ impl Component for WebServer {
             .config
             .validate()
             .map_err(Error::config("[web]"))
-    }
-
-    fn describe(&self) -> String {
-        let addr = self
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| self.settings.config.listen.clone());
-        format!("http://{addr}/ (live map), /pipeline (monitor), /api, /metrics")
     }
 
     fn run(&self, ctx: Context) -> BoxFuture<'static, Result<()>> {

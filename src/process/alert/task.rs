@@ -28,7 +28,7 @@ use crate::{
         console,
         webhook::{WebhookMetrics, Webhooks},
     },
-    runtime::{Component, Context, Kind as ComponentKind, Metrics, consume},
+    runtime::{About, Context, Kind as ComponentKind, StageSettings, consume},
 };
 
 #[derive(Debug, Default)]
@@ -311,72 +311,44 @@ impl AlertLog {
     }
 }
 
-/// The alert processor as a pipeline component.
-pub struct AlertProcessor {
-    config: AlertsConfig,
-    metrics: Arc<AlertMetrics>,
-    /// The data directory, for the log file's path in the banner.
-    data_dir: PathBuf,
-}
+impl StageSettings for AlertsConfig {
+    type Counters = AlertMetrics;
 
-impl AlertProcessor {
-    pub fn new(config: &AlertsConfig, data_dir: &Path) -> AlertProcessor {
-        AlertProcessor {
-            config: config.clone(),
-            metrics: Arc::default(),
-            data_dir: data_dir.to_path_buf(),
-        }
-    }
-}
-
-impl Component for AlertProcessor {
-    fn name(&self) -> &str {
-        "alerts"
+    fn counters(&self) -> AlertMetrics {
+        AlertMetrics::default()
     }
 
-    fn kind(&self) -> ComponentKind {
-        ComponentKind::Processor
-    }
-
-    fn reads(&self) -> Vec<String> {
-        vec![self.config.input.clone()]
-    }
-
-    fn writes(&self) -> Vec<String> {
-        vec![self.config.output.clone()]
-    }
-
-    fn validate(&self) -> Result<()> {
-        self.config.validate().map_err(Error::config("[alerts]"))
-    }
-
-    fn describe(&self) -> String {
-        let a = &self.config;
-        let rules: Vec<&str> = a.rules.iter().map(|r| r.name.as_str()).collect();
+    fn about(&self, data_dir: &Path) -> About {
+        let rules: Vec<&str> = self.rules.iter().map(|r| r.name.as_str()).collect();
         let mut line = format!(
             "{} -> rules {} -> topic {}",
-            a.input,
+            self.input,
             rules.join(", "),
-            a.output
+            self.output
         );
-        if !a.log_file.as_os_str().is_empty() {
+        if !self.log_file.as_os_str().is_empty() {
             line.push_str(&format!(
                 ", log {}",
-                self.data_dir.join(&a.log_file).display()
+                data_dir.join(&self.log_file).display()
             ));
         }
-        if !a.webhooks.is_empty() {
-            line.push_str(&format!(", {} webhook(s)", a.webhooks.len()));
+        if !self.webhooks.is_empty() {
+            line.push_str(&format!(", {} webhook(s)", self.webhooks.len()));
         }
-        line
+        About {
+            name: "alerts".into(),
+            kind: ComponentKind::Processor,
+            reads: vec![self.input.clone()],
+            writes: vec![self.output.clone()],
+            line,
+        }
     }
 
-    fn metrics(&self) -> Metrics {
-        Metrics::Part(self.metrics.clone())
+    fn check(&self) -> Result<()> {
+        self.validate().map_err(Error::config("[alerts]"))
     }
 
-    fn run(&self, ctx: Context) -> BoxFuture<'static, Result<()>> {
-        let (config, metrics) = (self.config.clone(), self.metrics.clone());
-        Box::pin(async move { run(&config, &ctx, metrics).await })
+    fn start(self, ctx: Context, counters: Arc<AlertMetrics>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move { run(&self, &ctx, counters).await })
     }
 }

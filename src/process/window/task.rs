@@ -41,7 +41,7 @@ use crate::{
     },
     metrics::{Counter, Gauge, Observe, Samples},
     record::{DeadLetter, format_millis},
-    runtime::{Component, Context, Kind, Metrics, consume},
+    runtime::{About, Context, Kind, StageSettings, consume},
 };
 
 /// Most messages handled as one batch (between commits).
@@ -956,73 +956,48 @@ pub fn render(layout: &Layout, result: &WindowResult) -> (String, Vec<u8>) {
     (key, value)
 }
 
-/// The window processor as a pipeline component.
-pub struct WindowProcessor {
-    config: WindowConfig,
-    metrics: Arc<WindowMetrics>,
-}
+impl StageSettings for WindowConfig {
+    type Counters = WindowMetrics;
 
-impl WindowProcessor {
-    pub fn new(config: &WindowConfig) -> WindowProcessor {
-        WindowProcessor {
-            config: config.clone(),
-            metrics: Arc::default(),
+    fn counters(&self) -> WindowMetrics {
+        WindowMetrics::default()
+    }
+
+    fn about(&self, _data_dir: &std::path::Path) -> About {
+        let shape = match self.slide {
+            Some(slide) => format!(
+                "{} windows sliding by {}",
+                humantime::format_duration(self.size),
+                humantime::format_duration(slide)
+            ),
+            None => format!("{} windows", humantime::format_duration(self.size)),
+        };
+        let aggregates: Vec<&str> = self.aggregates.iter().map(|a| a.name.as_str()).collect();
+        About {
+            name: "window".into(),
+            kind: Kind::Processor,
+            reads: vec![self.input.clone(), self.repartition_topic()],
+            writes: vec![self.repartition_topic(), self.output.clone()],
+            line: format!(
+                "{} -> {shape} ({}), lateness {} -> topic {}",
+                self.input,
+                aggregates.join(", "),
+                humantime::format_duration(self.lateness),
+                self.output
+            ),
         }
     }
-}
 
-impl Component for WindowProcessor {
-    fn name(&self) -> &str {
-        "window"
-    }
-
-    fn kind(&self) -> Kind {
-        Kind::Processor
-    }
-
-    fn reads(&self) -> Vec<String> {
-        vec![self.config.input.clone(), self.config.repartition_topic()]
-    }
-
-    fn writes(&self) -> Vec<String> {
-        vec![self.config.repartition_topic(), self.config.output.clone()]
-    }
-
-    fn validate(&self) -> Result<()> {
+    fn check(&self) -> Result<()> {
         let invalid = Error::config("[window]");
-        match self.config.validate() {
-            Ok(()) => self.config.spec().map(drop).map_err(invalid),
+        match self.validate() {
+            Ok(()) => self.spec().map(drop).map_err(invalid),
             Err(message) => Err(invalid(message)),
         }
     }
 
-    fn describe(&self) -> String {
-        let w = &self.config;
-        let shape = match w.slide {
-            Some(slide) => format!(
-                "{} windows sliding by {}",
-                humantime::format_duration(w.size),
-                humantime::format_duration(slide)
-            ),
-            None => format!("{} windows", humantime::format_duration(w.size)),
-        };
-        let aggregates: Vec<&str> = w.aggregates.iter().map(|a| a.name.as_str()).collect();
-        format!(
-            "{} -> {shape} ({}), lateness {} -> topic {}",
-            w.input,
-            aggregates.join(", "),
-            humantime::format_duration(w.lateness),
-            w.output
-        )
-    }
-
-    fn metrics(&self) -> Metrics {
-        Metrics::Part(self.metrics.clone())
-    }
-
-    fn run(&self, ctx: Context) -> BoxFuture<'static, Result<()>> {
-        let (config, metrics) = (self.config.clone(), self.metrics.clone());
-        Box::pin(async move { run(&config, &ctx, metrics).await })
+    fn start(self, ctx: Context, counters: Arc<WindowMetrics>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move { run(&self, &ctx, counters).await })
     }
 }
 
