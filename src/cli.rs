@@ -186,17 +186,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics: Option<String>,
 
+    /// The flags `up` takes.
     #[command(flatten)]
-    pub listen: ListenArgs,
-
-    #[command(flatten)]
-    pub source: SourceArgs,
-
-    #[command(flatten)]
-    pub process: ProcessArgs,
-
-    #[command(flatten)]
-    pub web: WebArgs,
+    pub up: UpArgs,
 }
 
 /// Components that `run` can start alone. Sources, processors, sinks and the web dashboard join

@@ -10,7 +10,8 @@
 //!   [`kafka::admin`], and the in-process [`kafka::embedded`] broker.
 //! - [`shutdown`]: the cancellation token that SIGINT and SIGTERM cancel.
 //! - [`error`]: the library's error type, which tells who is at fault and whether to retry.
-//! - [`record`]: the records written to Kafka (`Quake`, dead letters).
+//! - [`record`]: the records written to Kafka (`Quake`, dead letters); [`fields`]: paths and
+//!   templates naming the fields of JSON records.
 //! - [`source`]: sources that poll APIs and publish records (`usgs`), with the shared HTTP
 //!   poller, feed parsing and revision-aware dedupe.
 //! - [`metrics`]: counters and histograms in Prometheus text format.
@@ -26,6 +27,7 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod fake;
+pub mod fields;
 pub mod kafka;
 pub mod metrics;
 pub mod process;

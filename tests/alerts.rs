@@ -15,10 +15,7 @@ use common::{fixture, read_topic};
 use quakestream::{
     fake::{FakeServer, Step},
     kafka::{KafkaSettings, producer::Producer},
-    process::alert::{
-        AlertsConfig, Geofence, RuleConfig,
-        task::{self, AlertMetrics},
-    },
+    process::alert::{AlertsConfig, Geofence, RuleConfig, task::AlertMetrics},
     runtime::Context,
     source::{fetch::HttpConfig, usgs::UsgsConfig},
 };
@@ -72,7 +69,7 @@ fn start(config: AlertsConfig, settings: &KafkaSettings, data_dir: &std::path::P
         );
         async move {
             let ctx = Context::new(&settings, "quakestream-dlq", &dir, stop);
-            task::run(&config, &ctx, metrics).await
+            quakestream::runtime::StageSettings::run(&config, &ctx, metrics).await
         }
     });
     Running {

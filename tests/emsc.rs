@@ -7,10 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use common::{embedded_broker, fixture, read_topic};
 use futures::{SinkExt, StreamExt};
-use quakestream::{
-    metrics::SourceMetrics,
-    source::emsc::{self, EmscConfig},
-};
+use quakestream::{metrics::SourceMetrics, source::emsc::EmscConfig};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -30,7 +27,14 @@ fn start(
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn({
         let (settings, metrics, stop) = (settings.clone(), metrics.clone(), stop.clone());
-        async move { emsc::run(&config, "quakestream-dlq", &settings, metrics, stop).await }
+        async move {
+            quakestream::source::SourceSettings::run(
+                &config,
+                &common::source_ctx(&settings, stop),
+                metrics,
+            )
+            .await
+        }
     });
     (metrics, stop, task)
 }

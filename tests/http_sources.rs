@@ -57,7 +57,14 @@ async fn run_until(
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn({
         let (settings, metrics, stop) = (settings.clone(), metrics.clone(), stop.clone());
-        async move { http::run(&config, "quakestream-dlq", &settings, metrics, stop).await }
+        async move {
+            quakestream::source::SourceSettings::run(
+                &config,
+                &common::source_ctx(&settings, stop),
+                metrics,
+            )
+            .await
+        }
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !done(&metrics) {

@@ -15,11 +15,7 @@ use std::{
 };
 
 use common::{dead_letter_reasons, embedded_broker, read_topic};
-use quakestream::{
-    kafka::KafkaSettings,
-    metrics::SourceMetrics,
-    source::jsonl::{self, JsonlConfig},
-};
+use quakestream::{kafka::KafkaSettings, metrics::SourceMetrics, source::jsonl::JsonlConfig};
 use tokio_util::sync::CancellationToken;
 
 const DLQ: &str = "quakestream-dlq";
@@ -27,12 +23,10 @@ const DLQ: &str = "quakestream-dlq";
 /// Runs the source over its file, to the end.
 async fn run_once(config: &JsonlConfig, settings: &KafkaSettings) -> Arc<SourceMetrics> {
     let metrics = Arc::new(SourceMetrics::new("jsonl"));
-    jsonl::run(
+    quakestream::source::SourceSettings::run(
         config,
-        DLQ,
-        settings,
+        &common::source_ctx(settings, CancellationToken::new()),
         metrics.clone(),
-        CancellationToken::new(),
     )
     .await
     .expect("the source reads its file to the end");
@@ -56,7 +50,14 @@ fn spawn(config: &JsonlConfig, settings: &KafkaSettings) -> Running {
             metrics.clone(),
             stop.clone(),
         );
-        async move { jsonl::run(&config, DLQ, &settings, metrics, stop).await }
+        async move {
+            quakestream::source::SourceSettings::run(
+                &config,
+                &common::source_ctx(&settings, stop),
+                metrics,
+            )
+            .await
+        }
     });
     Running {
         metrics,

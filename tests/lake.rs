@@ -372,7 +372,12 @@ async fn run_sink(
         async move {
             let ctx =
                 quakestream::runtime::Context::new(&settings, "quakestream-dlq", &data_dir, stop);
-            lake::run(&config, false, schemas, &ctx, metrics).await
+            let settings = lake::LakeSettings {
+                config: config.clone(),
+                object: false,
+                schemas,
+            };
+            quakestream::runtime::StageSettings::run(&settings, &ctx, metrics).await
         }
     });
     let deadline = Instant::now() + Duration::from_secs(60);

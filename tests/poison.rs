@@ -29,7 +29,7 @@ use quakestream::{
     sink::{
         encode::{Compression, FileSchema, Format},
         lake::{self, LakeConfig, LakeMetrics, Schemas},
-        postgres::{self, PostgresConfig, PostgresMetrics},
+        postgres::{PostgresConfig, PostgresMetrics},
     },
 };
 use tokio_util::sync::CancellationToken;
@@ -257,7 +257,7 @@ async fn a_record_the_database_refuses_as_data_is_dead_lettered_and_its_batch_wr
         let (settings, data_dir) = (settings.clone(), data_dir.clone());
         tokio::spawn(async move {
             let ctx = Context::new(&settings, "quakestream-dlq", &data_dir, stop);
-            postgres::run(&config, &ctx, metrics).await
+            quakestream::runtime::StageSettings::run(&config, &ctx, metrics).await
         })
     };
 
@@ -456,7 +456,12 @@ async fn an_integer_above_i64_in_an_inferred_topic_is_dead_lettered_and_the_file
                     &data_dir,
                     stop,
                 );
-                lake::run(&config, false, schemas, &ctx, metrics).await
+                let settings = lake::LakeSettings {
+                    config: config.clone(),
+                    object: false,
+                    schemas,
+                };
+                quakestream::runtime::StageSettings::run(&settings, &ctx, metrics).await
             }
         });
         // Committed to the end: every file was written (the commit follows the files), and

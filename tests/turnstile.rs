@@ -153,12 +153,10 @@ async fn replay_publishes_each_interval_once() {
     let (_broker, _shutdown, settings) = embedded_broker(dir.path()).await;
     for run in 0..2 {
         let metrics = Arc::new(SourceMetrics::new("turnstile"));
-        turnstile::run(
+        quakestream::source::SourceSettings::run(
             &config(),
-            "quakestream-dlq",
-            &settings,
+            &common::source_ctx(&settings, tokio_util::sync::CancellationToken::new()),
             metrics.clone(),
-            tokio_util::sync::CancellationToken::new(),
         )
         .await
         .unwrap();
@@ -192,15 +190,13 @@ async fn unreadable_rows_are_dead_lettered_with_their_line() {
     let path = dir.path().join("turnstile_bad.csv");
     std::fs::write(&path, &file).unwrap();
     let metrics = Arc::new(SourceMetrics::new("turnstile"));
-    turnstile::run(
+    quakestream::source::SourceSettings::run(
         &TurnstileConfig {
             file: path,
             ..Default::default()
         },
-        "quakestream-dlq",
-        &settings,
+        &common::source_ctx(&settings, tokio_util::sync::CancellationToken::new()),
         metrics.clone(),
-        tokio_util::sync::CancellationToken::new(),
     )
     .await
     .unwrap();

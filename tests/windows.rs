@@ -14,10 +14,7 @@ use common::{fixture, read_topic, revision_sequence};
 use quakestream::{
     fake::{FakeServer, Step},
     kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer},
-    process::window::{
-        WindowConfig,
-        task::{self, WindowMetrics},
-    },
+    process::window::{WindowConfig, task::WindowMetrics},
     record::format_millis,
     runtime::Context,
     source::{fetch::HttpConfig, usgs::UsgsConfig},
@@ -130,7 +127,7 @@ async fn the_revision_sequence_through_source_and_window_equals_the_fixture_orac
         let data_dir = dir.path().to_path_buf();
         async move {
             let ctx = Context::new(&settings, "quakestream-dlq", &data_dir, stop);
-            task::run(&config, &ctx, metrics).await
+            quakestream::runtime::StageSettings::run(&config, &ctx, metrics).await
         }
     });
 

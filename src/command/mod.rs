@@ -74,21 +74,20 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
             config.web.listen = listen.clone();
         }
     };
-    match &cli.command {
-        Command::Up(args) => {
-            listen(&mut config, &args.listen);
-            source(&mut config, &args.source)?;
-            process(&mut config, &args.process);
-            web(&mut config, &args.web);
+    let pipeline = match &cli.command {
+        Command::Up(args) => Some(args),
+        Command::Run(args) => Some(&args.up),
+        Command::Broker(args) => {
+            listen(&mut config, args);
+            None
         }
-        Command::Broker(args) => listen(&mut config, args),
-        Command::Run(args) => {
-            listen(&mut config, &args.listen);
-            source(&mut config, &args.source)?;
-            process(&mut config, &args.process);
-            web(&mut config, &args.web);
-        }
-        _ => {}
+        _ => None,
+    };
+    if let Some(args) = pipeline {
+        listen(&mut config, &args.listen);
+        source(&mut config, &args.source)?;
+        process(&mut config, &args.process);
+        web(&mut config, &args.web);
     }
     config.validate()?;
 

@@ -15,7 +15,7 @@ use crate::{
     error::{Error, Result},
     kafka::{KafkaSettings, TopicName, admin::Admin, embedded::EmbeddedBroker},
     metrics::Registry,
-    runtime::{Component, Context, Supervisor},
+    runtime::{Component, Context, Supervisor, supervisor::RestartPolicy},
     web::{self, WebServer},
 };
 
@@ -225,7 +225,16 @@ pub async fn run(
         registry: registry.clone(),
         shutdown,
     };
-    Supervisor::new(list, &registry).run(ctx).await
+    // Alone, a component that cannot start at all exits with the reason; once it has run, it is
+    // restarted like under `up`.
+    let policy = RestartPolicy {
+        fail_fast: true,
+        ..RestartPolicy::default()
+    };
+    Supervisor::new(list, &registry)
+        .with_policy(policy)
+        .run(ctx)
+        .await
 }
 
 /// The data directory as an absolute path (state files and logs are named by it).

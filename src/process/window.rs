@@ -40,6 +40,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::fields::lookup_in;
+
 /// Most windows one record may fall in (`size / slide`): more is almost surely a typo.
 pub const MAX_WINDOWS_PER_RECORD: i64 = 1000;
 
@@ -843,7 +845,7 @@ impl Extractor {
         let Value::Object(record) = &value else {
             return Err("the record is not a JSON object");
         };
-        let time = match lookup(record, &self.time_field) {
+        let time = match lookup_in(record, &self.time_field) {
             Some(Value::String(s)) => {
                 crate::record::parse_millis(s).ok_or("the event time is not an RFC 3339 time")?
             }
@@ -855,7 +857,7 @@ impl Extractor {
             Some(_) => return Err("the event time is neither a string nor a number"),
         };
         let key: Arc<str> = match &self.key_field {
-            Some(field) => match lookup(record, field) {
+            Some(field) => match lookup_in(record, field) {
                 Some(Value::String(s)) => Arc::from(s.as_str()),
                 Some(Value::Number(n)) => Arc::from(n.to_string()),
                 _ => return Err("the record has no key field"),
@@ -867,7 +869,7 @@ impl Extractor {
         };
         let version = match &self.version_field {
             None => Version::Num(offset as f64),
-            Some(field) => match lookup(record, field) {
+            Some(field) => match lookup_in(record, field) {
                 Some(Value::Number(n)) => n.as_f64().map_or(Version::Missing, Version::Num),
                 Some(Value::String(s)) => match crate::record::parse_millis(s) {
                     Some(ms) => Version::Num(ms as f64),
@@ -876,7 +878,8 @@ impl Extractor {
                 _ => Version::Missing,
             },
         };
-        let deleted = matches!(lookup(record, "status"), Some(Value::String(s)) if s == "deleted");
+        let deleted =
+            matches!(lookup_in(record, "status"), Some(Value::String(s)) if s == "deleted");
         let group = if self.layout.group_by.is_empty() {
             Arc::from("[]")
         } else {
@@ -884,7 +887,7 @@ impl Extractor {
                 .layout
                 .group_by
                 .iter()
-                .map(|f| lookup(record, f).unwrap_or(&Value::Null))
+                .map(|f| lookup_in(record, f).unwrap_or(&Value::Null))
                 .collect();
             Arc::from(serde_json::to_string(&values).unwrap_or_else(|_| "[]".into()))
         };
@@ -892,7 +895,7 @@ impl Extractor {
             .layout
             .fields
             .iter()
-            .map(|f| match lookup(record, f) {
+            .map(|f| match lookup_in(record, f) {
                 Some(Value::Number(n)) => n.as_f64().filter(|x| x.is_finite()),
                 Some(Value::String(s)) => s.trim().parse::<f64>().ok().filter(|x| x.is_finite()),
                 _ => None,
@@ -907,19 +910,6 @@ impl Extractor {
             values,
         })
     }
-}
-
-/// A top-level field, or a nested one written with dots (`properties.mag`).
-fn lookup<'a>(record: &'a serde_json::Map<String, Value>, field: &str) -> Option<&'a Value> {
-    if let Some(v) = record.get(field) {
-        return Some(v);
-    }
-    let mut parts = field.split('.');
-    let mut current = record.get(parts.next()?)?;
-    for part in parts {
-        current = current.as_object()?.get(part)?;
-    }
-    Some(current)
 }
 
 mod config;

@@ -48,6 +48,45 @@ pub struct Spec {
     pub tick: Duration,
 }
 
+impl Spec {
+    /// `topics` in `group` (a static member: `instance_id`, or one derived from the group and
+    /// the data directory), in batches of up to 500 messages ended by a 20 ms pause, ticking
+    /// every second.
+    pub fn new(
+        name: &'static str,
+        group: &str,
+        instance_id: Option<&str>,
+        topics: Vec<String>,
+    ) -> Spec {
+        Spec {
+            name,
+            group: group.to_string(),
+            instance_id: instance_id.map(String::from),
+            topics,
+            batch_size: 500,
+            batch_gap: Duration::from_millis(20),
+            tick: Duration::from_secs(1),
+        }
+    }
+
+    /// Batches of up to `size` messages, ended by a pause of `gap`.
+    pub fn batches(self, size: usize, gap: Duration) -> Spec {
+        Spec {
+            batch_size: size,
+            batch_gap: gap,
+            ..self
+        }
+    }
+
+    /// [`Handler::tick`] at least this often.
+    pub fn tick(self, every: Duration) -> Spec {
+        Spec {
+            tick: every,
+            ..self
+        }
+    }
+}
+
 /// One consumed message, owned (a handler may keep it past the batch).
 #[derive(Debug, Clone)]
 pub struct Record {

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::{
     backoff::Backoff,
+    consume::ensure_topics,
     status::{ComponentStatus, State},
     supervisor::Supervisor,
 };
@@ -213,8 +214,12 @@ pub trait StageSettings: Clone + Send + Sync + 'static {
     /// Its counters, made once: restarts keep counting.
     fn counters(&self) -> Self::Counters;
 
-    /// One run: consumes until `ctx.shutdown` or an error.
-    fn start(self, ctx: Context, counters: Arc<Self::Counters>) -> BoxFuture<'static, Result<()>>;
+    /// One run: consumes until `ctx.shutdown` or an error (the supervisor starts another).
+    fn run(
+        &self,
+        ctx: &Context,
+        counters: Arc<Self::Counters>,
+    ) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// A processor or sink as a pipeline component.
@@ -248,6 +253,7 @@ impl<S: StageSettings> Component for Stage<S> {
     }
 
     fn run(&self, ctx: Context) -> BoxFuture<'static, Result<()>> {
-        self.settings.clone().start(ctx, self.counters.clone())
+        let (settings, counters) = (self.settings.clone(), self.counters.clone());
+        Box::pin(async move { settings.run(&ctx, counters).await })
     }
 }

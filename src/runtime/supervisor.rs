@@ -5,7 +5,9 @@
 //! restart is always safe: it resumes from its group's committed offsets, or rebuilds its
 //! dedupe state from the topic it writes. What is *not* restarted is a configuration error on a
 //! component's first start: no restart can cure it, so it stops the whole start with its
-//! message, as a bad flag does. A panic counts as a failure like any other.
+//! message, as a bad flag does. With [`RestartPolicy::fail_fast`] (`run NAME`) any failure of
+//! the first run before it counted as healthy does the same. A panic counts as a failure like
+//! any other.
 
 use std::{
     sync::Arc,
@@ -29,6 +31,11 @@ pub struct RestartPolicy {
     pub max: Duration,
     /// A run this long counts as healthy: the next failure starts from `initial` again.
     pub healthy_after: Duration,
+    /// Whether a failure of the very first run, before it counted as healthy, ends everything
+    /// instead of a restart. `run NAME` wants it: a component alone that cannot start (a bucket
+    /// that does not exist, a database that does not answer) is an error to fix now, with its
+    /// message. `up` does not: there the others run on while the one restarts.
+    pub fail_fast: bool,
 }
 
 impl Default for RestartPolicy {
@@ -37,6 +44,7 @@ impl Default for RestartPolicy {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(15),
             healthy_after: Duration::from_secs(30),
+            fail_fast: false,
         }
     }
 }
@@ -130,7 +138,8 @@ async fn supervise(
             summary(component.as_ref());
             return Err(error);
         }
-        if first && error.fault() == Fault::User {
+        let early = started.elapsed() < policy.healthy_after;
+        if first && (error.fault() == Fault::User || (policy.fail_fast && early)) {
             status.failed(State::Failed, &message);
             tracing::error!(component = %name, error = %message, "component cannot start");
             summary(component.as_ref());
@@ -257,6 +266,7 @@ mod tests {
             initial: Duration::from_millis(10),
             max: Duration::from_millis(40),
             healthy_after: Duration::from_secs(60),
+            fail_fast: false,
         }
     }
 
@@ -328,6 +338,32 @@ mod tests {
         assert_eq!(error.to_string(), "[flaky]: bad");
         let states: Vec<_> = registry.components().iter().map(|c| c.state()).collect();
         assert_eq!(states, [State::Failed, State::Stopped]);
+    }
+
+    #[tokio::test]
+    async fn alone_a_component_that_cannot_start_ends_the_run_with_its_error() {
+        let registry = Registry::default();
+        let runs = Arc::new(AtomicU32::new(0));
+        let supervisor = Supervisor::new(
+            vec![Arc::new(Flaky {
+                about: about("files"),
+                failures: 2,
+                runs: runs.clone(),
+                fault: Fault::External,
+            })],
+            &registry,
+        )
+        .with_policy(RestartPolicy {
+            fail_fast: true,
+            ..quick()
+        });
+        let error = supervisor
+            .run(context(CancellationToken::new()))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("panicked"), "{error}");
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(registry.components()[0].state(), State::Failed);
     }
 
     #[tokio::test]

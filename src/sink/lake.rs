@@ -309,56 +309,6 @@ impl Segment {
     }
 }
 
-/// Runs a lake sink until `ctx.shutdown`, then finishes and commits what it holds.
-pub async fn run(
-    config: &LakeConfig,
-    object: bool,
-    schemas: Schemas,
-    ctx: &Context,
-    metrics: Arc<LakeMetrics>,
-) -> Result<()> {
-    let name = if object { "object-store" } else { "files" };
-    let section = if object { "[object_store]" } else { "[files]" };
-    let invalid = || Error::config(section);
-    config.validate(object).map_err(invalid())?;
-    let store = Store::open(config, object, &ctx.data_dir).await?;
-    let template = config
-        .object_per_record
-        .as_deref()
-        .map(Template::parse)
-        .transpose()
-        .map_err(invalid())?;
-    let mut sink = Lake {
-        name,
-        config,
-        store,
-        schemas,
-        template,
-        partitioner: Partitioner::new(&config.partition_by).map_err(invalid())?,
-        data_dir: ctx.data_dir.clone(),
-        segments: HashMap::new(),
-        metrics,
-    };
-    tracing::info!(sink = name, to = %sink.store.describe(), format = ?config.format,
-        topics = ?config.topics, "lake sink started");
-    let spec = consume::Spec {
-        name,
-        group: config.group_id.clone(),
-        instance_id: config.instance_id.clone(),
-        topics: config.topics.clone(),
-        batch_size: 1000,
-        batch_gap: Duration::from_millis(20),
-        tick: Duration::from_millis(250).min(config.roll_age),
-    };
-    let result = consume::run(ctx, &spec, &mut sink).await;
-    if result.is_err() {
-        for (_, segment) in sink.segments.drain() {
-            segment.discard();
-        }
-    }
-    result
-}
-
 /// The lake's side of the consume loop. Offsets are released per partition when its segment's
 /// files are in place (rolled by records, bytes or age, or at shutdown), never before.
 impl consume::Handler for Lake<'_> {
@@ -647,8 +597,47 @@ impl StageSettings for LakeSettings {
             .map_err(Error::config(section))
     }
 
-    fn start(self, ctx: Context, counters: Arc<LakeMetrics>) -> BoxFuture<'static, Result<()>> {
-        Box::pin(async move { run(&self.config, self.object, self.schemas, &ctx, counters).await })
+    /// Runs a lake sink until `ctx.shutdown`, then finishes and commits what it holds.
+    async fn run(&self, ctx: &Context, metrics: Arc<LakeMetrics>) -> Result<()> {
+        let (config, object, schemas) = (&self.config, self.object, self.schemas.clone());
+        let name = if object { "object-store" } else { "files" };
+        let section = if object { "[object_store]" } else { "[files]" };
+        let invalid = || Error::config(section);
+        config.validate(object).map_err(invalid())?;
+        let store = Store::open(config, object, &ctx.data_dir).await?;
+        let template = config
+            .object_per_record
+            .as_deref()
+            .map(Template::parse)
+            .transpose()
+            .map_err(invalid())?;
+        let mut sink = Lake {
+            name,
+            config,
+            store,
+            schemas,
+            template,
+            partitioner: Partitioner::new(&config.partition_by).map_err(invalid())?,
+            data_dir: ctx.data_dir.clone(),
+            segments: HashMap::new(),
+            metrics,
+        };
+        tracing::info!(sink = name, to = %sink.store.describe(), format = ?config.format,
+            topics = ?config.topics, "lake sink started");
+        let spec = consume::Spec::new(
+            name,
+            &config.group_id,
+            config.instance_id.as_deref(),
+            config.topics.clone(),
+        )
+        .tick(Duration::from_millis(250).min(config.roll_age));
+        let result = consume::run(ctx, &spec, &mut sink).await;
+        if result.is_err() {
+            for (_, segment) in sink.segments.drain() {
+                segment.discard();
+            }
+        }
+        result
     }
 }
 

@@ -376,39 +376,6 @@ fn parse_window(payload: &[u8]) -> std::result::Result<Window, String> {
     })
 }
 
-/// Runs the sink until `ctx.shutdown`.
-pub async fn run(
-    config: &PostgresConfig,
-    ctx: &Context,
-    metrics: Arc<PostgresMetrics>,
-) -> Result<()> {
-    config.validate().map_err(Error::config("[postgres]"))?;
-    let mut topics = vec![config.quakes_topic.clone()];
-    if !config.windows_topic.is_empty() {
-        topics.push(config.windows_topic.clone());
-    }
-    // The first connection must work: a wrong URL or password is the user's to fix now.
-    let mut warehouse = Warehouse::connect(config).await?;
-    warehouse.migrate().await?;
-    tracing::info!(url = %config.redacted_url(), topics = ?topics, "postgres sink started");
-    let spec = consume::Spec {
-        name: "postgres",
-        group: config.group_id.clone(),
-        instance_id: config.instance_id.clone(),
-        topics,
-        batch_size: config.batch_size,
-        batch_gap: Duration::from_millis(100),
-        tick: Duration::from_secs(1),
-    };
-    let mut sink = Sink {
-        config,
-        warehouse,
-        metrics,
-        shutdown: ctx.shutdown.clone(),
-    };
-    consume::run(ctx, &spec, &mut sink).await
-}
-
 /// The sink's side of the consume loop: a batch is parsed, written in one transaction (or
 /// record by record when the database refuses some of its data), and only then released.
 struct Sink<'a> {
@@ -1137,8 +1104,32 @@ impl StageSettings for PostgresConfig {
         self.validate().map_err(Error::config("[postgres]"))
     }
 
-    fn start(self, ctx: Context, counters: Arc<PostgresMetrics>) -> BoxFuture<'static, Result<()>> {
-        Box::pin(async move { run(&self, &ctx, counters).await })
+    /// Runs the sink until `ctx.shutdown`.
+    async fn run(&self, ctx: &Context, metrics: Arc<PostgresMetrics>) -> Result<()> {
+        let config = self;
+        config.validate().map_err(Error::config("[postgres]"))?;
+        let mut topics = vec![config.quakes_topic.clone()];
+        if !config.windows_topic.is_empty() {
+            topics.push(config.windows_topic.clone());
+        }
+        // The first connection must work: a wrong URL or password is the user's to fix now.
+        let mut warehouse = Warehouse::connect(config).await?;
+        warehouse.migrate().await?;
+        tracing::info!(url = %config.redacted_url(), topics = ?topics, "postgres sink started");
+        let spec = consume::Spec::new(
+            "postgres",
+            &config.group_id,
+            config.instance_id.as_deref(),
+            topics,
+        )
+        .batches(config.batch_size, Duration::from_millis(100));
+        let mut sink = Sink {
+            config,
+            warehouse,
+            metrics,
+            shutdown: ctx.shutdown.clone(),
+        };
+        consume::run(ctx, &spec, &mut sink).await
     }
 }
 

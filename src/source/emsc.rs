@@ -13,11 +13,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures::{SinkExt, StreamExt, future::BoxFuture};
+use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
-use tokio_util::sync::CancellationToken;
 
 use super::{
     SourceSettings,
@@ -27,11 +26,11 @@ use super::{
 use crate::{
     config::duration,
     error::{Error, Result},
-    kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer},
+    kafka::{TopicName, producer::Producer},
     metrics::SourceMetrics,
     record::{Quake, format_millis},
     runtime::Backoff,
-    runtime::{About, Context},
+    runtime::{About, Context, ensure_topics},
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -200,76 +199,6 @@ pub fn normalize(message: &str) -> std::result::Result<(String, Quake), String> 
     Ok((action, quake))
 }
 
-/// Runs the source until `shutdown`, reconnecting as needed.
-pub async fn run(
-    config: &EmscConfig,
-    dlq: &str,
-    settings: &KafkaSettings,
-    metrics: Arc<SourceMetrics>,
-    shutdown: CancellationToken,
-) -> Result<()> {
-    config.validate().map_err(Error::config("config"))?;
-    let topic: TopicName = config.topic.parse()?;
-    let admin = Admin::connect(settings).await?;
-    admin
-        .ensure_topics(&[topic.clone(), dlq.parse::<TopicName>()?])
-        .await?;
-    let mut publisher = Publisher::new(
-        Producer::new(settings)?,
-        topic.as_str(),
-        dlq,
-        Profile::Quakes,
-        "emsc",
-    );
-    let mut dedupe = None;
-    let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
-    tracing::info!(url = %config.url, topic = %topic, "emsc source started");
-    loop {
-        if dedupe.is_none() {
-            match publish::rebuild_dedupe(settings, topic.as_str()).await {
-                Ok((d, _, read)) => {
-                    tracing::info!(
-                        records = read,
-                        events = d.len(),
-                        "emsc: dedupe state rebuilt"
-                    );
-                    dedupe = Some(d);
-                }
-                Err(e) => {
-                    metrics.error("publish");
-                    tracing::warn!(error = %e, "emsc: reading the topic back failed; retrying");
-                }
-            }
-        }
-        let outcome = match dedupe.as_mut() {
-            Some(d) => {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    outcome = session(config, &publisher, d, &metrics, &mut backoff) => outcome,
-                }
-            }
-            None => Err(("publish", "no dedupe state".to_string())),
-        };
-        let (kind, why) = match outcome {
-            Ok(()) => ("closed", "the server closed the connection".to_string()),
-            Err(e) => e,
-        };
-        if kind == "publish" {
-            dedupe = None;
-            publisher.reset(settings)?;
-        }
-        metrics.error(kind);
-        let wait = backoff.next(None);
-        tracing::warn!(url = %config.url, %why, kind, retry_in = ?wait, "emsc: reconnecting");
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(wait) => {}
-        }
-    }
-    publisher.flush()?;
-    Ok(())
-}
-
 type Failure = (&'static str, String);
 
 /// TLS for `wss://`: the machine's trusted roots, and rustls' aws-lc provider named
@@ -324,22 +253,20 @@ async fn session(
     tracing::info!(url = %config.url, "emsc: connected");
     let (mut sink, mut stream) = socket.split();
     let mut ping = tokio::time::interval(config.ping_interval);
+    // Ticks missed while a message was being published are not silence: they are skipped.
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
-    let mut silent = 0u32;
+    // When the server was last heard, or this side last finished handling what it sent. Counting
+    // ticks instead took a slow publish for a silent server: the connection was dropped with
+    // the next messages still unread in it.
+    let mut heard = tokio::time::Instant::now();
+    let silence = config.ping_interval * 3;
     loop {
         tokio::select! {
-            _ = ping.tick() => {
-                silent += 1;
-                if silent > 3 {
-                    return Err(("timeout", format!("nothing heard for {} pings", silent - 1)));
-                }
-                sink.send(Message::Ping(Vec::new().into()))
-                    .await
-                    .map_err(|e| ("connect", e.to_string()))?;
-            }
+            // What the server sent comes before a ping that is due at the same moment.
+            biased;
             frame = stream.next() => {
                 let Some(frame) = frame else { return Ok(()) };
-                silent = 0;
                 match frame {
                     Ok(Message::Text(text)) => {
                         backoff.reset();
@@ -353,6 +280,21 @@ async fn session(
                     Ok(_) => {}
                     Err(e) => return Err(("connect", e.to_string())),
                 }
+                heard = tokio::time::Instant::now();
+            }
+            _ = ping.tick() => {
+                if heard.elapsed() > silence {
+                    return Err((
+                        "timeout",
+                        format!(
+                            "nothing heard for {}",
+                            humantime::format_duration(Duration::from_millis(heard.elapsed().as_millis() as u64))
+                        ),
+                    ));
+                }
+                sink.send(Message::Ping(Vec::new().into()))
+                    .await
+                    .map_err(|e| ("connect", e.to_string()))?;
             }
         }
     }
@@ -414,8 +356,67 @@ impl SourceSettings for EmscConfig {
         About::source("emsc", &self.topic, line)
     }
 
-    fn start(self, ctx: Context, metrics: Arc<SourceMetrics>) -> BoxFuture<'static, Result<()>> {
-        Box::pin(async move { run(&self, &ctx.dlq, &ctx.kafka, metrics, ctx.shutdown).await })
+    /// Runs the source until `shutdown`, reconnecting as needed.
+    async fn run(&self, ctx: &Context, metrics: Arc<SourceMetrics>) -> Result<()> {
+        let config = self;
+        let (dlq, settings, shutdown) = (ctx.dlq.as_str(), &ctx.kafka, ctx.shutdown.clone());
+        config.validate().map_err(Error::config("config"))?;
+        let topic: TopicName = config.topic.parse()?;
+        ensure_topics(ctx, &[topic.to_string()]).await?;
+        let mut publisher = Publisher::new(
+            Producer::new(settings)?,
+            topic.as_str(),
+            dlq,
+            Profile::Quakes,
+            "emsc",
+        );
+        let mut dedupe = None;
+        let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
+        tracing::info!(url = %config.url, topic = %topic, "emsc source started");
+        loop {
+            if dedupe.is_none() {
+                match publish::rebuild_dedupe(settings, topic.as_str()).await {
+                    Ok((d, _, read)) => {
+                        tracing::info!(
+                            records = read,
+                            events = d.len(),
+                            "emsc: dedupe state rebuilt"
+                        );
+                        dedupe = Some(d);
+                    }
+                    Err(e) => {
+                        metrics.error("publish");
+                        tracing::warn!(error = %e, "emsc: reading the topic back failed; retrying");
+                    }
+                }
+            }
+            let outcome = match dedupe.as_mut() {
+                Some(d) => {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        outcome = session(config, &publisher, d, &metrics, &mut backoff) => outcome,
+                    }
+                }
+                None => Err(("publish", "no dedupe state".to_string())),
+            };
+            let (kind, why) = match outcome {
+                Ok(()) => ("closed", "the server closed the connection".to_string()),
+                Err(e) => e,
+            };
+            if kind == "publish" {
+                dedupe = None;
+                publisher.reset(settings)?;
+            }
+            metrics.error(kind);
+            let wait = backoff.next(None);
+            tracing::warn!(url = %config.url, %why, kind, retry_in = ?wait, "emsc: reconnecting");
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        publisher.flush()?;
+        Ok(())
     }
 }
 

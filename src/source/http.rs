@@ -22,10 +22,8 @@ use std::{
     time::Duration,
 };
 
-use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokio_util::sync::CancellationToken;
 
 use super::{
     SourceSettings,
@@ -35,10 +33,11 @@ use super::{
 use crate::{
     config::duration,
     error::{Error, Result},
-    kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer, reader},
+    fields::{self, lookup},
+    kafka::{KafkaSettings, TopicName, producer::Producer, reader},
     metrics::SourceMetrics,
     record::DeadLetter,
-    runtime::{About, Context},
+    runtime::{About, Context, ensure_topics},
 };
 
 /// Header holding a record's key and version, `key\u{1f}version`, read back at start.
@@ -267,30 +266,11 @@ pub fn secret(value: &str) -> std::result::Result<String, String> {
     }
 }
 
-/// A path into a record: `a.b.0.c`.
-fn lookup<'v>(record: &'v Value, path: &str) -> Option<&'v Value> {
-    let mut at = record;
-    for part in path.split('.') {
-        at = match at {
-            Value::Object(m) => m.get(part)?,
-            Value::Array(a) => a.get(part.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    Some(at)
-}
-
 /// A field's source: one path (the value is copied as it is) or a template (a string).
 #[derive(Debug, Clone, PartialEq)]
 enum Template {
     Path(String),
-    Parts(Vec<Part>),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Part {
-    Text(String),
-    Path(String),
+    Parts(fields::Template),
 }
 
 impl Template {
@@ -301,52 +281,21 @@ impl Template {
             }
             return Ok(Template::Path(spec.to_string()));
         }
-        let mut parts = Vec::new();
-        let mut rest = spec;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(Part::Text(rest[..open].to_string()));
-            }
-            let close = rest[open..]
-                .find('}')
-                .ok_or_else(|| format!("{spec:?}: `{{` without `}}`"))?;
-            let path = &rest[open + 1..open + close];
-            if path.is_empty() || path.contains('{') {
-                return Err(format!("{spec:?}: empty or nested {{…}}"));
-            }
-            parts.push(Part::Path(path.to_string()));
-            rest = &rest[open + close + 1..];
-        }
-        if rest.contains('}') {
-            return Err(format!("{spec:?}: `}}` without `{{`"));
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Text(rest.to_string()));
-        }
-        Ok(Template::Parts(parts))
+        fields::Template::parse(spec).map(Template::Parts)
     }
 
     /// The field's value; a template part that is missing or not a scalar is an error.
     fn render(&self, record: &Value) -> std::result::Result<Value, String> {
         match self {
             Template::Path(p) => Ok(lookup(record, p).cloned().unwrap_or(Value::Null)),
-            Template::Parts(parts) => {
-                let mut out = String::new();
-                for part in parts {
-                    match part {
-                        Part::Text(t) => out.push_str(t),
-                        Part::Path(p) => match lookup(record, p) {
-                            Some(Value::String(s)) => out.push_str(s),
-                            Some(v @ (Value::Number(_) | Value::Bool(_))) => {
-                                out.push_str(&v.to_string())
-                            }
-                            Some(Value::Null) | None => return Err(format!("{p} is missing")),
-                            Some(_) => return Err(format!("{p} is not a text or a number")),
-                        },
-                    }
-                }
-                Ok(Value::String(out))
-            }
+            Template::Parts(t) => t
+                .render_with(record, |p, value| match value {
+                    Some(Value::String(s)) => Ok(s.clone()),
+                    Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(v.to_string()),
+                    Some(Value::Null) | None => Err(format!("{p} is missing")),
+                    Some(_) => Err(format!("{p} is not a text or a number")),
+                })
+                .map(Value::String),
         }
     }
 }
@@ -557,79 +506,6 @@ pub fn request_url(config: &HttpSourceConfig) -> std::result::Result<String, Str
     Ok(url.to_string())
 }
 
-/// Runs the source until `shutdown`, or until its `duration` is over.
-pub async fn run(
-    config: &HttpSourceConfig,
-    dlq: &str,
-    settings: &KafkaSettings,
-    metrics: Arc<SourceMetrics>,
-    shutdown: CancellationToken,
-) -> Result<()> {
-    let c = config.resolved();
-    let invalid = |message: String| Error::Config {
-        origin: format!("[[http]] {}", c.name),
-        message,
-    };
-    config.validate().map_err(|m| Error::Config {
-        origin: "config".into(),
-        message: m,
-    })?;
-    if c.preset == Some(Preset::NasaApod)
-        && c.query.get("api_key").map(String::as_str) == Some("env:NASA_API_KEY:-DEMO_KEY")
-        && std::env::var("NASA_API_KEY").map_or(true, |v| v.is_empty())
-    {
-        tracing::warn!(
-            "NASA_API_KEY is not set: using DEMO_KEY, which allows 30 requests an hour and 50 a \
-             day per IP address (get a free key at https://api.nasa.gov)"
-        );
-    }
-    let url = request_url(&c).map_err(invalid)?;
-    let mut headers = reqwest::header::HeaderMap::new();
-    for (k, v) in &c.headers {
-        let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
-            .map_err(|e| invalid(format!("header {k:?}: {e}")))?;
-        let value = reqwest::header::HeaderValue::from_str(&secret(v).map_err(&invalid)?)
-            .map_err(|e| invalid(format!("header {k}: {e}")))?;
-        headers.insert(name, value);
-    }
-    let topic: TopicName = c.topic.parse()?;
-    let dlq_topic: TopicName = dlq.parse()?;
-    let admin = Admin::connect(settings).await?;
-    admin.ensure_topics(&[topic.clone(), dlq_topic]).await?;
-    let mut poller = Poller {
-        name: c.name.clone(),
-        fetcher: Fetcher::with_headers(&url, &c.http, headers)
-            .map_err(|e| invalid(e.to_string()))?,
-        url: c.url.clone(),
-        topic: topic.to_string(),
-        dlq: dlq.to_string(),
-        mapping: Mapping::new(&c).map_err(&invalid)?,
-        producer: Producer::new(settings)?,
-        settings: settings.clone(),
-        seen: HashSet::new(),
-        needs_rebuild: true,
-        metrics: metrics.clone(),
-    };
-    // The URL without its query: it may hold an API key.
-    tracing::info!(source = %c.name, url = %c.url, topic = %topic, interval = %humantime::format_duration(c.interval()), "http source started");
-    let deadline = c.duration.map(|d| tokio::time::Instant::now() + d);
-    let ended = schedule::every(
-        &c.name,
-        c.interval(),
-        &c.http,
-        deadline,
-        &metrics,
-        &shutdown,
-        &mut poller,
-    )
-    .await;
-    poller.producer.flush()?;
-    if ended == Ended::Deadline {
-        tracing::info!(source = %c.name, "http source: duration over; stopped");
-    }
-    Ok(())
-}
-
 impl schedule::Poll for Poller {
     type Error = PollError;
     fn poll(
@@ -745,8 +621,71 @@ impl SourceSettings for HttpSourceConfig {
         About::source(&c.name, &c.topic, line)
     }
 
-    fn start(self, ctx: Context, metrics: Arc<SourceMetrics>) -> BoxFuture<'static, Result<()>> {
-        Box::pin(async move { run(&self, &ctx.dlq, &ctx.kafka, metrics, ctx.shutdown).await })
+    /// Runs the source until `shutdown`, or until its `duration` is over.
+    async fn run(&self, ctx: &Context, metrics: Arc<SourceMetrics>) -> Result<()> {
+        let config = self;
+        let (dlq, settings, shutdown) = (ctx.dlq.as_str(), &ctx.kafka, ctx.shutdown.clone());
+        let c = config.resolved();
+        let invalid = |message: String| Error::Config {
+            origin: format!("[[http]] {}", c.name),
+            message,
+        };
+        config.validate().map_err(|m| Error::Config {
+            origin: "config".into(),
+            message: m,
+        })?;
+        if c.preset == Some(Preset::NasaApod)
+            && c.query.get("api_key").map(String::as_str) == Some("env:NASA_API_KEY:-DEMO_KEY")
+            && std::env::var("NASA_API_KEY").map_or(true, |v| v.is_empty())
+        {
+            tracing::warn!(
+                "NASA_API_KEY is not set: using DEMO_KEY, which allows 30 requests an hour and 50 a \
+                 day per IP address (get a free key at https://api.nasa.gov)"
+            );
+        }
+        let url = request_url(&c).map_err(invalid)?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (k, v) in &c.headers {
+            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| invalid(format!("header {k:?}: {e}")))?;
+            let value = reqwest::header::HeaderValue::from_str(&secret(v).map_err(&invalid)?)
+                .map_err(|e| invalid(format!("header {k}: {e}")))?;
+            headers.insert(name, value);
+        }
+        let topic: TopicName = c.topic.parse()?;
+        ensure_topics(ctx, &[topic.to_string()]).await?;
+        let mut poller = Poller {
+            name: c.name.clone(),
+            fetcher: Fetcher::with_headers(&url, &c.http, headers)
+                .map_err(|e| invalid(e.to_string()))?,
+            url: c.url.clone(),
+            topic: topic.to_string(),
+            dlq: dlq.to_string(),
+            mapping: Mapping::new(&c).map_err(&invalid)?,
+            producer: Producer::new(settings)?,
+            settings: settings.clone(),
+            seen: HashSet::new(),
+            needs_rebuild: true,
+            metrics: metrics.clone(),
+        };
+        // The URL without its query: it may hold an API key.
+        tracing::info!(source = %c.name, url = %c.url, topic = %topic, interval = %humantime::format_duration(c.interval()), "http source started");
+        let deadline = c.duration.map(|d| tokio::time::Instant::now() + d);
+        let ended = schedule::every(
+            &c.name,
+            c.interval(),
+            &c.http,
+            deadline,
+            &metrics,
+            &shutdown,
+            &mut poller,
+        )
+        .await;
+        poller.producer.flush()?;
+        if ended == Ended::Deadline {
+            tracing::info!(source = %c.name, "http source: duration over; stopped");
+        }
+        Ok(())
     }
 }
 

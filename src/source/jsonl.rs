@@ -42,10 +42,11 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer},
+    fields::lookup,
+    kafka::{TopicName, producer::Producer},
     metrics::SourceMetrics,
     record::DeadLetter,
-    runtime::{About, Context},
+    runtime::{About, Context, ensure_topics},
 };
 
 /// How often a followed file is checked for new lines.
@@ -325,23 +326,6 @@ pub fn parse_line<'l>(
         time_ms,
         payload: text.trim(),
     }))
-}
-
-/// A field of an object: its name (even with dots in it), else a dotted path (`user.id`,
-/// `tags.0`, array elements by index).
-pub fn lookup<'v>(object: &'v Value, path: &str) -> Option<&'v Value> {
-    if let Some(v) = object.get(path) {
-        return Some(v);
-    }
-    let mut at = object;
-    for part in path.split('.') {
-        at = match at {
-            Value::Object(m) => m.get(part)?,
-            Value::Array(a) => a.get(part.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    Some(at)
 }
 
 /// A key or version as text: a non-empty string, or a number as JSON writes it.
@@ -702,64 +686,6 @@ async fn open(path: &Path) -> Result<tokio::fs::File> {
     })
 }
 
-/// Runs the source until the input is read to its end (with `follow`: until `shutdown`).
-pub async fn run(
-    config: &JsonlConfig,
-    dlq: &str,
-    settings: &KafkaSettings,
-    metrics: Arc<SourceMetrics>,
-    shutdown: CancellationToken,
-) -> Result<()> {
-    config.validate().map_err(Error::config("config"))?;
-    let topic: TopicName = config.topic.parse()?;
-    let file = if config.is_stdin() {
-        None
-    } else {
-        Some(open(&config.file).await?)
-    };
-    let admin = Admin::connect(settings).await?;
-    admin
-        .ensure_topics(&[topic.clone(), dlq.parse::<TopicName>()?])
-        .await?;
-    let seen = read_back(settings, topic.as_str()).await?;
-    let origin = config.origin();
-    tracing::info!(input = %origin, topic = %topic, published_before = seen.len(), "jsonl source started");
-    let mut out = Publisher {
-        config,
-        producer: Producer::new(settings)?,
-        topic: Arc::from(topic.as_str()),
-        dlq: dlq.to_string(),
-        origin: origin.clone(),
-        seen,
-        in_flight: FuturesUnordered::new(),
-        in_flight_bytes: 0,
-        metrics: metrics.clone(),
-    };
-    match file {
-        Some(file) => {
-            let mut input = Input::File { file, read: 0 };
-            let mut lines = Lines::new(config.max_line_bytes);
-            pump(&mut input, &mut lines, &mut out, config, &shutdown).await?;
-        }
-        None => {
-            let mut shared = stdin(config.max_line_bytes).lock().await;
-            let Stdin { input, lines } = &mut *shared;
-            pump(input, lines, &mut out, config, &shutdown).await?;
-        }
-    }
-    out.drain().await?;
-    out.producer.flush()?;
-    tracing::info!(
-        input = %origin,
-        published = metrics.published.get(),
-        duplicates = metrics.duplicates.get(),
-        dead_letters = metrics.dead_letters.get(),
-        "{}",
-        if shutdown.is_cancelled() { "jsonl source stopped" } else { "jsonl: input read to its end" }
-    );
-    Ok(())
-}
-
 impl SourceSettings for JsonlConfig {
     fn check(&self) -> Result<()> {
         self.validate().map_err(Error::config("config"))
@@ -779,8 +705,55 @@ impl SourceSettings for JsonlConfig {
         About::source("jsonl", &self.topic, line)
     }
 
-    fn start(self, ctx: Context, metrics: Arc<SourceMetrics>) -> BoxFuture<'static, Result<()>> {
-        Box::pin(async move { run(&self, &ctx.dlq, &ctx.kafka, metrics, ctx.shutdown).await })
+    /// Runs the source until the input is read to its end (with `follow`: until `shutdown`).
+    async fn run(&self, ctx: &Context, metrics: Arc<SourceMetrics>) -> Result<()> {
+        let config = self;
+        let (dlq, settings, shutdown) = (ctx.dlq.as_str(), &ctx.kafka, ctx.shutdown.clone());
+        config.validate().map_err(Error::config("config"))?;
+        let topic: TopicName = config.topic.parse()?;
+        let file = if config.is_stdin() {
+            None
+        } else {
+            Some(open(&config.file).await?)
+        };
+        ensure_topics(ctx, &[topic.to_string()]).await?;
+        let seen = read_back(settings, topic.as_str()).await?;
+        let origin = config.origin();
+        tracing::info!(input = %origin, topic = %topic, published_before = seen.len(), "jsonl source started");
+        let mut out = Publisher {
+            config,
+            producer: Producer::new(settings)?,
+            topic: Arc::from(topic.as_str()),
+            dlq: dlq.to_string(),
+            origin: origin.clone(),
+            seen,
+            in_flight: FuturesUnordered::new(),
+            in_flight_bytes: 0,
+            metrics: metrics.clone(),
+        };
+        match file {
+            Some(file) => {
+                let mut input = Input::File { file, read: 0 };
+                let mut lines = Lines::new(config.max_line_bytes);
+                pump(&mut input, &mut lines, &mut out, config, &shutdown).await?;
+            }
+            None => {
+                let mut shared = stdin(config.max_line_bytes).lock().await;
+                let Stdin { input, lines } = &mut *shared;
+                pump(input, lines, &mut out, config, &shutdown).await?;
+            }
+        }
+        out.drain().await?;
+        out.producer.flush()?;
+        tracing::info!(
+            input = %origin,
+            published = metrics.published.get(),
+            duplicates = metrics.duplicates.get(),
+            dead_letters = metrics.dead_letters.get(),
+            "{}",
+            if shutdown.is_cancelled() { "jsonl source stopped" } else { "jsonl: input read to its end" }
+        );
+        Ok(())
     }
 }
 
@@ -866,20 +839,6 @@ mod tests {
         assert_eq!(parsed.topic, "jsonl");
         assert_eq!(parsed.max_line_bytes, 1024 * 1024);
         assert!(toml::from_str::<JsonlConfig>("keys = \"id\"\n").is_err());
-    }
-
-    #[test]
-    fn keys_by_name_or_dotted_path() {
-        let v = json!({
-            "id": 5, "user": { "id": "u1", "tags": ["a", { "b": "x" }] }, "a.b": "literal"
-        });
-        assert_eq!(lookup(&v, "id"), Some(&json!(5)));
-        assert_eq!(lookup(&v, "user.id"), Some(&json!("u1")));
-        assert_eq!(lookup(&v, "user.tags.1.b"), Some(&json!("x")));
-        assert_eq!(lookup(&v, "a.b"), Some(&json!("literal")));
-        assert_eq!(lookup(&v, "user.tags.9"), None);
-        assert_eq!(lookup(&v, "user.id.more"), None);
-        assert_eq!(lookup(&v, "missing"), None);
     }
 
     #[test]

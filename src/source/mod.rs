@@ -45,8 +45,13 @@ pub trait SourceSettings: Clone + Send + Sync + 'static {
     fn about(&self) -> About;
     /// Settings that can never work.
     fn check(&self) -> Result<()>;
-    /// Polls and publishes until `ctx.shutdown` (or until its input is done).
-    fn start(self, ctx: Context, metrics: Arc<SourceMetrics>) -> BoxFuture<'static, Result<()>>;
+    /// Polls and publishes until `ctx.shutdown` (or until its input is done): one run, started
+    /// again by the supervisor after a failure.
+    fn run(
+        &self,
+        ctx: &Context,
+        metrics: Arc<SourceMetrics>,
+    ) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// A source as a pipeline component.
@@ -81,6 +86,7 @@ impl<C: SourceSettings> Component for Source<C> {
     }
 
     fn run(&self, ctx: Context) -> BoxFuture<'static, Result<()>> {
-        self.config.clone().start(ctx, self.metrics.clone())
+        let (config, metrics) = (self.config.clone(), self.metrics.clone());
+        Box::pin(async move { config.run(&ctx, metrics).await })
     }
 }

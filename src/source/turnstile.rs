@@ -22,10 +22,8 @@ use std::{
 };
 
 use chrono::{FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
-use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 use super::{
     SourceSettings,
@@ -34,10 +32,10 @@ use super::{
 use crate::{
     config::duration,
     error::{Error, Result},
-    kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer},
+    kafka::{TopicName, producer::Producer},
     metrics::{Counter, SourceMetrics},
     record::{DeadLetter, format_millis},
-    runtime::{About, Context},
+    runtime::{About, Context, ensure_topics},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -407,122 +405,6 @@ pub fn synthetic(n: u64, now_ms: i64, rng: &mut u64) -> serde_json::Value {
     })
 }
 
-/// Runs the source until `shutdown` (replay: until the file is published; synthetic: until
-/// `count` messages, or Ctrl+C).
-pub async fn run(
-    config: &TurnstileConfig,
-    dlq: &str,
-    settings: &KafkaSettings,
-    metrics: Arc<SourceMetrics>,
-    shutdown: CancellationToken,
-) -> Result<()> {
-    let invalid = |message: String| Error::Config {
-        origin: "[turnstile]".into(),
-        message,
-    };
-    config.validate().map_err(invalid)?;
-    let topic: TopicName = config.topic.parse()?;
-    let admin = Admin::connect(settings).await?;
-    admin
-        .ensure_topics(&[topic.clone(), dlq.parse::<TopicName>()?])
-        .await?;
-    let producer = Producer::new(settings)?;
-    match config.mode {
-        Mode::Synthetic => {
-            let mut rng = (chrono::Utc::now().timestamp_nanos_opt().unwrap_or(1) as u64) | 1;
-            let mut n = 0u64;
-            while config.count == 0 || n < config.count {
-                let now = chrono::Utc::now().timestamp_millis();
-                let message = synthetic(n, now, &mut rng);
-                let key = message["ID"].as_str().unwrap_or_default().to_string();
-                producer
-                    .send(
-                        topic.as_str(),
-                        Some(&key),
-                        message.to_string().as_bytes(),
-                        Some(now),
-                    )
-                    .await?;
-                metrics.published.inc();
-                metrics.polls.inc();
-                metrics.last_success_ms.set(now);
-                n += 1;
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(config.interval) => {}
-                }
-            }
-        }
-        Mode::Replay => {
-            let bytes = std::fs::read(&config.file).map_err(Error::io(&config.file))?;
-            let counts = Counts::default();
-            let (intervals, bad) = intervals(&bytes, config, &counts)
-                .map_err(|m| invalid(format!("{}: {m}", config.file.display())))?;
-            let seen: HashSet<String> = read_back(settings, topic.as_str()).await?;
-            let origin = config.file.display().to_string();
-            for (line, reason, raw) in &bad {
-                let letter = DeadLetter {
-                    reason: format!("line {line}: {reason}"),
-                    source: "turnstile".into(),
-                    topic: Some(origin.clone()),
-                    partition: None,
-                    offset: None,
-                    payload: raw.clone(),
-                };
-                // At least once: a restart dead-letters the same rows again.
-                producer
-                    .send_with_headers(
-                        dlq,
-                        None,
-                        &serde_json::to_vec(&letter).unwrap_or_default(),
-                        None,
-                        &[],
-                    )
-                    .await?;
-                metrics.dead_letters.inc();
-            }
-            for interval in &intervals {
-                if shutdown.is_cancelled() {
-                    break;
-                }
-                let id = format!("{}\u{1f}{}", interval.id, interval.timestamp);
-                if seen.contains(&id) {
-                    metrics.duplicates.inc();
-                    continue;
-                }
-                let at = crate::record::parse_millis(&interval.timestamp);
-                producer
-                    .send_with_headers(
-                        topic.as_str(),
-                        Some(&interval.id),
-                        &serde_json::to_vec(interval).unwrap_or_default(),
-                        at,
-                        &[(H_RECORD, id.as_bytes())],
-                    )
-                    .await?;
-                metrics.published.inc();
-            }
-            metrics.polls.inc();
-            metrics
-                .last_success_ms
-                .set(chrono::Utc::now().timestamp_millis());
-            tracing::info!(
-                file = %origin,
-                rows = counts.rows.get(),
-                intervals = intervals.len(),
-                published = metrics.published.get(),
-                bad = bad.len(),
-                backwards = counts.backwards.get(),
-                jumps = counts.jumps.get(),
-                recovered_audits = counts.recovered_audits.get(),
-                "turnstile: file replayed"
-            );
-        }
-    }
-    producer.flush()?;
-    Ok(())
-}
-
 impl SourceSettings for TurnstileConfig {
     fn check(&self) -> Result<()> {
         self.validate().map_err(Error::config("config"))
@@ -543,8 +425,113 @@ impl SourceSettings for TurnstileConfig {
         )
     }
 
-    fn start(self, ctx: Context, metrics: Arc<SourceMetrics>) -> BoxFuture<'static, Result<()>> {
-        Box::pin(async move { run(&self, &ctx.dlq, &ctx.kafka, metrics, ctx.shutdown).await })
+    /// Runs the source until `shutdown` (replay: until the file is published; synthetic: until
+    /// `count` messages, or Ctrl+C).
+    async fn run(&self, ctx: &Context, metrics: Arc<SourceMetrics>) -> Result<()> {
+        let config = self;
+        let (dlq, settings, shutdown) = (ctx.dlq.as_str(), &ctx.kafka, ctx.shutdown.clone());
+        let invalid = |message: String| Error::Config {
+            origin: "[turnstile]".into(),
+            message,
+        };
+        config.validate().map_err(invalid)?;
+        let topic: TopicName = config.topic.parse()?;
+        ensure_topics(ctx, &[topic.to_string()]).await?;
+        let producer = Producer::new(settings)?;
+        match config.mode {
+            Mode::Synthetic => {
+                let mut rng = (chrono::Utc::now().timestamp_nanos_opt().unwrap_or(1) as u64) | 1;
+                let mut n = 0u64;
+                while config.count == 0 || n < config.count {
+                    let now = chrono::Utc::now().timestamp_millis();
+                    let message = synthetic(n, now, &mut rng);
+                    let key = message["ID"].as_str().unwrap_or_default().to_string();
+                    producer
+                        .send(
+                            topic.as_str(),
+                            Some(&key),
+                            message.to_string().as_bytes(),
+                            Some(now),
+                        )
+                        .await?;
+                    metrics.published.inc();
+                    metrics.polls.inc();
+                    metrics.last_success_ms.set(now);
+                    n += 1;
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(config.interval) => {}
+                    }
+                }
+            }
+            Mode::Replay => {
+                let bytes = std::fs::read(&config.file).map_err(Error::io(&config.file))?;
+                let counts = Counts::default();
+                let (intervals, bad) = intervals(&bytes, config, &counts)
+                    .map_err(|m| invalid(format!("{}: {m}", config.file.display())))?;
+                let seen: HashSet<String> = read_back(settings, topic.as_str()).await?;
+                let origin = config.file.display().to_string();
+                for (line, reason, raw) in &bad {
+                    let letter = DeadLetter {
+                        reason: format!("line {line}: {reason}"),
+                        source: "turnstile".into(),
+                        topic: Some(origin.clone()),
+                        partition: None,
+                        offset: None,
+                        payload: raw.clone(),
+                    };
+                    // At least once: a restart dead-letters the same rows again.
+                    producer
+                        .send_with_headers(
+                            dlq,
+                            None,
+                            &serde_json::to_vec(&letter).unwrap_or_default(),
+                            None,
+                            &[],
+                        )
+                        .await?;
+                    metrics.dead_letters.inc();
+                }
+                for interval in &intervals {
+                    if shutdown.is_cancelled() {
+                        break;
+                    }
+                    let id = format!("{}\u{1f}{}", interval.id, interval.timestamp);
+                    if seen.contains(&id) {
+                        metrics.duplicates.inc();
+                        continue;
+                    }
+                    let at = crate::record::parse_millis(&interval.timestamp);
+                    producer
+                        .send_with_headers(
+                            topic.as_str(),
+                            Some(&interval.id),
+                            &serde_json::to_vec(interval).unwrap_or_default(),
+                            at,
+                            &[(H_RECORD, id.as_bytes())],
+                        )
+                        .await?;
+                    metrics.published.inc();
+                }
+                metrics.polls.inc();
+                metrics
+                    .last_success_ms
+                    .set(chrono::Utc::now().timestamp_millis());
+                tracing::info!(
+                    file = %origin,
+                    rows = counts.rows.get(),
+                    intervals = intervals.len(),
+                    published = metrics.published.get(),
+                    bad = bad.len(),
+                    backwards = counts.backwards.get(),
+                    jumps = counts.jumps.get(),
+                    recovered_audits = counts.recovered_audits.get(),
+                    "turnstile: file replayed"
+                );
+            }
+        }
+        producer.flush()?;
+        Ok(())
     }
 }
 

@@ -13,9 +13,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
 use super::{
     SourceSettings,
@@ -28,9 +26,9 @@ use super::{
 use crate::{
     config::duration,
     error::{Error, Result},
-    kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer},
+    kafka::{KafkaSettings, TopicName, producer::Producer},
     metrics::SourceMetrics,
-    runtime::{About, Context},
+    runtime::{About, Context, ensure_topics},
 };
 
 /// The summary feeds' base URL.
@@ -168,61 +166,6 @@ struct Poller {
     /// Set after a failed publish: what reached the topic is unknown until it is read back.
     needs_rebuild: bool,
     metrics: Arc<SourceMetrics>,
-}
-
-/// Runs the source until `shutdown` is cancelled.
-pub async fn run(
-    config: &UsgsConfig,
-    dlq: &str,
-    settings: &KafkaSettings,
-    metrics: Arc<SourceMetrics>,
-    shutdown: CancellationToken,
-) -> Result<()> {
-    config.validate().map_err(Error::config("usgs"))?;
-    let topic: TopicName = config.topic().parse()?;
-    let dlq_topic: TopicName = dlq.parse()?;
-    let admin = Admin::connect(settings).await?;
-    admin.ensure_topics(&[topic.clone(), dlq_topic]).await?;
-    let producer = Producer::new(settings)?;
-    let url = config.url();
-    let mut poller = Poller {
-        config: config.clone(),
-        fetcher: Fetcher::new(&url, &config.http).map_err(|e| Error::Config {
-            origin: "usgs.url".into(),
-            message: e.to_string(),
-        })?,
-        url,
-        publisher: Publisher::new(producer, topic.as_str(), dlq, config.profile, "usgs"),
-        settings: settings.clone(),
-        dedupe: Dedupe::new(),
-        last_generated: None,
-        needs_rebuild: true,
-        metrics,
-    };
-    tracing::info!(
-        url = %poller.url,
-        topic = %topic,
-        profile = ?config.profile,
-        interval = %humantime::format_duration(config.interval()),
-        "usgs source started"
-    );
-
-    // A poll is abandoned on shutdown: what it published is in the topic, and the next start
-    // reads it back, so nothing is lost or published twice.
-    let metrics = poller.metrics.clone();
-    schedule::every(
-        "usgs",
-        config.interval(),
-        &config.http,
-        None,
-        &metrics,
-        &shutdown,
-        &mut poller,
-    )
-    .await;
-    poller.publisher.flush()?;
-    tracing::info!("usgs source stopped");
-    Ok(())
 }
 
 impl schedule::Poll for Poller {
@@ -420,8 +363,53 @@ impl SourceSettings for UsgsConfig {
         About::source("usgs", UsgsConfig::topic(self), line)
     }
 
-    fn start(self, ctx: Context, metrics: Arc<SourceMetrics>) -> BoxFuture<'static, Result<()>> {
-        Box::pin(async move { run(&self, &ctx.dlq, &ctx.kafka, metrics, ctx.shutdown).await })
+    /// Runs the source until `shutdown` is cancelled.
+    async fn run(&self, ctx: &Context, metrics: Arc<SourceMetrics>) -> Result<()> {
+        let config = self;
+        let (dlq, settings, shutdown) = (ctx.dlq.as_str(), &ctx.kafka, ctx.shutdown.clone());
+        config.validate().map_err(Error::config("usgs"))?;
+        let topic: TopicName = config.topic().parse()?;
+        ensure_topics(ctx, &[topic.to_string()]).await?;
+        let producer = Producer::new(settings)?;
+        let url = config.url();
+        let mut poller = Poller {
+            config: config.clone(),
+            fetcher: Fetcher::new(&url, &config.http).map_err(|e| Error::Config {
+                origin: "usgs.url".into(),
+                message: e.to_string(),
+            })?,
+            url,
+            publisher: Publisher::new(producer, topic.as_str(), dlq, config.profile, "usgs"),
+            settings: settings.clone(),
+            dedupe: Dedupe::new(),
+            last_generated: None,
+            needs_rebuild: true,
+            metrics,
+        };
+        tracing::info!(
+            url = %poller.url,
+            topic = %topic,
+            profile = ?config.profile,
+            interval = %humantime::format_duration(config.interval()),
+            "usgs source started"
+        );
+
+        // A poll is abandoned on shutdown: what it published is in the topic, and the next start
+        // reads it back, so nothing is lost or published twice.
+        let metrics = poller.metrics.clone();
+        schedule::every(
+            "usgs",
+            config.interval(),
+            &config.http,
+            None,
+            &metrics,
+            &shutdown,
+            &mut poller,
+        )
+        .await;
+        poller.publisher.flush()?;
+        tracing::info!("usgs source stopped");
+        Ok(())
     }
 }
 

@@ -193,6 +193,15 @@ impl Drop for Spawned {
     }
 }
 
+/// What a source run by a test gets: the dead-letter topic `quakestream-dlq` and `stop`.
+#[allow(dead_code)]
+pub fn source_ctx(
+    settings: &quakestream::kafka::KafkaSettings,
+    stop: tokio_util::sync::CancellationToken,
+) -> quakestream::runtime::Context {
+    quakestream::runtime::Context::new(settings, "quakestream-dlq", &std::env::temp_dir(), stop)
+}
+
 /// Starts `quakestream broker` on a free port and waits until it is ready.
 pub fn start_broker(data_dir: &Path) -> (Spawned, String) {
     let addr = format!("127.0.0.1:{}", free_port());
@@ -326,8 +335,12 @@ impl RunningSource {
         let task = tokio::spawn({
             let (settings, metrics, stop) = (settings.clone(), metrics.clone(), stop.clone());
             async move {
-                quakestream::source::usgs::run(&config, "quakestream-dlq", &settings, metrics, stop)
-                    .await
+                quakestream::source::SourceSettings::run(
+                    &config,
+                    &source_ctx(&settings, stop),
+                    metrics,
+                )
+                .await
             }
         });
         RunningSource {

@@ -94,48 +94,6 @@ impl AlertMetrics {
     }
 }
 
-/// Runs the alert processor until `shutdown`.
-pub async fn run(config: &AlertsConfig, ctx: &Context, metrics: Arc<AlertMetrics>) -> Result<()> {
-    let settings = &ctx.kafka;
-    let invalid = |message: String| Error::Config {
-        origin: "[alerts]".into(),
-        message,
-    };
-    config.validate().map_err(invalid)?;
-    let rules = config.compiled_rules().map_err(invalid)?;
-    consume::ensure_topics(ctx, &[config.input.clone(), config.output.clone()]).await?;
-    let mut alerter = Alerter::new(rules, config.magnitude_step);
-    rebuild(&mut alerter, settings, &config.output).await?;
-    let spec = consume::Spec {
-        name: "alerts",
-        group: config.group_id.clone(),
-        instance_id: None,
-        topics: vec![config.input.clone()],
-        batch_size: 500,
-        batch_gap: Duration::from_millis(20),
-        tick: Duration::from_secs(1),
-    };
-    let mut handler = Alerts {
-        config,
-        settings,
-        producer: Producer::new(settings)?,
-        log: AlertLog::open(config, &ctx.data_dir)?,
-        webhooks: Webhooks::start(
-            config.webhooks.clone(),
-            config.webhook_attempts,
-            metrics.webhooks.clone(),
-        ),
-        alerter,
-        rebuild: false,
-        metrics,
-    };
-    tracing::info!(input = %config.input, output = %config.output, rules = handler.alerter.rules().len(),
-        known_events = handler.alerter.events(), "alert processor started");
-    let result = consume::run(ctx, &spec, &mut handler).await;
-    handler.webhooks.stop(Duration::from_secs(5)).await;
-    result
-}
-
 /// The alert processor's side of the consume loop.
 struct Alerts<'a> {
     config: &'a AlertsConfig,
@@ -348,7 +306,38 @@ impl StageSettings for AlertsConfig {
         self.validate().map_err(Error::config("[alerts]"))
     }
 
-    fn start(self, ctx: Context, counters: Arc<AlertMetrics>) -> BoxFuture<'static, Result<()>> {
-        Box::pin(async move { run(&self, &ctx, counters).await })
+    /// Runs the alert processor until `shutdown`.
+    async fn run(&self, ctx: &Context, metrics: Arc<AlertMetrics>) -> Result<()> {
+        let config = self;
+        let settings = &ctx.kafka;
+        let invalid = |message: String| Error::Config {
+            origin: "[alerts]".into(),
+            message,
+        };
+        config.validate().map_err(invalid)?;
+        let rules = config.compiled_rules().map_err(invalid)?;
+        consume::ensure_topics(ctx, &[config.input.clone(), config.output.clone()]).await?;
+        let mut alerter = Alerter::new(rules, config.magnitude_step);
+        rebuild(&mut alerter, settings, &config.output).await?;
+        let spec = consume::Spec::new("alerts", &config.group_id, None, vec![config.input.clone()]);
+        let mut handler = Alerts {
+            config,
+            settings,
+            producer: Producer::new(settings)?,
+            log: AlertLog::open(config, &ctx.data_dir)?,
+            webhooks: Webhooks::start(
+                config.webhooks.clone(),
+                config.webhook_attempts,
+                metrics.webhooks.clone(),
+            ),
+            alerter,
+            rebuild: false,
+            metrics,
+        };
+        tracing::info!(input = %config.input, output = %config.output, rules = handler.alerter.rules().len(),
+            known_events = handler.alerter.events(), "alert processor started");
+        let result = consume::run(ctx, &spec, &mut handler).await;
+        handler.webhooks.stop(Duration::from_secs(5)).await;
+        result
     }
 }

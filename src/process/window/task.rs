@@ -230,75 +230,6 @@ struct Incoming {
     payload: Option<Vec<u8>>,
 }
 
-/// Runs the window processor until `shutdown`.
-pub async fn run(config: &WindowConfig, ctx: &Context, metrics: Arc<WindowMetrics>) -> Result<()> {
-    let (dlq, data_dir, settings) = (ctx.dlq.as_str(), ctx.data_dir.as_path(), &ctx.kafka);
-    let invalid = |message: String| Error::Config {
-        origin: "[window]".into(),
-        message,
-    };
-    config.validate().map_err(invalid)?;
-    let spec = config.spec().map_err(invalid)?;
-    let extractor = config.extractor().map_err(invalid)?;
-    let names = [
-        config.input.as_str(),
-        &config.repartition_topic(),
-        config.output.as_str(),
-        dlq,
-    ]
-    .iter()
-    .map(|t| t.parse::<TopicName>())
-    .collect::<Result<Vec<_>>>()?;
-    let admin = Admin::connect(settings).await?;
-    admin.ensure_topics(&names).await?;
-    let inputs = admin.describe(&names[0]).await?.partitions.len() as i32;
-    let repartitions = admin.describe(&names[1]).await?.partitions.len() as i32;
-    if repartitions == 0 {
-        return Err(Error::Broker(format!("{} has no partitions", names[1])));
-    }
-    let processor = Processor {
-        config: config.clone(),
-        spec,
-        layout: extractor.layout.clone(),
-        extractor,
-        settings: settings.clone(),
-        producer: Producer::new(settings)?,
-        dlq: dlq.to_string(),
-        repartition: config.repartition_topic(),
-        repartitions,
-        state_dir: data_dir.join("state").join(&config.group_id),
-        assigners: HashMap::new(),
-        combiners: HashMap::new(),
-        last_record: HashMap::new(),
-        assigned_at: HashMap::new(),
-        announced_empty: std::collections::HashSet::new(),
-        inputs,
-        metrics,
-        batch_no: 0,
-        changes: Vec::new(),
-    };
-    tracing::info!(
-        input = %config.input, output = %config.output, group = %config.group_id,
-        size = ?config.size, lateness = ?config.lateness, "window processor started"
-    );
-    let spec = consume::Spec {
-        name: "window",
-        group: config.group_id.clone(),
-        instance_id: config.instance_id.clone(),
-        topics: vec![config.input.clone(), config.repartition_topic()],
-        batch_size: MAX_BATCH,
-        batch_gap: BATCH_GAP,
-        tick: config.emit_interval.max(Duration::from_millis(100)),
-    };
-    let mut handler = Windows {
-        processor,
-        pending: Vec::new(),
-        positions: HashMap::new(),
-        unannounced: 0,
-    };
-    consume::run(ctx, &spec, &mut handler).await
-}
-
 /// The window processor's side of the consume loop: a batch is taken in, then handled on the
 /// tick that follows it (every loop turn has one), when the consumer's positions tell whether
 /// this member has caught up with its input partitions.
@@ -996,8 +927,74 @@ impl StageSettings for WindowConfig {
         }
     }
 
-    fn start(self, ctx: Context, counters: Arc<WindowMetrics>) -> BoxFuture<'static, Result<()>> {
-        Box::pin(async move { run(&self, &ctx, counters).await })
+    /// Runs the window processor until `shutdown`.
+    async fn run(&self, ctx: &Context, metrics: Arc<WindowMetrics>) -> Result<()> {
+        let config = self;
+        let (dlq, data_dir, settings) = (ctx.dlq.as_str(), ctx.data_dir.as_path(), &ctx.kafka);
+        let invalid = |message: String| Error::Config {
+            origin: "[window]".into(),
+            message,
+        };
+        config.validate().map_err(invalid)?;
+        let spec = config.spec().map_err(invalid)?;
+        let extractor = config.extractor().map_err(invalid)?;
+        let names = [
+            config.input.as_str(),
+            &config.repartition_topic(),
+            config.output.as_str(),
+            dlq,
+        ]
+        .iter()
+        .map(|t| t.parse::<TopicName>())
+        .collect::<Result<Vec<_>>>()?;
+        let admin = Admin::connect(settings).await?;
+        admin.ensure_topics(&names).await?;
+        let inputs = admin.describe(&names[0]).await?.partitions.len() as i32;
+        let repartitions = admin.describe(&names[1]).await?.partitions.len() as i32;
+        if repartitions == 0 {
+            return Err(Error::Broker(format!("{} has no partitions", names[1])));
+        }
+        let processor = Processor {
+            config: config.clone(),
+            spec,
+            layout: extractor.layout.clone(),
+            extractor,
+            settings: settings.clone(),
+            producer: Producer::new(settings)?,
+            dlq: dlq.to_string(),
+            repartition: config.repartition_topic(),
+            repartitions,
+            state_dir: data_dir.join("state").join(&config.group_id),
+            assigners: HashMap::new(),
+            combiners: HashMap::new(),
+            last_record: HashMap::new(),
+            assigned_at: HashMap::new(),
+            announced_empty: std::collections::HashSet::new(),
+            inputs,
+            metrics,
+            batch_no: 0,
+            changes: Vec::new(),
+        };
+        tracing::info!(
+            input = %config.input, output = %config.output, group = %config.group_id,
+            size = ?config.size, lateness = ?config.lateness, "window processor started"
+        );
+        let topics = vec![config.input.clone(), config.repartition_topic()];
+        let spec = consume::Spec::new(
+            "window",
+            &config.group_id,
+            config.instance_id.as_deref(),
+            topics,
+        )
+        .batches(MAX_BATCH, BATCH_GAP)
+        .tick(config.emit_interval.max(Duration::from_millis(100)));
+        let mut handler = Windows {
+            processor,
+            pending: Vec::new(),
+            positions: HashMap::new(),
+            unannounced: 0,
+        };
+        consume::run(ctx, &spec, &mut handler).await
     }
 }
 

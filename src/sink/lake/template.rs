@@ -2,80 +2,47 @@
 
 use serde_json::Value;
 
-#[derive(Debug, Clone, PartialEq)]
-enum Part {
-    Text(String),
-    Field(String),
-}
+use crate::fields;
 
+/// An object-name template: [`fields::Template`] that names at least one field.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Template {
-    parts: Vec<Part>,
-}
+pub struct Template(fields::Template);
 
 impl Template {
     pub fn parse(text: &str) -> Result<Template, String> {
-        let mut parts = Vec::new();
-        let mut rest = text;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(Part::Text(rest[..open].to_string()));
-            }
-            let close = rest[open..]
-                .find('}')
-                .ok_or_else(|| format!("template {text:?}: `{{` without `}}`"))?;
-            let field = &rest[open + 1..open + close];
-            if field.is_empty() || field.contains('{') {
-                return Err(format!("template {text:?}: empty or nested field name"));
-            }
-            parts.push(Part::Field(field.to_string()));
-            rest = &rest[open + close + 1..];
-        }
-        if rest.contains('}') {
-            return Err(format!("template {text:?}: `}}` without `{{`"));
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Text(rest.to_string()));
-        }
-        if !parts.iter().any(|p| matches!(p, Part::Field(_))) {
+        let template = fields::Template::parse(text).map_err(|e| format!("template {e}"))?;
+        if !template.has_fields() {
             return Err(format!(
                 "template {text:?} names no field: every record would overwrite one object"
             ));
         }
-        Ok(Template { parts })
+        Ok(Template(template))
     }
 
     /// The object name for a record. Field values must be non-empty strings or numbers and may
     /// not climb out of the prefix (`/`, `..`, control characters are refused).
     pub fn render(&self, record: &Value) -> Result<String, String> {
-        let mut name = String::new();
-        for part in &self.parts {
-            match part {
-                Part::Text(t) => name.push_str(t),
-                Part::Field(f) => {
-                    let value = match record.get(f) {
-                        Some(Value::String(s)) => s.clone(),
-                        Some(Value::Number(n)) => n.to_string(),
-                        Some(_) => return Err(format!("field `{f}` is not text or a number")),
-                        None => return Err(format!("field `{f}` is missing")),
-                    };
-                    if value.is_empty()
-                        || value == "."
-                        || value == ".."
-                        || value.contains('/')
-                        || value.contains('\\')
-                        || value.chars().any(char::is_control)
-                        || value.len() > 200
-                    {
-                        return Err(format!(
-                            "field `{f}` = {value:?} cannot be part of an object name"
-                        ));
-                    }
-                    name.push_str(&value);
-                }
+        self.0.render_with(record, |f, value| {
+            let value = match value {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                Some(_) => return Err(format!("field `{f}` is not text or a number")),
+                None => return Err(format!("field `{f}` is missing")),
+            };
+            if value.is_empty()
+                || value == "."
+                || value == ".."
+                || value.contains('/')
+                || value.contains('\\')
+                || value.chars().any(char::is_control)
+                || value.len() > 200
+            {
+                return Err(format!(
+                    "field `{f}` = {value:?} cannot be part of an object name"
+                ));
             }
-        }
-        Ok(name)
+            Ok(value)
+        })
     }
 }
 
