@@ -13,7 +13,7 @@ use std::sync::Arc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use quakestream::{
     record::{Quake, format_millis, parse_millis},
-    sink::{
+    sink::lake::{
         encode::{Compression, FileEncoder, FileSchema, Format},
         schema::Columns,
     },

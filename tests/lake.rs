@@ -17,9 +17,9 @@ use common::{fixture_quakes, read_topic};
 use quakestream::{
     kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer},
     record::Quake,
-    sink::{
+    sink::lake::{
+        self, LakeConfig, LakeMetrics, Schemas,
         encode::{Compression, FileSchema, Format},
-        lake::{self, LakeConfig, LakeMetrics, Schemas},
         schema::Columns,
     },
 };

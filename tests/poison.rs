@@ -27,8 +27,10 @@ use quakestream::{
     record::Quake,
     runtime::Context,
     sink::{
-        encode::{Compression, FileSchema, Format},
-        lake::{self, LakeConfig, LakeMetrics, Schemas},
+        lake::{
+            self, LakeConfig, LakeMetrics, Schemas,
+            encode::{Compression, FileSchema, Format},
+        },
         postgres::{PostgresConfig, PostgresMetrics},
     },
 };

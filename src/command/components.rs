@@ -6,11 +6,7 @@ use std::{path::Path, sync::Arc};
 use crate::{
     config::Config,
     runtime::{Component, Stage},
-    sink::{
-        encode::FileSchema,
-        lake::{LakeConfig, LakeSettings, Schemas},
-        schema::Columns,
-    },
+    sink::lake::{LakeConfig, LakeSettings, Schemas, encode::FileSchema, schema::Columns},
     source::Source,
 };
 

@@ -9,9 +9,16 @@
 //! commit: each directory's first record is the same record again, so each file gets the same
 //! name and the new file replaces the old one, whatever the roll point. Files of earlier
 //! segments hold only offsets before the commit and are never touched again.
+//!
+//! - [`config`]: `[files]` and `[object_store]`; [`partition`]: the Hive-style directories;
+//!   [`template`]: object names from fields.
+//! - [`encode`]: one lake file being written; [`schema`]: typed columns and reading a JSON
+//!   record into them.
 
 pub mod config;
+pub mod encode;
 pub mod partition;
+pub mod schema;
 pub mod template;
 
 use std::{
@@ -25,10 +32,11 @@ use futures::{StreamExt, TryStreamExt, future::BoxFuture};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart, path::Path as Key};
 
 pub use self::config::LakeConfig;
-use self::{partition::Partitioner, template::Template};
-use super::{
+use self::{
     encode::{FileEncoder, FileSchema},
+    partition::Partitioner,
     schema::parse_time,
+    template::Template,
 };
 use crate::{
     error::{Error, Result},

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::duration,
-    sink::encode::{Compression, Format},
+    sink::lake::encode::{Compression, Format},
 };
 
 /// One lake writer's settings. `[files]` writes under a local directory, `[object_store]` to a
