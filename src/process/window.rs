@@ -912,8 +912,10 @@ impl Extractor {
     }
 }
 
+mod checkpoint;
 mod config;
 pub mod task;
+mod wire;
 
 pub use config::{AggregateConfig, WindowConfig};
 

@@ -13,11 +13,13 @@
 //! partition (`<data_dir>/state/<group_id>/<topic>-<partition>.json`), written before each
 //! commit; when it is missing or belongs to another committed offset (a crash between the two,
 //! another machine), the partition is re-read from its start, which gives the same state.
+//!
+//! The messages it sends and reads are in `wire.rs`, the checkpoint files in `checkpoint.rs`;
+//! this file is the processor and its side of the consume loop.
 
 use std::{
     collections::{BTreeMap, HashMap},
     future::Future,
-    path::PathBuf,
     pin::Pin,
     sync::Arc,
     time::Duration,
@@ -25,11 +27,11 @@ use std::{
 
 use futures::future::BoxFuture;
 use rdkafka::Message;
-use serde::{Deserialize, Serialize};
 
 use super::{
     Applied, Assigner, Change, Combiner, Extractor, Layout, Op, Outcome, Spec, WindowConfig,
-    WindowResult,
+    checkpoint::{Checkpoint, Checkpoints},
+    wire::{Decoded, Wire, decode, render, route},
 };
 use crate::{
     error::{Error, Result},
@@ -143,57 +145,6 @@ impl Observe for WindowMetrics {
     }
 }
 
-/// The repartition topic's messages: JSON, so that `quakestream consume` shows them plainly.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
-enum Wire {
-    Upsert {
-        src: i32,
-        off: i64,
-        seq: u32,
-        w: i64,
-        g: String,
-        k: String,
-        t: i64,
-        v: Vec<Option<f64>>,
-        last: bool,
-        /// The input record, on the record's last window only: what a late record's dead
-        /// letter carries.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        raw: Option<String>,
-    },
-    Retract {
-        src: i32,
-        off: i64,
-        seq: u32,
-        w: i64,
-        g: String,
-        k: String,
-    },
-    /// An input partition's largest event time so far, and whether it is idle.
-    Time {
-        src: i32,
-        max_time: Option<i64>,
-        #[serde(default)]
-        idle: bool,
-    },
-}
-
-/// What the state file remembers for one partition at one committed offset.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-struct Checkpoint {
-    committed: i64,
-    replay_from: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    time: Option<i64>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct StateFile {
-    current: Option<Checkpoint>,
-    previous: Option<Checkpoint>,
-}
-
 type Pending = Pin<Box<dyn Future<Output = Result<Delivery>> + Send>>;
 
 struct Processor {
@@ -206,7 +157,7 @@ struct Processor {
     dlq: String,
     repartition: String,
     repartitions: i32,
-    state_dir: PathBuf,
+    checkpoints: Checkpoints,
     assigners: HashMap<i32, Assigner>,
     combiners: HashMap<i32, Combiner>,
     /// When each input partition was assigned here and last had a record: quiet for
@@ -497,7 +448,7 @@ impl Processor {
                 };
                 (self.repartition.clone(), checkpoint)
             };
-            self.save(&topic, partition, checkpoint);
+            self.checkpoints.save(&topic, partition, checkpoint);
             commits.push((topic, partition, offset));
         }
         Ok(commits)
@@ -653,7 +604,9 @@ impl Processor {
 
     /// The assigner of `partition` as it stood at `committed`.
     async fn rebuild_input(&self, partition: i32, committed: i64) -> Result<Assigner> {
-        let saved = self.load(&self.config.input, partition, committed);
+        let saved = self
+            .checkpoints
+            .load(&self.config.input, partition, committed);
         let from = saved.map_or(0, |c| c.replay_from);
         let (settings, topic, extractor, spec) = (
             self.settings.clone(),
@@ -695,7 +648,9 @@ impl Processor {
 
     /// The combiner of repartition `partition` as it stood at `committed`.
     async fn rebuild_combiner(&self, partition: i32, committed: i64) -> Result<Combiner> {
-        let saved = self.load(&self.repartition, partition, committed);
+        let saved = self
+            .checkpoints
+            .load(&self.repartition, partition, committed);
         let from = saved.map_or(0, |c| c.replay_from);
         let (settings, topic, spec, layout, inputs) = (
             self.settings.clone(),
@@ -735,156 +690,6 @@ impl Processor {
         }
         Ok(combiner)
     }
-
-    fn state_path(&self, topic: &str, partition: i32) -> PathBuf {
-        self.state_dir.join(format!("{topic}-{partition}.json"))
-    }
-
-    /// The checkpoint saved for exactly this committed offset, if any.
-    fn load(&self, topic: &str, partition: i32, committed: i64) -> Option<Checkpoint> {
-        let text = std::fs::read_to_string(self.state_path(topic, partition)).ok()?;
-        let file: StateFile = serde_json::from_str(&text).ok()?;
-        [file.current, file.previous]
-            .into_iter()
-            .flatten()
-            .find(|c| c.committed == committed && c.replay_from <= committed)
-    }
-
-    /// Writes the checkpoint before its offset is committed. Losing the file (or a write) only
-    /// costs a longer rebuild, so a failure is a warning.
-    fn save(&self, topic: &str, partition: i32, checkpoint: Checkpoint) {
-        let path = self.state_path(topic, partition);
-        let previous = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| serde_json::from_str::<StateFile>(&t).ok())
-            .and_then(|f| f.current)
-            .filter(|c| *c != checkpoint);
-        let file = StateFile {
-            current: Some(checkpoint),
-            previous,
-        };
-        let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(&self.state_dir)?;
-            let tmp = path.with_extension("json.tmp");
-            std::fs::write(&tmp, serde_json::to_vec(&file).unwrap_or_default())?;
-            std::fs::rename(&tmp, &path)
-        };
-        if let Err(e) = write() {
-            tracing::warn!(path = %path.display(), error = %e, "window processor: state file not written");
-        }
-    }
-}
-
-enum Decoded {
-    Change(Change, Option<String>),
-    Time {
-        src: i32,
-        max_time: Option<i64>,
-        idle: bool,
-    },
-}
-
-fn decode(wire: Wire) -> Decoded {
-    match wire {
-        Wire::Upsert {
-            src,
-            off,
-            seq,
-            w,
-            g,
-            k,
-            t,
-            v,
-            last,
-            raw,
-        } => Decoded::Change(
-            Change {
-                src,
-                offset: off,
-                seq,
-                start: w,
-                group: Arc::from(g),
-                key: Arc::from(k),
-                op: Op::Upsert {
-                    time: t,
-                    values: Arc::from(v),
-                    last,
-                },
-            },
-            raw,
-        ),
-        Wire::Retract {
-            src,
-            off,
-            seq,
-            w,
-            g,
-            k,
-        } => Decoded::Change(
-            Change {
-                src,
-                offset: off,
-                seq,
-                start: w,
-                group: Arc::from(g),
-                key: Arc::from(k),
-                op: Op::Retract,
-            },
-            None,
-        ),
-        Wire::Time {
-            src,
-            max_time,
-            idle,
-        } => Decoded::Time {
-            src,
-            max_time,
-            idle,
-        },
-    }
-}
-
-/// The repartition partition of a cell, the same in every process.
-fn route(start: i64, group: &str, partitions: i32) -> i32 {
-    let hash = crate::kafka::stable_hash(start.to_be_bytes().into_iter().chain(group.bytes()));
-    (hash % partitions.max(1) as u64) as i32
-}
-
-/// A result as its Kafka key and JSON value: `window_start`, `window_end`, the group-by fields,
-/// the aggregates, `final`, `emitted_at`.
-pub fn render(layout: &Layout, result: &WindowResult) -> (String, Vec<u8>) {
-    let mut record = serde_json::Map::new();
-    let start = format_millis(result.start).unwrap_or_default();
-    record.insert("window_start".into(), start.clone().into());
-    record.insert(
-        "window_end".into(),
-        format_millis(result.end).unwrap_or_default().into(),
-    );
-    let group: Vec<serde_json::Value> = serde_json::from_str(&result.group).unwrap_or_default();
-    let mut key = start;
-    for (name, value) in layout.group_by.iter().zip(&group) {
-        key.push('|');
-        match value {
-            serde_json::Value::String(s) => key.push_str(s),
-            other => key.push_str(&other.to_string()),
-        }
-        record.insert(name.clone(), value.clone());
-    }
-    for ((name, op, _), value) in layout.aggregates.iter().zip(&result.values) {
-        let json = match (op, value) {
-            (super::AggOp::Count, Some(n)) => serde_json::Value::from(*n as u64),
-            (_, Some(x)) => serde_json::Value::from(*x),
-            (_, None) => serde_json::Value::Null,
-        };
-        record.insert(name.clone(), json);
-    }
-    record.insert("final".into(), result.is_final.into());
-    record.insert(
-        "emitted_at".into(),
-        format_millis(result.emitted_at).unwrap_or_default().into(),
-    );
-    let value = serde_json::to_vec(&serde_json::Value::Object(record)).unwrap_or_default();
-    (key, value)
 }
 
 impl StageSettings for WindowConfig {
@@ -964,7 +769,7 @@ impl StageSettings for WindowConfig {
             dlq: dlq.to_string(),
             repartition: config.repartition_topic(),
             repartitions,
-            state_dir: data_dir.join("state").join(&config.group_id),
+            checkpoints: Checkpoints::new(data_dir.join("state").join(&config.group_id)),
             assigners: HashMap::new(),
             combiners: HashMap::new(),
             last_record: HashMap::new(),
@@ -1004,6 +809,7 @@ mod tests {
 
     use super::*;
     use crate::process::window::AggOp;
+    use crate::process::window::WindowResult;
 
     #[test]
     fn routing_is_stable_and_spread() {

@@ -1,0 +1,157 @@
+//! The window processor's messages: changes and progress on the repartition topic (JSON, so that
+//! `quakestream consume` shows them plainly), and results on the output topic.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Change, Layout, Op, WindowResult};
+use crate::{kafka::stable_hash, record::format_millis};
+
+/// The repartition topic's messages: JSON, so that `quakestream consume` shows them plainly.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub(super) enum Wire {
+    Upsert {
+        src: i32,
+        off: i64,
+        seq: u32,
+        w: i64,
+        g: String,
+        k: String,
+        t: i64,
+        v: Vec<Option<f64>>,
+        last: bool,
+        /// The input record, on the record's last window only: what a late record's dead
+        /// letter carries.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        raw: Option<String>,
+    },
+    Retract {
+        src: i32,
+        off: i64,
+        seq: u32,
+        w: i64,
+        g: String,
+        k: String,
+    },
+    /// An input partition's largest event time so far, and whether it is idle.
+    Time {
+        src: i32,
+        max_time: Option<i64>,
+        #[serde(default)]
+        idle: bool,
+    },
+}
+
+pub(super) enum Decoded {
+    Change(Change, Option<String>),
+    Time {
+        src: i32,
+        max_time: Option<i64>,
+        idle: bool,
+    },
+}
+
+pub(super) fn decode(wire: Wire) -> Decoded {
+    match wire {
+        Wire::Upsert {
+            src,
+            off,
+            seq,
+            w,
+            g,
+            k,
+            t,
+            v,
+            last,
+            raw,
+        } => Decoded::Change(
+            Change {
+                src,
+                offset: off,
+                seq,
+                start: w,
+                group: Arc::from(g),
+                key: Arc::from(k),
+                op: Op::Upsert {
+                    time: t,
+                    values: Arc::from(v),
+                    last,
+                },
+            },
+            raw,
+        ),
+        Wire::Retract {
+            src,
+            off,
+            seq,
+            w,
+            g,
+            k,
+        } => Decoded::Change(
+            Change {
+                src,
+                offset: off,
+                seq,
+                start: w,
+                group: Arc::from(g),
+                key: Arc::from(k),
+                op: Op::Retract,
+            },
+            None,
+        ),
+        Wire::Time {
+            src,
+            max_time,
+            idle,
+        } => Decoded::Time {
+            src,
+            max_time,
+            idle,
+        },
+    }
+}
+
+/// The repartition partition of a cell, the same in every process.
+pub(super) fn route(start: i64, group: &str, partitions: i32) -> i32 {
+    let hash = stable_hash(start.to_be_bytes().into_iter().chain(group.bytes()));
+    (hash % partitions.max(1) as u64) as i32
+}
+
+/// A result as its Kafka key and JSON value: `window_start`, `window_end`, the group-by fields,
+/// the aggregates, `final`, `emitted_at`.
+pub fn render(layout: &Layout, result: &WindowResult) -> (String, Vec<u8>) {
+    let mut record = serde_json::Map::new();
+    let start = format_millis(result.start).unwrap_or_default();
+    record.insert("window_start".into(), start.clone().into());
+    record.insert(
+        "window_end".into(),
+        format_millis(result.end).unwrap_or_default().into(),
+    );
+    let group: Vec<serde_json::Value> = serde_json::from_str(&result.group).unwrap_or_default();
+    let mut key = start;
+    for (name, value) in layout.group_by.iter().zip(&group) {
+        key.push('|');
+        match value {
+            serde_json::Value::String(s) => key.push_str(s),
+            other => key.push_str(&other.to_string()),
+        }
+        record.insert(name.clone(), value.clone());
+    }
+    for ((name, op, _), value) in layout.aggregates.iter().zip(&result.values) {
+        let json = match (op, value) {
+            (super::AggOp::Count, Some(n)) => serde_json::Value::from(*n as u64),
+            (_, Some(x)) => serde_json::Value::from(*x),
+            (_, None) => serde_json::Value::Null,
+        };
+        record.insert(name.clone(), json);
+    }
+    record.insert("final".into(), result.is_final.into());
+    record.insert(
+        "emitted_at".into(),
+        format_millis(result.emitted_at).unwrap_or_default().into(),
+    );
+    let value = serde_json::to_vec(&serde_json::Value::Object(record)).unwrap_or_default();
+    (key, value)
+}
