@@ -78,8 +78,10 @@ const CATCH_UP_LIMIT: Duration = Duration::from_secs(180);
 const STOP_LIMIT: Duration = Duration::from_secs(60);
 /// The early kill comes within this many milliseconds of the start.
 const EARLY_KILL_MS: u64 = 1_500;
-/// The other kills come within this many milliseconds of the feed's advance.
-const KILL_MS: u64 = 3_000;
+/// The other kills come within this many milliseconds of the feed's advance: long enough to
+/// land while the processors and sinks have their partitions and work, not only while they
+/// join their groups.
+const KILL_MS: u64 = 9_000;
 
 /// The default alert rule and magnitude step, written here again so that the oracle does not
 /// trust the library's.

@@ -42,6 +42,7 @@ pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
     let mut settings = KafkaSettings::from_config(config);
     if let Some(broker) = &broker {
         settings.bootstrap = broker.bootstrap().to_string();
+        settings.in_process_broker = true;
     }
     // Fails fast, naming the address, when an external cluster does not answer.
     Admin::connect(&settings).await?;

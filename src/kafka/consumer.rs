@@ -78,7 +78,24 @@ impl Consumer {
             ("session.timeout.ms", "10000".into()),
             ("heartbeat.interval.ms", "1000".into()),
         ];
-        own.extend(extra.iter().cloned());
+        // A static member id lets a restarted process take its old place in the group at once.
+        // With the broker in this same process there is no old place to take: it restarted
+        // too and forgot its members (`embedded::prepare_storage`). There a static member only
+        // costs time: tansu 0.6 holds every static join and sync for 3 s, so a restart waited
+        // about 7 s for its partitions. Dynamic members form the group in about a second. Their
+        // session is long, so that a broker busy for a few seconds (a large fetch on SQLite)
+        // does not evict them; a member that stops leaves the group itself (LeaveGroup).
+        if settings.in_process_broker {
+            own.push(("session.timeout.ms", "30000".into()));
+            own.extend(
+                extra
+                    .iter()
+                    .filter(|(key, _)| *key != "group.instance.id")
+                    .cloned(),
+            );
+        } else {
+            own.extend(extra.iter().cloned());
+        }
         let inner = settings
             .client_config(&own)
             .create_with_context(Context::for_group(group))

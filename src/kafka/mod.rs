@@ -38,6 +38,9 @@ pub struct KafkaSettings {
     pub bootstrap: String,
     /// Whether `bootstrap` is quakestream's embedded broker (for error messages).
     pub embedded: bool,
+    /// Whether that broker runs in this very process (`up`): it starts and dies with its
+    /// clients, so group members join dynamically (see `Consumer::with_properties`).
+    pub in_process_broker: bool,
     pub client_id: String,
     pub timeout: Duration,
     pub compression: String,
@@ -53,6 +56,7 @@ impl KafkaSettings {
         KafkaSettings {
             bootstrap: config.bootstrap(),
             embedded: config.embedded(),
+            in_process_broker: false,
             client_id: config.client.id.clone(),
             timeout: config.client.timeout,
             compression: config.client.compression.clone(),
