@@ -73,6 +73,11 @@ struct Inner {
     last_error_at_ms: Option<i64>,
 }
 
+/// How long after its last error a component counts as failing: longer than the longest pause
+/// between two restarts plus an attempt, so that one failing again and again never looks well
+/// in between.
+pub const FAILING_FOR: std::time::Duration = std::time::Duration::from_secs(45);
+
 /// What the API shows of a component.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusView {
@@ -84,6 +89,16 @@ pub struct StatusView {
     pub restarts: u64,
     pub last_error: Option<String>,
     pub last_error_at_ms: Option<i64>,
+    /// Whether its last error is recent ([`FAILING_FOR`]): a component restarting again and
+    /// again spends most of its time `running` an attempt that will fail.
+    pub failing: bool,
+}
+
+impl StatusView {
+    /// Whether it needs a look: restarting, failed, or failing.
+    pub fn unwell(&self) -> bool {
+        self.failing || matches!(self.state, State::Restarting | State::Failed)
+    }
 }
 
 impl ComponentStatus {
@@ -136,6 +151,9 @@ impl ComponentStatus {
             ),
             Err(_) => (State::Failed, 0, None, None),
         };
+        let failing = last_error_at_ms
+            .is_some_and(|at| now_ms() - at < FAILING_FOR.as_millis() as i64)
+            && state != State::Stopped;
         StatusView {
             name: self.name.clone(),
             kind: self.kind.as_str(),
@@ -144,6 +162,7 @@ impl ComponentStatus {
             restarts: self.restarts.get(),
             last_error,
             last_error_at_ms,
+            failing,
         }
     }
 }
@@ -152,11 +171,12 @@ impl Observe for ComponentStatus {
     fn observe(&self, out: &mut Samples) {
         let state = self.state();
         let labels: &[(&str, &str)] = &[("component", &self.name), ("kind", self.kind.as_str())];
+        let well = state.is_healthy() && !self.view().failing;
         out.gauge(
             "quakestream_component_up",
-            "1 while the component runs (or has finished its work), 0 while it is restarting or failed.",
+            "1 while the component runs well (or has finished its work); 0 while it is restarting, failed, or failed within the last 45 s.",
             labels,
-            if state.is_healthy() { 1.0 } else { 0.0 },
+            if well { 1.0 } else { 0.0 },
         );
         out.counter(
             "quakestream_component_restarts_total",

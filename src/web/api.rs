@@ -374,8 +374,9 @@ fn components(web: &Web) -> Vec<crate::runtime::status::StatusView> {
 }
 
 /// `200` while Kafka answers and every component runs (`"status": "ok"`), still `200` but
-/// `"degraded"` while one is restarting after a failure (the rest of the pipeline works), and
-/// `503` when Kafka does not answer or a component has failed for good.
+/// `"degraded: NAME restarting"` (or `failing`: it failed within the last 45 s) while one is
+/// in trouble and the rest of the pipeline works, and `503` when Kafka does not answer or a
+/// component has failed for good.
 async fn health(State(web): State<Arc<Web>>) -> Response {
     let kafka = web.pipeline.healthy();
     let caught_up = web.live.caught_up();
@@ -385,10 +386,17 @@ async fn health(State(web): State<Arc<Web>>) -> Response {
         .filter(|c| c.state == crate::runtime::State::Failed)
         .map(|c| c.name.as_str())
         .collect();
-    let restarting: Vec<&str> = components
+    let unwell: Vec<String> = components
         .iter()
-        .filter(|c| c.state == crate::runtime::State::Restarting)
-        .map(|c| c.name.as_str())
+        .filter(|c| c.state != crate::runtime::State::Failed && c.unwell())
+        .map(|c| {
+            let how = if c.state == crate::runtime::State::Restarting {
+                "restarting"
+            } else {
+                "failing"
+            };
+            format!("{} {how}", c.name)
+        })
         .collect();
     let (status, text) = if !kafka {
         (
@@ -400,11 +408,8 @@ async fn health(State(web): State<Arc<Web>>) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("failed: {}", failed.join(", ")),
         )
-    } else if !restarting.is_empty() {
-        (
-            StatusCode::OK,
-            format!("degraded: {} restarting", restarting.join(", ")),
-        )
+    } else if !unwell.is_empty() {
+        (StatusCode::OK, format!("degraded: {}", unwell.join(", ")))
     } else {
         (StatusCode::OK, "ok".to_string())
     };
