@@ -54,8 +54,8 @@ use std::{
 };
 
 use common::{
-    Spawned, expected_revisions, fixture, free_port, quakestream, read_topic, revision_of,
-    revision_sequence,
+    Spawned, SplitMix, env_number, expected_revisions, fixture, free_port, quakestream, read_topic,
+    revision_of, revision_sequence,
 };
 use quakestream::{
     fake::{FakeServer, Step},
@@ -124,7 +124,7 @@ fn up_killed_at_random_moments_and_a_broker_restart_lose_and_repeat_nothing() {
 /// One scenario: fresh data directory, broker address and feed; `kills` kills; the last run
 /// caught up and stopped; the outputs checked.
 fn crash_run(run: u64, seed: u64, kills: u64, oracle: &Oracle, runtime: &Runtime) {
-    let mut random = Random(seed);
+    let mut random = SplitMix(seed);
     let mut journal = Journal {
         run,
         seed,
@@ -285,28 +285,6 @@ fn wait_published(
 /// The last lines of a process's output.
 fn tail(lines: &[String]) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-fn env_number(name: &str) -> Option<u64> {
-    let text = std::env::var(name).ok()?;
-    Some(
-        text.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={text:?}: expected a whole number")),
-    )
-}
-
-/// SplitMix64: small, and good from any seed (0 included).
-struct Random(u64);
-
-impl Random {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n.max(1)
-    }
 }
 
 /// The seed and what happened when, for the failure message.

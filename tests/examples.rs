@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Moto, PgServer, Spawned, fixture, free_port, quakestream};
+use common::{Moto, PgServer, Spawned, files_under, fixture, free_port, quakestream};
 use quakestream::{
     Config,
     fake::{FakeServer, Step},
@@ -120,26 +120,6 @@ fn eventually<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T 
     }
 }
 
-/// Every file under `dir` whose name ends with `suffix`.
-fn files(dir: &Path, suffix: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                if !p.ends_with("_tmp") {
-                    stack.push(p);
-                }
-            } else if p.to_string_lossy().ends_with(suffix) {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 fn usgs_feed(runtime: &tokio::runtime::Runtime) -> FakeServer {
     let steps = common::revision_sequence()[..2]
         .iter()
@@ -210,7 +190,7 @@ fn randomuser_lands_users_in_json_lines_files() {
     );
     let users = eventually("202 users in the lake", || {
         let mut users = BTreeMap::new();
-        for f in files(&data.join("lake/users_created"), ".jsonl") {
+        for f in files_under(&data.join("lake/users_created"), ".jsonl") {
             for line in std::fs::read_to_string(&f).unwrap().lines() {
                 let v: serde_json::Value = serde_json::from_str(line).unwrap();
                 users.insert(v["id"].as_str().unwrap().to_string(), v);
@@ -222,7 +202,7 @@ fn randomuser_lands_users_in_json_lines_files() {
             Err(format!(
                 "{} users; lake: {:?}",
                 users.len(),
-                files(&data.join("lake"), "")
+                files_under(&data.join("lake"), "")
             ))
         }
     });
@@ -250,7 +230,7 @@ fn turnstile_sums_per_station_per_five_minutes_in_gzip_csv() {
     // The newest result of each (window, station); their sums are the week's totals.
     let totals = eventually("every window's result in the lake", || {
         let mut latest: BTreeMap<(String, String), (String, i64, i64)> = BTreeMap::new();
-        for f in files(&data.join("lake/mta-turnstile-stats"), ".csv.gz") {
+        for f in files_under(&data.join("lake/mta-turnstile-stats"), ".csv.gz") {
             let mut text = String::new();
             flate2::read::GzDecoder::new(std::fs::File::open(&f).unwrap())
                 .read_to_string(&mut text)

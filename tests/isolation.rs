@@ -17,13 +17,13 @@ mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
 use common::{
-    Moto, Spawned, expected_revisions, fixture, free_port, quakestream, read_topic, revision_of,
-    revision_sequence,
+    Moto, Spawned, expected_revisions, files_under, fixture, free_port, quakestream, read_topic,
+    revision_of, revision_sequence,
 };
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, path::Path as Key};
@@ -373,26 +373,6 @@ fn exactly(found: &[(String, i64)], expected: &BTreeSet<(String, i64)>) -> Resul
             expected.len()
         ))
     }
-}
-
-/// Every file under `dir` whose name ends with `suffix`, staging directories apart.
-fn files_under(dir: &Path, suffix: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                if !p.ends_with("_tmp") {
-                    stack.push(p);
-                }
-            } else if p.to_string_lossy().ends_with(suffix) {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Rows in the finished Parquet files of a local lake topic.

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{fixture_quakes, read_topic};
+use common::{fixture_quakes, millis, python, read_topic};
 use quakestream::{
     kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer},
     record::Quake,
@@ -23,23 +23,6 @@ use quakestream::{
         schema::Columns,
     },
 };
-
-/// The Python with DuckDB that scripts/test.sh prepared (`QS_PYTHON`), else `python3`.
-fn python(script: &str, args: &[&str]) -> String {
-    let python = std::env::var("QS_PYTHON").unwrap_or_else(|_| "python3".into());
-    let output = Command::new(&python)
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e} (scripts/test.sh installs it)"));
-    assert!(
-        output.status.success(),
-        "{python} failed (DuckDB is installed by scripts/test.sh):\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
 
 /// What DuckDB sees in a topic's Parquet files: column types, and each row's (id, updated ms).
 /// (column name, DuckDB type) of a set of files.
@@ -77,12 +60,6 @@ print(json.dumps({"types": [[t[0], t[1]] for t in types], "rows": rows}))
         .map(|r| (r[0].as_str().unwrap().to_string(), r[1].as_i64().unwrap()))
         .collect();
     (types, rows)
-}
-
-fn millis(text: &str) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(text)
-        .unwrap()
-        .timestamp_millis()
 }
 
 /// A small xorshift generator: the test prints its seed, so a failing run can be repeated.

@@ -16,12 +16,11 @@ mod common;
 use std::{
     collections::{BTreeSet, HashMap},
     path::Path,
-    process::Command,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use common::fixture_quakes;
+use common::{fixture_quakes, millis, pg_count, python};
 use quakestream::{
     kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer},
     record::Quake,
@@ -35,20 +34,6 @@ use quakestream::{
     },
 };
 use tokio_util::sync::CancellationToken;
-
-fn millis(text: &str) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(text)
-        .unwrap()
-        .timestamp_millis()
-}
-
-async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
-    client
-        .query_one(sql, &[])
-        .await
-        .map(|r| r.get::<_, i64>(0))
-        .unwrap_or(-1)
-}
 
 async fn setup(settings: &KafkaSettings, topics: &[&str]) -> Producer {
     let names: Vec<TopicName> = topics.iter().map(|t| t.parse().unwrap()).collect();
@@ -176,7 +161,7 @@ async fn nul_text_and_a_5000_byte_id_are_dead_lettered_and_the_warehouse_keeps_l
         .len() as i64;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let loaded = count(&db, "SELECT count(*) FROM fact_earthquake").await;
+        let loaded = pg_count(&db, "SELECT count(*) FROM fact_earthquake").await;
         if loaded >= events {
             break;
         }
@@ -192,15 +177,15 @@ async fn nul_text_and_a_5000_byte_id_are_dead_lettered_and_the_warehouse_keeps_l
     let log = sink.drain_stderr().join("\n");
 
     assert_eq!(
-        count(&db, "SELECT count(*) FROM fact_earthquake").await,
+        pg_count(&db, "SELECT count(*) FROM fact_earthquake").await,
         events
     );
     assert_eq!(
-        count(&db, "SELECT count(*) FROM fact_earthquake_revision").await,
+        pg_count(&db, "SELECT count(*) FROM fact_earthquake_revision").await,
         revisions
     );
     assert_eq!(
-        count(
+        pg_count(
             &db,
             "SELECT count(*) FROM fact_earthquake WHERE event_id = 'after-poison'"
         )
@@ -209,7 +194,7 @@ async fn nul_text_and_a_5000_byte_id_are_dead_lettered_and_the_warehouse_keeps_l
         "the record after the poison was loaded"
     );
     assert_eq!(
-        count(
+        pg_count(
             &db,
             "SELECT count(*) FROM fact_earthquake_revision \
              WHERE event_id = 'poison-nul' OR length(event_id) > 1024"
@@ -268,7 +253,7 @@ async fn a_record_the_database_refuses_as_data_is_dead_lettered_and_its_batch_wr
     let stop = CancellationToken::new();
     let first = start("poison-migrate", Arc::default(), stop.clone());
     let deadline = Instant::now() + Duration::from_secs(60);
-    while count(&db, "SELECT count(*) FROM quakestream_migrations").await < 1 {
+    while pg_count(&db, "SELECT count(*) FROM quakestream_migrations").await < 1 {
         assert!(Instant::now() < deadline, "the sink did not migrate");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -311,16 +296,16 @@ async fn a_record_the_database_refuses_as_data_is_dead_lettered_and_its_batch_wr
         .len() as i64;
     let events = quakes.iter().map(|q| &q.id).collect::<BTreeSet<_>>().len() as i64;
     assert_eq!(
-        count(&db, "SELECT count(*) FROM fact_earthquake_revision").await,
+        pg_count(&db, "SELECT count(*) FROM fact_earthquake_revision").await,
         revisions,
         "every good revision around the refused one was written"
     );
     assert_eq!(
-        count(&db, "SELECT count(*) FROM fact_earthquake").await,
+        pg_count(&db, "SELECT count(*) FROM fact_earthquake").await,
         events
     );
     assert_eq!(
-        count(
+        pg_count(
             &db,
             "SELECT count(*) FROM fact_earthquake WHERE event_id = 'refused-1'"
         )
@@ -340,23 +325,6 @@ async fn a_record_the_database_refuses_as_data_is_dead_lettered_and_its_batch_wr
         reasons[0]
     );
     stop_broker.cancel();
-}
-
-/// The Python with DuckDB that scripts/test.sh prepared (`QS_PYTHON`), else `python3`.
-fn python(script: &str, args: &[&str]) -> String {
-    let python = std::env::var("QS_PYTHON").unwrap_or_else(|_| "python3".into());
-    let output = Command::new(&python)
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e} (scripts/test.sh installs it)"));
-    assert!(
-        output.status.success(),
-        "{python} failed (DuckDB is installed by scripts/test.sh):\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
 }
 
 /// (id, n) of every row of a topic's files as DuckDB (Parquet) or Python's `csv` (CSV) reads

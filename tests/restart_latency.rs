@@ -47,7 +47,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use common::{fixture, free_port, quakestream, revision_sequence};
+use common::{SplitMix, env_number, fixture, free_port, quakestream, revision_sequence};
 use quakestream::fake::{FakeServer, Step};
 use tokio::runtime::Runtime;
 
@@ -92,7 +92,7 @@ fn restart_time_after_kill_9() {
             .unwrap()
             .as_nanos() as u64
     });
-    let mut random = Random(seed);
+    let mut random = SplitMix(seed);
     let runtime = Runtime::new().unwrap();
     let steps = revision_sequence()
         .iter()
@@ -549,28 +549,6 @@ fn table(rows: &[(Duration, Times)]) -> String {
 /// One figure of each sorted column.
 fn each(columns: &[Vec<f64>], pick: impl Fn(&[f64]) -> f64) -> Vec<f64> {
     columns.iter().map(|c| pick(c.as_slice())).collect()
-}
-
-fn env_number(name: &str) -> Option<u64> {
-    let text = std::env::var(name).ok()?;
-    Some(
-        text.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={text:?}: expected a whole number")),
-    )
-}
-
-/// SplitMix64: small, and good from any seed (0 included).
-struct Random(u64);
-
-impl Random {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n.max(1)
-    }
 }
 
 #[test]

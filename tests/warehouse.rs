@@ -10,25 +10,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{fixture_quakes, read_topic};
+use common::{fixture_quakes, millis, pg_count, read_topic};
 use quakestream::{
     kafka::{TopicName, admin::Admin, producer::Producer},
     record::Quake,
 };
-
-fn millis(text: &str) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(text)
-        .unwrap()
-        .timestamp_millis()
-}
-
-async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
-    client
-        .query_one(sql, &[])
-        .await
-        .map(|r| r.get::<_, i64>(0))
-        .unwrap_or(-1)
-}
 
 async fn publish(producer: &Producer, quakes: &[Quake]) {
     for quake in quakes {
@@ -95,13 +81,13 @@ async fn an_outage_mid_stream_loses_and_duplicates_nothing() {
         .collect::<BTreeSet<_>>()
         .len() as i64;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while count(&db, "SELECT count(*) FROM fact_earthquake_revision").await < half
+    while pg_count(&db, "SELECT count(*) FROM fact_earthquake_revision").await < half
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(
-        count(&db, "SELECT count(*) FROM fact_earthquake_revision").await,
+        pg_count(&db, "SELECT count(*) FROM fact_earthquake_revision").await,
         half
     );
 
@@ -134,9 +120,9 @@ async fn an_outage_mid_stream_loses_and_duplicates_nothing() {
         *n = (*n).max(*updated);
     }
     let deadline = Instant::now() + Duration::from_secs(90);
-    while (count(&db, "SELECT count(*) FROM fact_earthquake_revision").await as usize)
+    while (pg_count(&db, "SELECT count(*) FROM fact_earthquake_revision").await as usize)
         < revisions.len()
-        || count(&db, "SELECT count(*) FROM agg_window").await < 2
+        || pg_count(&db, "SELECT count(*) FROM agg_window").await < 2
     {
         assert!(
             Instant::now() < deadline,
@@ -214,7 +200,7 @@ async fn an_outage_mid_stream_loses_and_duplicates_nothing() {
     // Dimensions: every fact row has its date, network and event type; regions come from
     // the place.
     assert_eq!(
-        count(
+        pg_count(
             &db,
             "SELECT count(*) FROM fact_earthquake f JOIN dim_date d USING (date_key) \
              JOIN dim_network n USING (network_key) JOIN dim_event_type e USING (event_type_key)"
@@ -247,7 +233,7 @@ async fn an_outage_mid_stream_loses_and_duplicates_nothing() {
             .parse::<i32>()
             .unwrap()
     );
-    let ca = count(
+    let ca = pg_count(
         &db,
         "SELECT count(*) FROM fact_earthquake f JOIN dim_region r USING (region_key) WHERE r.name = 'CA'",
     )
@@ -279,7 +265,7 @@ async fn an_outage_mid_stream_loses_and_duplicates_nothing() {
     assert_eq!(rows[1].get::<_, Option<i64>>(0), Some(0));
 
     assert_eq!(
-        count(&db, "SELECT count(*) FROM quakestream_migrations").await,
+        pg_count(&db, "SELECT count(*) FROM quakestream_migrations").await,
         1
     );
     let letters = read_topic(&settings, "quakestream-dlq").await;

@@ -629,3 +629,82 @@ impl Moto {
         moto
     }
 }
+
+/// The Python with DuckDB that scripts/test.sh prepared (`QS_PYTHON`), else `python3`: runs
+/// `script` with `args` and returns what it printed.
+pub fn python(script: &str, args: &[&str]) -> String {
+    let python = std::env::var("QS_PYTHON").unwrap_or_else(|_| "python3".into());
+    let output = Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e} (scripts/test.sh installs it)"));
+    assert!(
+        output.status.success(),
+        "{python} failed (DuckDB is installed by scripts/test.sh):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// An RFC 3339 time as epoch milliseconds.
+pub fn millis(text: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap()
+        .timestamp_millis()
+}
+
+/// The one number a `SELECT count(*) …` answers (-1 when the query fails, as while a table is
+/// not there yet).
+pub async fn pg_count(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client
+        .query_one(sql, &[])
+        .await
+        .map(|r| r.get::<_, i64>(0))
+        .unwrap_or(-1)
+}
+
+/// Every file under `dir` whose name ends with `suffix`, staging directories (`_tmp`) apart.
+pub fn files_under(dir: &Path, suffix: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                if !p.ends_with("_tmp") {
+                    stack.push(p);
+                }
+            } else if p.to_string_lossy().ends_with(suffix) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A whole number from the environment (a soak test's knob), `None` when unset.
+pub fn env_number(name: &str) -> Option<u64> {
+    let text = std::env::var(name).ok()?;
+    Some(
+        text.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={text:?}: expected a whole number")),
+    )
+}
+
+/// SplitMix64: small, and good from any seed (0 included); kill moments that a printed seed
+/// replays.
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n.max(1)
+    }
+}
