@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use quakestream::{
-    record::{Quake, format_millis, parse_millis},
+    record::{Millis, Quake},
     sink::lake::{
         encode::{Compression, FileEncoder, FileSchema, Format},
         schema::Columns,
@@ -36,8 +36,7 @@ fn records() -> Vec<Vec<u8>> {
         .map(|i| {
             let mut q = templates[i % templates.len()].clone();
             q.id = format!("{}{i}", q.id);
-            let time = parse_millis(&q.time).unwrap() + i as i64 * 1_000;
-            q.time = format_millis(time).unwrap();
+            q.time = Millis(q.time.0 + i as i64 * 1_000);
             serde_json::to_vec(&q).unwrap()
         })
         .collect()

@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 /// One revision of one earthquake (or other seismic event), as every source normalizes it.
-/// Field names are part of the topic contract; times are RFC 3339 UTC with milliseconds.
+/// Field names are part of the topic contract; times are RFC 3339 UTC with milliseconds on
+/// the topic and [`Millis`] in the process, parsed once when the record is read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Quake {
     /// The event's key: its logical id, stable across changes of the preferred id.
@@ -13,9 +14,9 @@ pub struct Quake {
     /// Which feed produced the record: `usgs`, `emsc`, …
     pub source: String,
     /// Origin time.
-    pub time: String,
+    pub time: Millis,
     /// When any product of the event last changed: the revision's version.
-    pub updated: String,
+    pub updated: Millis,
     pub mag: Option<f64>,
     pub mag_type: Option<String>,
     pub place: Option<String>,
@@ -39,6 +40,63 @@ pub struct Quake {
     pub url: String,
 }
 
+/// The ranges a quake record must fall within; anything outside is refused with its reason.
+/// Latitude, longitude and depth as the USGS and FDSN formats document them; magnitudes as
+/// seen on real scales (the smallest reported are about −2, the largest ever 9.5).
+pub const LAT_RANGE: std::ops::RangeInclusive<f64> = -90.0..=90.0;
+pub const LON_RANGE: std::ops::RangeInclusive<f64> = -180.0..=180.0;
+pub const DEPTH_KM_RANGE: std::ops::RangeInclusive<f64> = -100.0..=1000.0;
+pub const MAG_RANGE: std::ops::RangeInclusive<f64> = -3.0..=10.0;
+/// No instrumental record is older than 1900-01-01T00:00:00Z.
+pub const EARLIEST: Millis = Millis(-2_208_988_800_000);
+
+impl Quake {
+    /// Position, depth, magnitude and origin time within their ranges ([`LAT_RANGE`] …), and
+    /// `updated` not before 1900. The one plausibility check every source and every reader of
+    /// quakes applies; the error is the reason for the dead letter.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        // `contains` is false for NaN, so these also refuse non-finite numbers.
+        if !LAT_RANGE.contains(&self.lat) {
+            return Err(format!("latitude {} is outside [-90, 90]", short(self.lat)));
+        }
+        if !LON_RANGE.contains(&self.lon) {
+            return Err(format!(
+                "longitude {} is outside [-180, 180]",
+                short(self.lon)
+            ));
+        }
+        if !DEPTH_KM_RANGE.contains(&self.depth_km) {
+            return Err(format!(
+                "depth {} km is outside [-100, 1000]",
+                short(self.depth_km)
+            ));
+        }
+        if let Some(mag) = self.mag
+            && !MAG_RANGE.contains(&mag)
+        {
+            return Err(format!("magnitude {} is outside [-3, 10]", short(mag)));
+        }
+        for (name, t) in [("time", self.time), ("updated", self.updated)] {
+            if t < EARLIEST {
+                return Err(format!("{name} {t} is before 1900"));
+            }
+            if t.rfc3339().is_none() {
+                return Err(format!("{name} {t} is out of range"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A number as a reason shows it: `1e308`, not 309 digits.
+fn short(x: f64) -> String {
+    if x.is_finite() && x.abs() >= 1e9 {
+        format!("{x:e}")
+    } else {
+        x.to_string()
+    }
+}
+
 /// A record that could not be handled, with the reason and the raw input, on the dead-letter
 /// topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,6 +110,52 @@ pub struct DeadLetter {
     pub offset: Option<i64>,
     /// The raw input, as text (lossy when it was not UTF-8).
     pub payload: String,
+}
+
+/// A point in time as epoch milliseconds. On the wire it is RFC 3339 UTC with milliseconds
+/// (`2024-01-15T10:30:00.000Z`); any RFC 3339 offset is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Millis(pub i64);
+
+impl Millis {
+    /// The time in RFC 3339, or `None` outside chrono's range.
+    pub fn rfc3339(self) -> Option<String> {
+        format_millis(self.0)
+    }
+
+    pub fn now() -> Millis {
+        Millis(chrono::Utc::now().timestamp_millis())
+    }
+}
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.rfc3339() {
+            Some(text) => f.write_str(&text),
+            None => write!(f, "{} ms", self.0),
+        }
+    }
+}
+
+impl Serialize for Millis {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.rfc3339() {
+            Some(text) => serializer.serialize_str(&text),
+            None => Err(serde::ser::Error::custom(format!(
+                "{} ms is outside the range of RFC 3339 times",
+                self.0
+            ))),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Millis {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Millis, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
+        parse_millis(&text)
+            .map(Millis)
+            .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not an RFC 3339 time")))
+    }
 }
 
 /// Epoch milliseconds as RFC 3339 UTC with milliseconds (`2024-01-15T10:30:00.000Z`).
@@ -70,6 +174,68 @@ pub fn parse_millis(text: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn quake() -> Quake {
+        Quake {
+            id: "us1".into(),
+            ids: vec!["us1".into()],
+            source: "usgs".into(),
+            time: Millis(1_746_366_018_110),
+            updated: Millis(1_746_366_018_110),
+            mag: Some(4.5),
+            mag_type: Some("mb".into()),
+            place: None,
+            lat: 10.0,
+            lon: 20.0,
+            depth_km: 10.0,
+            status: "reviewed".into(),
+            tsunami: false,
+            alert: None,
+            sig: None,
+            felt: None,
+            cdi: None,
+            mmi: None,
+            net: "us".into(),
+            code: "1".into(),
+            event_type: "earthquake".into(),
+            title: "M 4.5".into(),
+            url: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_quake_outside_the_ranges_is_refused_with_its_reason() {
+        assert_eq!(quake().check(), Ok(()));
+        let refused = |change: fn(&mut Quake)| {
+            let mut q = quake();
+            change(&mut q);
+            q.check().unwrap_err()
+        };
+        assert!(refused(|q| q.lat = 200.0).contains("latitude 200"));
+        assert!(refused(|q| q.lat = f64::NAN).contains("latitude NaN"));
+        assert!(refused(|q| q.lon = -180.5).contains("longitude -180.5"));
+        assert!(refused(|q| q.depth_km = 6371.0).contains("depth 6371"));
+        assert!(refused(|q| q.mag = Some(1e308)).contains("magnitude 1e308"));
+        assert!(refused(|q| q.mag = Some(f64::INFINITY)).contains("magnitude inf"));
+        assert!(refused(|q| q.time = Millis(EARLIEST.0 - 1)).contains("before 1900"));
+        let mut q = quake();
+        q.mag = None;
+        q.depth_km = -3.41;
+        q.lon = 180.0;
+        assert_eq!(q.check(), Ok(()));
+    }
+
+    #[test]
+    fn millis_travel_as_rfc3339_and_read_any_offset() {
+        let text = serde_json::to_string(&Millis(1_746_366_018_110)).unwrap();
+        assert_eq!(text, "\"2025-05-04T13:40:18.110Z\"");
+        let read: Millis = serde_json::from_str("\"2025-05-04T15:40:18.11+02:00\"").unwrap();
+        assert_eq!(read, Millis(1_746_366_018_110));
+        let err = serde_json::from_str::<Millis>("\"yesterday\"").unwrap_err();
+        assert!(err.to_string().contains("not an RFC 3339 time"), "{err}");
+        assert!(serde_json::from_str::<Millis>("1746366018110").is_err());
+        assert!(serde_json::to_string(&Millis(i64::MAX)).is_err());
+    }
 
     #[test]
     fn times_round_trip_with_milliseconds() {

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{fixture_quakes, millis, python, read_topic};
+use common::{fixture_quakes, python, read_topic};
 use quakestream::{
     kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer},
     record::Quake,
@@ -146,10 +146,8 @@ async fn kill_9_at_20_random_moments_leaves_each_revision_in_lake_and_warehouse_
         .await
         .unwrap();
     let quakes = fixture_quakes();
-    let revisions: BTreeSet<(String, i64)> = quakes
-        .iter()
-        .map(|q| (q.id.clone(), millis(&q.updated)))
-        .collect();
+    let revisions: BTreeSet<(String, i64)> =
+        quakes.iter().map(|q| (q.id.clone(), q.updated.0)).collect();
     let mut newest = std::collections::BTreeMap::new();
     for (id, updated) in &revisions {
         let entry = newest.entry(id.clone()).or_insert(*updated);
@@ -182,10 +180,8 @@ fn crash_test(pg_url: String) {
     std::fs::create_dir_all(&pg_dir).unwrap();
     let quakes = fixture_quakes();
     assert!(quakes.len() > 500, "{} fixture revisions", quakes.len());
-    let expected: BTreeSet<(String, i64)> = quakes
-        .iter()
-        .map(|q| (q.id.clone(), millis(&q.updated)))
-        .collect();
+    let expected: BTreeSet<(String, i64)> =
+        quakes.iter().map(|q| (q.id.clone(), q.updated.0)).collect();
 
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -216,12 +212,7 @@ fn crash_test(pg_url: String) {
                     for quake in part {
                         let body = serde_json::to_vec(&quake).unwrap();
                         producer
-                            .send(
-                                "earthquakes",
-                                Some(&quake.id),
-                                &body,
-                                Some(millis(&quake.time)),
-                            )
+                            .send("earthquakes", Some(&quake.id), &body, Some(quake.time.0))
                             .await
                             .unwrap();
                     }
@@ -375,12 +366,7 @@ async fn parquet_types_csv_headers_and_bad_records() {
     for quake in &quakes {
         let body = serde_json::to_vec(quake).unwrap();
         producer
-            .send(
-                "quakes-a",
-                Some(&quake.id),
-                &body,
-                Some(millis(&quake.time)),
-            )
+            .send("quakes-a", Some(&quake.id), &body, Some(quake.time.0))
             .await
             .unwrap();
     }
@@ -546,7 +532,7 @@ print(json.dumps(out))
     assert_eq!(rows.len() as u64, good);
     let first = &quakes[0];
     let row = rows.iter().find(|r| r["id"] == first.id.as_str()).unwrap();
-    assert_eq!(row["updated"], first.updated.as_str());
+    assert_eq!(row["updated"], first.updated.to_string());
     assert_eq!(
         row["mag"].as_str().unwrap().parse::<f64>().ok(),
         first.mag,

@@ -95,7 +95,8 @@ async fn files_and_per_record_objects_land_under_the_expected_keys() {
     assert_eq!(rows, quakes.len(), "every record once");
     let listed = keys(&bucket, "quakestream/earthquakes").await;
     let first = &quakes[0];
-    let hour = chrono::DateTime::parse_from_rfc3339(&first.time)
+    let hour = chrono::DateTime::from_timestamp_millis(first.time.0)
+        .ok_or("range")
         .unwrap()
         .format("dt=%Y-%m-%d/hour=%H")
         .to_string();
@@ -184,7 +185,8 @@ async fn publish_quakes(settings: &KafkaSettings) {
     let producer = Producer::new(settings).unwrap();
     for quake in fixture_quakes() {
         let body = serde_json::to_vec(&quake).unwrap();
-        let time = chrono::DateTime::parse_from_rfc3339(&quake.time)
+        let time = chrono::DateTime::from_timestamp_millis(quake.time.0)
+            .ok_or("range")
             .unwrap()
             .timestamp_millis();
         producer

@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{fixture_quakes, millis, pg_count, python};
+use common::{fixture_quakes, pg_count, python};
 use quakestream::{
     kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer},
     record::Quake,
@@ -50,12 +50,7 @@ async fn publish(producer: &Producer, quakes: &[Quake]) {
     for quake in quakes {
         let body = serde_json::to_vec(quake).unwrap();
         producer
-            .send(
-                "earthquakes",
-                Some(&quake.id),
-                &body,
-                Some(millis(&quake.time)),
-            )
+            .send("earthquakes", Some(&quake.id), &body, Some(quake.time.0))
             .await
             .unwrap();
     }

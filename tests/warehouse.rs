@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{fixture_quakes, millis, pg_count, read_topic};
+use common::{fixture_quakes, pg_count, read_topic};
 use quakestream::{
     kafka::{TopicName, admin::Admin, producer::Producer},
     record::Quake,
@@ -20,12 +20,7 @@ async fn publish(producer: &Producer, quakes: &[Quake]) {
     for quake in quakes {
         let body = serde_json::to_vec(quake).unwrap();
         producer
-            .send(
-                "earthquakes",
-                Some(&quake.id),
-                &body,
-                Some(millis(&quake.time)),
-            )
+            .send("earthquakes", Some(&quake.id), &body, Some(quake.time.0))
             .await
             .unwrap();
     }
@@ -77,7 +72,7 @@ async fn an_outage_mid_stream_loses_and_duplicates_nothing() {
         .unwrap();
     let half = first
         .iter()
-        .map(|q| (q.id.clone(), q.updated.clone()))
+        .map(|q| (q.id.clone(), q.updated))
         .collect::<BTreeSet<_>>()
         .len() as i64;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -110,10 +105,8 @@ async fn an_outage_mid_stream_loses_and_duplicates_nothing() {
     pg.resume();
     let db = pg.client().await;
 
-    let revisions: BTreeSet<(String, i64)> = quakes
-        .iter()
-        .map(|q| (q.id.clone(), millis(&q.updated)))
-        .collect();
+    let revisions: BTreeSet<(String, i64)> =
+        quakes.iter().map(|q| (q.id.clone(), q.updated.0)).collect();
     let mut newest: BTreeMap<String, i64> = BTreeMap::new();
     for (id, updated) in &revisions {
         let n = newest.entry(id.clone()).or_insert(*updated);
@@ -135,7 +128,7 @@ async fn an_outage_mid_stream_loses_and_duplicates_nothing() {
     // the sink has committed past them.
     let stale: Vec<Quake> = quakes
         .iter()
-        .filter(|q| millis(&q.updated) < newest[&q.id])
+        .filter(|q| q.updated.0 < newest[&q.id])
         .cloned()
         .collect();
     assert!(stale.len() > 5, "the fixtures hold revised events");
@@ -226,7 +219,7 @@ async fn an_outage_mid_stream_loses_and_duplicates_nothing() {
     let q0 = &quakes[0];
     assert_eq!(
         i32::from(row.get::<_, i16>(3)),
-        chrono::DateTime::parse_from_rfc3339(&q0.time)
+        chrono::DateTime::from_timestamp_millis(q0.time.0)
             .unwrap()
             .format("%Y")
             .to_string()

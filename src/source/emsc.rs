@@ -28,7 +28,7 @@ use crate::{
     error::{Error, Result},
     kafka::{TopicName, producer::Producer},
     metrics::SourceMetrics,
-    record::{Quake, format_millis},
+    record::{Millis, Quake},
     runtime::Backoff,
     runtime::{About, Context, ensure_topics},
 };
@@ -90,8 +90,8 @@ impl EmscConfig {
     }
 }
 
-/// An EMSC time with any number of fractional digits, as RFC 3339 with milliseconds.
-fn time(text: &str) -> Option<String> {
+/// An EMSC time with any number of fractional digits.
+fn time(text: &str) -> Option<Millis> {
     let t = chrono::DateTime::parse_from_rfc3339(text)
         .ok()
         .or_else(|| {
@@ -100,7 +100,7 @@ fn time(text: &str) -> Option<String> {
                 .ok()
                 .map(|n| n.and_utc().fixed_offset())
         })?;
-    format_millis(t.timestamp_millis())
+    Some(Millis(t.timestamp_millis()))
 }
 
 fn number(p: &Value, name: &str) -> std::result::Result<Option<f64>, String> {
@@ -143,7 +143,7 @@ pub fn normalize(message: &str) -> std::result::Result<(String, Quake), String> 
     let origin = time(origin).ok_or_else(|| format!("time {origin:?} is not ISO 8601"))?;
     let updated = match text(p, "lastupdate") {
         Some(t) => time(t).ok_or_else(|| format!("lastupdate {t:?} is not ISO 8601"))?,
-        None => origin.clone(),
+        None => origin,
     };
     let coordinates = data
         .pointer("/geometry/coordinates")
@@ -151,9 +151,6 @@ pub fn normalize(message: &str) -> std::result::Result<(String, Quake), String> 
     let coordinate = |i: usize| coordinates.and_then(|c| c.get(i)).and_then(Value::as_f64);
     let lat = number(p, "lat")?.or(coordinate(1)).ok_or("no lat")?;
     let lon = number(p, "lon")?.or(coordinate(0)).ok_or("no lon")?;
-    if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
-        return Err(format!("position ({lat}, {lon}) is not on Earth"));
-    }
     // EMSC's depth is positive down; its geometry's z is the negative of it.
     let depth_km = number(p, "depth")?
         .or(coordinate(2).map(|z| -z))
@@ -196,6 +193,7 @@ pub fn normalize(message: &str) -> std::result::Result<(String, Quake), String> 
         title,
         url: format!("https://www.seismicportal.eu/eventdetails.html?unid={id}"),
     };
+    quake.check()?;
     Ok((action, quake))
 }
 
@@ -427,19 +425,19 @@ mod tests {
     #[test]
     fn fractional_seconds_of_any_length() {
         assert_eq!(
-            time("2025-03-05T09:45:07.0Z").unwrap(),
+            time("2025-03-05T09:45:07.0Z").unwrap().to_string(),
             "2025-03-05T09:45:07.000Z"
         );
         assert_eq!(
-            time("2025-03-05T10:06:56.102425Z").unwrap(),
+            time("2025-03-05T10:06:56.102425Z").unwrap().to_string(),
             "2025-03-05T10:06:56.102Z"
         );
         assert_eq!(
-            time("2020-12-30T08:45:29Z").unwrap(),
+            time("2020-12-30T08:45:29Z").unwrap().to_string(),
             "2020-12-30T08:45:29.000Z"
         );
         assert_eq!(
-            time("2020-12-30T08:45:29.9").unwrap(),
+            time("2020-12-30T08:45:29.9").unwrap().to_string(),
             "2020-12-30T08:45:29.900Z"
         );
         assert_eq!(time("yesterday"), None);
@@ -466,7 +464,7 @@ mod tests {
             ),
             (
                 r#"{"action":"create","data":{"properties":{"unid":"x","time":"2025-03-05T09:45:07Z","lat":95,"lon":0,"depth":1}}}"#,
-                "not on Earth",
+                "latitude 95 is outside",
             ),
         ] {
             let err = normalize(message).unwrap_err();

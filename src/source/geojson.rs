@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Deserializer, de};
 use serde_json::value::RawValue;
 
-use crate::record::{Quake, format_millis};
+use crate::record::{Millis, Quake};
 
 /// The parts of a FeatureCollection's `metadata` quakestream uses.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -293,12 +293,6 @@ fn normalize(feature: Feature<'_>, source: &str) -> Result<Quake, String> {
     };
     let lon = lon.ok_or("longitude is null")?;
     let lat = lat.ok_or("latitude is null")?;
-    if !(-180.0..=180.0).contains(&lon) {
-        return Err(format!("longitude {lon} is outside [-180, 180]"));
-    }
-    if !(-90.0..=90.0).contains(&lat) {
-        return Err(format!("latitude {lat} is outside [-90, 90]"));
-    }
     let depth_km = match depth {
         Some(d) if d.is_finite() => d,
         Some(_) => return Err("depth is not a finite number".into()),
@@ -307,8 +301,7 @@ fn normalize(feature: Feature<'_>, source: &str) -> Result<Quake, String> {
 
     let time_ms = p.time.integer("time")?.ok_or("time is missing")?;
     let updated_ms = p.updated.integer("updated")?.unwrap_or(time_ms);
-    let time = format_millis(time_ms).ok_or("time is out of range")?;
-    let updated = format_millis(updated_ms).ok_or("updated is out of range")?;
+    let (time, updated) = (Millis(time_ms), Millis(updated_ms));
 
     let mut ids: Vec<String> = Vec::new();
     ids.push(id.to_string());
@@ -354,7 +347,7 @@ fn normalize(feature: Feature<'_>, source: &str) -> Result<Quake, String> {
     let url = non_empty(p.url)
         .unwrap_or_else(|| format!("https://earthquake.usgs.gov/earthquakes/eventpage/{id}"));
 
-    Ok(Quake {
+    let quake = Quake {
         id: id.to_string(),
         ids,
         source: source.to_string(),
@@ -378,7 +371,9 @@ fn normalize(feature: Feature<'_>, source: &str) -> Result<Quake, String> {
         event_type,
         title,
         url,
-    })
+    };
+    quake.check()?;
+    Ok(quake)
 }
 
 fn non_empty(text: Option<Cow<'_, str>>) -> Option<String> {
@@ -427,12 +422,7 @@ mod tests {
                 assert_eq!(q.sig, p["sig"].as_i64());
                 assert_eq!(q.tsunami, p["tsunami"].as_i64() == Some(1));
                 assert_eq!(q.title, p["title"].as_str().unwrap());
-                assert_eq!(
-                    crate::record::parse_millis(&q.time),
-                    p["time"].as_i64(),
-                    "{name} {}",
-                    q.id
-                );
+                assert_eq!(Some(q.time.0), p["time"].as_i64(), "{name} {}", q.id);
                 assert!(q.ids.contains(&q.id));
                 let listed: Vec<&str> = p["ids"]
                     .as_str()
@@ -477,7 +467,7 @@ mod tests {
         assert_eq!(q.cdi, Some(3.0));
         assert_eq!(q.alert.as_deref(), Some("green"));
         assert_eq!(q.depth_km, -1.5);
-        assert_eq!(q.updated, "2014-05-13T16:53:20.123Z");
+        assert_eq!(q.updated.to_string(), "2014-05-13T16:53:20.123Z");
         assert_eq!(q.title, "M 2.5 - unknown place");
         assert_eq!(
             q.url,

@@ -16,7 +16,7 @@ use super::dedupe::{Decision, Dedupe, Published, Revision};
 use crate::{
     error::Result,
     kafka::producer::{Delivery, Producer},
-    record::{DeadLetter, Quake, parse_millis},
+    record::{DeadLetter, Quake},
 };
 
 /// Header: every id of the event, comma-separated, preferred first.
@@ -64,7 +64,7 @@ struct Sismo<'a> {
     latitud: f64,
     longitud: f64,
     profundidad_km: f64,
-    timestamp: &'a str,
+    timestamp: String,
     tsunami: bool,
 }
 
@@ -123,7 +123,7 @@ impl Publisher {
                 latitud: quake.lat,
                 longitud: quake.lon,
                 profundidad_km: quake.depth_km,
-                timestamp: &quake.time,
+                timestamp: quake.time.rfc3339().unwrap_or_default(),
                 tsunami: quake.tsunami,
             }),
             Profile::Quakes | Profile::RawFeed => serde_json::to_vec(quake),
@@ -232,15 +232,10 @@ pub struct Plan {
 pub fn plan(dedupe: &mut Dedupe, quakes: Vec<Quake>, generated_ms: Option<i64>) -> Plan {
     let mut plan = Plan::default();
     for mut quake in quakes {
-        let (Some(updated_ms), Some(time_ms)) =
-            (parse_millis(&quake.updated), parse_millis(&quake.time))
-        else {
-            continue;
-        };
         let revision = Revision {
             ids: quake.ids.clone(),
-            updated_ms,
-            time_ms,
+            updated_ms: quake.updated.0,
+            time_ms: quake.time.0,
         };
         let Decision::Publish { key, merged } = dedupe.check(&revision) else {
             plan.duplicates += 1;
@@ -316,8 +311,8 @@ pub fn published_of(message: &BorrowedMessage<'_>) -> Option<Published> {
     Some(Published {
         key,
         revision: Revision {
-            updated_ms: parse_millis(&quake.updated)?,
-            time_ms: parse_millis(&quake.time)?,
+            updated_ms: quake.updated.0,
+            time_ms: quake.time.0,
             ids: quake.ids,
         },
         merged_into: None,

@@ -223,21 +223,8 @@ impl Live {
     fn quake(&self, key: Option<&str>, payload: &[u8], now_ms: i64) -> Result<(), Rejected> {
         let quake: Quake = serde_json::from_slice(payload)
             .map_err(|e| Rejected::Bad(format!("not a Quake record: {e}")))?;
-        let time_ms = parse_millis(&quake.time)
-            .ok_or_else(|| Rejected::Bad(format!("time {:?} is not RFC 3339", quake.time)))?;
-        let updated_ms = parse_millis(&quake.updated)
-            .ok_or_else(|| Rejected::Bad(format!("updated {:?} is not RFC 3339", quake.updated)))?;
-        // `contains` is false for NaN, so this also refuses non-finite positions.
-        let on_earth = (-90.0..=90.0).contains(&quake.lat) && (-180.0..=180.0).contains(&quake.lon);
-        if !on_earth {
-            return Err(Rejected::Bad(format!(
-                "position ({}, {}) is not on Earth",
-                quake.lat, quake.lon
-            )));
-        }
-        if quake.mag.is_some_and(|m| !m.is_finite()) {
-            return Err(Rejected::Bad("mag is not a finite number".into()));
-        }
+        quake.check().map_err(Rejected::Bad)?;
+        let (time_ms, updated_ms) = (quake.time.0, quake.updated.0);
         let id = key
             .filter(|k| !k.is_empty())
             .unwrap_or(&quake.id)
@@ -662,7 +649,7 @@ mod tests {
             serde_json::from_slice(&quake("x", 1, 1, Some(1.0), "automatic")).unwrap();
         off_earth["lat"] = 91.0.into();
         let err = l.apply_quake(Some("x"), off_earth.to_string().as_bytes(), 1);
-        assert!(matches!(err, Err(Rejected::Bad(why)) if why.contains("not on Earth")));
+        assert!(matches!(err, Err(Rejected::Bad(why)) if why.contains("latitude 91 is outside")));
         assert!(l.apply_window(None, b"{\"window_start\": 5}", 1).is_err());
         assert!(l.apply_alert(b"{\"kind\": \"new\"}", 1).is_err());
         assert_eq!(l.metrics.bad.get(), 8);

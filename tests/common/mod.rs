@@ -379,7 +379,7 @@ pub fn fixture_quakes() -> Vec<quakestream::record::Quake> {
         let parsed = quakestream::source::geojson::parse_collection(&fixture(&file), "usgs")
             .expect("fixture parses");
         for quake in parsed.quakes {
-            if seen.insert((quake.id.clone(), quake.updated.clone())) {
+            if seen.insert((quake.id.clone(), quake.updated)) {
                 quakes.push(quake);
             }
         }

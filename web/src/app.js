@@ -121,7 +121,7 @@
     const q = state.quakes.get(id);
     if (!q) return el('div', {}, 'This event is no longer on the map.');
     const rows = [
-      ['Magnitude', `M ${mag(q.mag)}${q.mag_type ? ' ' + q.mag_type : ''}`],
+      ['Magnitude', `${mag(q.mag)}${q.mag_type ? ' ' + q.mag_type : ''}`],
       ['Depth', `${typeof q.depth_km === 'number' ? q.depth_km.toFixed(1) : '?'} km`],
       ['Time (UTC)', utc(q.time)],
       ['Local time', local(q.time)],
@@ -134,7 +134,7 @@
     const link = safeUrl(q.url);
     return el('div', { class: 'popup' },
       el('h3', {}, q.place || q.title || q.id),
-      el('dl', {}, rows.map(([k, v]) => [el('dt', {}, k), el('dd', {}, v)])),
+      el('dl', {}, rows.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)])),
       link ? el('a', { href: link, target: '_blank', rel: 'noopener noreferrer' }, 'Event page ↗') : null,
       el('p', { class: 'popup-id' }, q.id));
   }

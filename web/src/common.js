@@ -3,7 +3,11 @@
 'use strict';
 
 window.qs = (function () {
-  /** An element with attributes and children; strings become text nodes. */
+  /**
+   * An element with attributes and children; strings become text nodes. Children may be
+   * nested in arrays to any depth (a list of rows, each a list of cells): all are appended in
+   * order, never stringified as a list.
+   */
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
@@ -13,7 +17,7 @@ window.qs = (function () {
       else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
       else node.setAttribute(k, v === true ? '' : String(v));
     }
-    for (const child of children.flat()) {
+    for (const child of children.flat(Infinity)) {
       if (child === null || child === undefined || child === false) continue;
       node.append(child instanceof Node ? child : document.createTextNode(String(child)));
     }
@@ -24,7 +28,7 @@ window.qs = (function () {
   function svg(tag, attrs, ...children) {
     const node = document.createElementNS('http://www.w3.org/2000/svg', tag);
     for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
-    for (const child of children.flat()) {
+    for (const child of children.flat(Infinity)) {
       if (child === null || child === undefined) continue;
       node.append(child instanceof Node ? child : document.createTextNode(String(child)));
     }

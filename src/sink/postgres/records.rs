@@ -67,12 +67,9 @@ pub(super) type ParsedQuake = (Quake, DateTime<Utc>, DateTime<Utc>, Option<Strin
 
 pub(super) fn parse_quake(payload: &[u8]) -> std::result::Result<ParsedQuake, String> {
     let quake: Quake = serde_json::from_slice(payload).map_err(|e| format!("not a Quake: {e}"))?;
-    let time = parse_millis(&quake.time)
-        .and_then(timestamp)
-        .ok_or_else(|| format!("time {:?} is not an RFC 3339 time", quake.time))?;
-    let updated = parse_millis(&quake.updated)
-        .and_then(timestamp)
-        .ok_or_else(|| format!("updated {:?} is not an RFC 3339 time", quake.updated))?;
+    quake.check()?;
+    let time = timestamp(quake.time.0).ok_or("time is out of range")?;
+    let updated = timestamp(quake.updated.0).ok_or("updated is out of range")?;
     if quake.id.is_empty() {
         return Err("id is empty".into());
     }
