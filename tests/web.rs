@@ -232,6 +232,44 @@ fn revisions(feeds: &[&Value]) -> BTreeSet<(String, i64)> {
 
 const MARKERS: &str = "document.querySelectorAll('path.quake-marker').length";
 
+/// The rows of the open popup as a person reads them, label then value: `Depth 8.8 km`.
+const POPUP_ROWS: &str = "[...document.querySelectorAll('.leaflet-popup-content dl dt')].map(dt => `${dt.textContent} ${dt.nextElementSibling ? dt.nextElementSibling.textContent : ''}`)";
+
+/// Whether `[object` (an element or a list made text) shows anywhere on the page.
+const OBJECT_TEXT: &str = "document.body.innerText.includes('[object')";
+
+/// The alert banner is what its `hidden` attribute says, never an empty bar: hidden, it takes
+/// no room; shown, it names an alert.
+const BANNER_HONEST: &str = "(() => { const b = document.getElementById('banner'); return b.hidden ? getComputedStyle(b).display === 'none' && b.offsetHeight === 0 : document.getElementById('banner-go').textContent.trim() !== ''; })()";
+
+/// The widest horizontal step, in pixels, between consecutive points of the drawn country
+/// outlines, and half the map's width. A ring crossing the antimeridian drawn as it is steps
+/// from one side of the world to the other: a line across the whole map.
+const OUTLINE_STEPS: &str = "(() => { let widest = 0; for (const path of document.querySelectorAll('path.country')) { for (const part of (path.getAttribute('d') || '').split('M').slice(1)) { const xs = part.split('L').map(point => parseFloat(point)); for (let i = 1; i < xs.length; i++) widest = Math.max(widest, Math.abs(xs[i] - xs[i - 1])); } } return { widest, half: document.getElementById('map').clientWidth / 2 }; })()";
+
+/// Markers drawn inside the map's area.
+const MARKERS_IN_VIEW: &str = "(() => { const m = document.getElementById('map').getBoundingClientRect(); return [...document.querySelectorAll('path.quake-marker')].filter(p => { const r = p.getBoundingClientRect(); return r.width > 0 && r.right > m.left && r.left < m.right && r.bottom > m.top && r.top < m.bottom; }).length; })()";
+
+/// Clicks a marker where it is drawn, as a person would (the popup opens at the click).
+fn click_marker(selector: &str) -> String {
+    format!(
+        "(() => {{ const m = document.querySelector({selector:?}); const r = m.getBoundingClientRect(); m.dispatchEvent(new MouseEvent('click', {{ bubbles: true, clientX: r.x + r.width / 2, clientY: r.y + r.height / 2 }})); }})()"
+    )
+}
+
+/// Asserts that the outlines cross the antimeridian without a line across the map.
+fn assert_outlines_unbroken(steps: &Value) {
+    let (widest, half) = (
+        steps["widest"].as_f64().unwrap(),
+        steps["half"].as_f64().unwrap(),
+    );
+    assert!(
+        half > 0.0 && widest < half,
+        "a country outline steps {widest}px across a map {}px wide (a band across the map)",
+        2.0 * half
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn live_map_in_headless_chromium() {
     let dir = tempfile::tempdir().unwrap();
@@ -310,6 +348,26 @@ async fn live_map_in_headless_chromium() {
         "country outlines drawn: {countries}"
     );
     browser.eval("window.__noReload = 42").await;
+    // The outlines of Russia, Fiji and Antarctica cross the antimeridian: no band across the
+    // map where they do.
+    assert_outlines_unbroken(&browser.eval(OUTLINE_STEPS).await);
+    // The alert banner is hidden until an alert arrives: no empty red bar under the header,
+    // and a dismissed banner takes no room.
+    assert_eq!(
+        browser.eval(BANNER_HONEST).await,
+        true,
+        "the alert banner shows only with an alert in it"
+    );
+    browser
+        .eval("document.getElementById('banner-close').click()")
+        .await;
+    assert_eq!(
+        browser
+            .eval("(() => { const b = document.getElementById('banner'); return [b.hidden, getComputedStyle(b).display, b.offsetHeight]; })()")
+            .await,
+        serde_json::json!([true, "none", 0]),
+        "a dismissed banner takes no room"
+    );
 
     // The hostile place is text: in the list, in the popup; no element made from it.
     let hostile_id = first["features"][0]["id"].as_str().unwrap();
@@ -321,9 +379,9 @@ async fn live_map_in_headless_chromium() {
         .await;
     assert_eq!(in_list, true);
     browser
-        .eval(&format!(
-            "document.querySelector('path.quake-marker[data-id=\"{hostile_id}\"]').dispatchEvent(new MouseEvent('click', {{ bubbles: true, clientX: 5, clientY: 5 }}))"
-        ))
+        .eval(&click_marker(&format!(
+            "path.quake-marker[data-id=\"{hostile_id}\"]"
+        )))
         .await;
     let popup = browser
         .wait_for(
@@ -332,6 +390,52 @@ async fn live_map_in_headless_chromium() {
         )
         .await;
     assert_eq!(popup, HOSTILE);
+    // What a person reads in the popup: a label and a value on each row (the rows once read
+    // "[object HTMLElement],[object HTMLElement]").
+    let hostile = &first["features"][0];
+    let props = &hostile["properties"];
+    let time_ms = props["time"].as_i64().unwrap();
+    let local_time = browser
+        .eval(&format!(
+            "new Date({time_ms}).toLocaleString(undefined, {{ dateStyle: 'medium', timeStyle: 'medium' }})"
+        ))
+        .await;
+    let expected_rows = [
+        format!(
+            "Magnitude {:.1} {}",
+            props["mag"].as_f64().unwrap(),
+            props["magType"].as_str().unwrap()
+        ),
+        format!(
+            "Depth {:.1} km",
+            hostile["geometry"]["coordinates"][2].as_f64().unwrap()
+        ),
+        format!(
+            "Time (UTC) {}",
+            chrono::DateTime::from_timestamp_millis(time_ms)
+                .unwrap()
+                .format("%Y-%m-%d %H:%M:%S UTC")
+        ),
+        format!("Local time {}", local_time.as_str().unwrap()),
+        format!("Status {}", props["status"].as_str().unwrap()),
+    ];
+    let rows: Vec<String> = browser
+        .eval(POPUP_ROWS)
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    for row in &expected_rows {
+        assert!(rows.contains(row), "popup row {row:?} in {rows:#?}");
+    }
+    assert_eq!(
+        browser.eval(OBJECT_TEXT).await,
+        false,
+        "no [object …] on the page"
+    );
+    browser.screenshot(&out.join("map-popup.png")).await;
     assert_eq!(
         browser
             .eval("document.querySelectorAll('img[src=\"x\"]').length")
@@ -573,6 +677,69 @@ async fn live_map_in_headless_chromium() {
         "on a phone the panel sits below the map"
     );
     browser.viewport(1280, 860, false).await;
+
+    // ---- a phone, from a fresh load --------------------------------------------------------
+    let phone = Browser::start(390, 844).await;
+    phone.viewport(390, 844, true).await;
+    phone.goto(&format!("{base}/")).await;
+    phone
+        .wait_for(
+            "document.body.dataset.ready === 'true'",
+            Duration::from_secs(30),
+        )
+        .await;
+    phone
+        .wait_for(
+            &format!("{MARKERS} === {}", all_events.len()),
+            Duration::from_secs(30),
+        )
+        .await;
+    // The first view shows where the events are: most of them on the small map.
+    let in_view = phone.eval(MARKERS_IN_VIEW).await.as_u64().unwrap() as usize;
+    assert!(
+        in_view * 2 > all_events.len(),
+        "{in_view} of {} markers in the phone's first view",
+        all_events.len()
+    );
+    assert_outlines_unbroken(&phone.eval(OUTLINE_STEPS).await);
+    assert_eq!(phone.eval(BANNER_HONEST).await, true, "no empty banner");
+    phone
+        .eval(&click_marker(&format!(
+            "path.quake-marker[data-id=\"{NEW_ID}\"]"
+        )))
+        .await;
+    phone
+        .wait_for(
+            "document.querySelector('.leaflet-popup-content h3')?.textContent === 'A brand-new test quake'",
+            Duration::from_secs(10),
+        )
+        .await;
+    let rows: Vec<String> = phone
+        .eval(POPUP_ROWS)
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        rows.iter().any(|r| r.starts_with("Magnitude 3.3 "))
+            && rows
+                .iter()
+                .any(|r| r.starts_with("Depth ") && r.ends_with(" km"))
+            && rows.iter().any(|r| r.starts_with("Time (UTC) 2025-"))
+            && rows.iter().any(|r| r.starts_with("Status ")),
+        "{rows:#?}"
+    );
+    assert_eq!(
+        phone.eval(OBJECT_TEXT).await,
+        false,
+        "no [object …] on the phone"
+    );
+    phone.screenshot(&out.join("map-phone-popup.png")).await;
+    assert_eq!(phone.dialogs(), Vec::<String>::new(), "no dialog opened");
+    assert_eq!(phone.problems(), Vec::<String>::new());
+    drop(phone);
 
     // ---- the pipeline monitor --------------------------------------------------------------
     browser.goto(&format!("{base}/pipeline")).await;

@@ -25,14 +25,15 @@ use super::{
     dedupe::Dedupe,
     fetch::{FetchError, Fetched, Fetcher, HttpConfig},
     geojson,
+    outlet::Outlet,
     publish::{self, Profile, Publisher, published_of},
 };
 use crate::{
     error::{Error, Result},
-    kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer, reader},
+    kafka::{KafkaSettings, reader},
     metrics::SourceMetrics,
     record::{format_millis, parse_millis},
-    runtime::Backoff,
+    runtime::{Backoff, Context},
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -260,27 +261,27 @@ pub async fn run(
         metrics,
     } = target;
     request.validate()?;
-    let topic: TopicName = config.topic.parse()?;
-    let admin = Admin::connect(settings).await?;
-    admin.ensure_topics(&[topic.clone(), dlq.parse()?]).await?;
+    let ctx = Context::new(settings, dlq, data_dir, shutdown.clone());
+    let outlet = Outlet::open(
+        &ctx,
+        "backfill",
+        &config.topic,
+        &config.url,
+        metrics.clone(),
+    )
+    .await?;
 
     let fingerprint = request.fingerprint(&config.url);
     let path = checkpoint_path(data_dir, &fingerprint);
     let mut checkpoint = load_checkpoint(&path, &fingerprint);
 
-    let dedupe = rebuild(settings, topic.as_str(), &request).await?;
+    let dedupe = rebuild(settings, outlet.topic(), &request).await?;
     let mut run = Run {
         fetcher: Fetcher::new(&config.url, &config.http).map_err(|e| Error::Config {
             origin: "backfill.url".into(),
             message: e.to_string(),
         })?,
-        publisher: Publisher::new(
-            Producer::new(settings)?,
-            topic.as_str(),
-            dlq,
-            Profile::Quakes,
-            "backfill",
-        ),
+        publisher: Publisher::new(outlet, Profile::Quakes),
         config: config.clone(),
         request: request.clone(),
         dedupe,
@@ -303,7 +304,7 @@ pub async fn run(
 
     while let Some((start, end)) = queue.pop_front() {
         if shutdown.is_cancelled() {
-            run.publisher.flush()?;
+            run.publisher.outlet().flush()?;
             return Ok(run.report);
         }
         let count = tokio::select! {
@@ -326,7 +327,7 @@ pub async fn run(
         save_checkpoint(&path, &checkpoint)?;
         progress(&run.report, finished(&checkpoint));
     }
-    run.publisher.flush()?;
+    run.publisher.outlet().flush()?;
     run.report.complete = true;
     Ok(run.report)
 }
@@ -436,20 +437,16 @@ impl Run {
     async fn publish(&mut self, parsed: geojson::Parsed, url: &str) -> Result<()> {
         for rejected in &parsed.rejected {
             self.publisher
-                .dead_letter(None, &rejected.reason, url, &rejected.raw)
+                .outlet()
+                .dead_letter_from(url, None, &rejected.reason, rejected.raw.as_bytes())
                 .await?;
-            self.metrics.dead_letters.inc();
         }
         self.report.events += parsed.quakes.len() as u64;
         let plan = publish::plan(&mut self.dedupe, parsed.quakes, parsed.metadata.generated);
         self.report.duplicates += plan.duplicates;
         self.metrics.duplicates.add(plan.duplicates);
-        let outgoing = plan.outgoing;
-        for result in self.publisher.publish(&outgoing).await {
-            result?;
-            self.report.published += 1;
-            self.metrics.published.inc();
-        }
+        self.publisher.publish(&plan.outgoing).await?;
+        self.report.published += plan.outgoing.len() as u64;
         Ok(())
     }
 }

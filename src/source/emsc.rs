@@ -21,16 +21,16 @@ use tokio_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
 use super::{
     SourceSettings,
     dedupe::Dedupe,
+    outlet::Outlet,
     publish::{self, Profile, Publisher},
 };
 use crate::{
     config::duration,
     error::{Error, Result},
-    kafka::{TopicName, producer::Producer},
+    kafka::TopicName,
     metrics::SourceMetrics,
     record::{Millis, Quake},
-    runtime::Backoff,
-    runtime::{About, Context, ensure_topics},
+    runtime::{About, Backoff, Context},
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -268,11 +268,11 @@ async fn session(
                 match frame {
                     Ok(Message::Text(text)) => {
                         backoff.reset();
-                        handle(text.as_str(), &config.url, publisher, dedupe, metrics).await?;
+                        handle(text.as_str(), publisher, dedupe, metrics).await?;
                     }
                     Ok(Message::Binary(bytes)) => {
                         let raw = String::from_utf8_lossy(&bytes).into_owned();
-                        dead_letter(publisher, metrics, "a binary frame, not a text message", &config.url, &raw).await?;
+                        dead_letter(publisher, "a binary frame, not a text message", &raw).await?;
                     }
                     Ok(Message::Close(_)) => return Ok(()),
                     Ok(_) => {}
@@ -300,22 +300,18 @@ async fn session(
 
 async fn dead_letter(
     publisher: &Publisher,
-    metrics: &SourceMetrics,
     reason: &str,
-    url: &str,
     raw: &str,
 ) -> std::result::Result<(), Failure> {
     publisher
-        .dead_letter(None, reason, url, raw)
+        .outlet()
+        .dead_letter(None, reason, raw.as_bytes())
         .await
-        .map_err(|e| ("publish", e.to_string()))?;
-    metrics.dead_letters.inc();
-    Ok(())
+        .map_err(|e| ("publish", e.to_string()))
 }
 
 async fn handle(
     text: &str,
-    url: &str,
     publisher: &Publisher,
     dedupe: &mut Dedupe,
     metrics: &SourceMetrics,
@@ -323,24 +319,17 @@ async fn handle(
     metrics.polls.inc();
     let quake = match normalize(text) {
         Ok((_, quake)) => quake,
-        Err(reason) => return dead_letter(publisher, metrics, &reason, url, text).await,
+        Err(reason) => return dead_letter(publisher, &reason, text).await,
     };
     let plan = publish::plan(dedupe, vec![quake], None);
     metrics.duplicates.add(plan.duplicates);
-    let now = chrono::Utc::now().timestamp_millis();
-    for (item, result) in plan
-        .outgoing
-        .iter()
-        .zip(publisher.publish(&plan.outgoing).await)
-    {
-        result.map_err(|e| ("publish", e.to_string()))?;
-        metrics.published.inc();
-        metrics.origin_delay.observe_ms(now - item.revision.time_ms);
-        metrics
-            .update_delay
-            .observe_ms(now - item.revision.updated_ms);
-    }
-    metrics.last_success_ms.set(now);
+    publisher
+        .publish(&plan.outgoing)
+        .await
+        .map_err(|e| ("publish", e.to_string()))?;
+    metrics
+        .last_success_ms
+        .set(chrono::Utc::now().timestamp_millis());
     Ok(())
 }
 
@@ -357,23 +346,17 @@ impl SourceSettings for EmscConfig {
     /// Runs the source until `shutdown`, reconnecting as needed.
     async fn run(&self, ctx: &Context, metrics: Arc<SourceMetrics>) -> Result<()> {
         let config = self;
-        let (dlq, settings, shutdown) = (ctx.dlq.as_str(), &ctx.kafka, ctx.shutdown.clone());
+        let (settings, shutdown) = (&ctx.kafka, ctx.shutdown.clone());
         config.validate().map_err(Error::config("config"))?;
-        let topic: TopicName = config.topic.parse()?;
-        ensure_topics(ctx, &[topic.to_string()]).await?;
-        let mut publisher = Publisher::new(
-            Producer::new(settings)?,
-            topic.as_str(),
-            dlq,
-            Profile::Quakes,
-            "emsc",
-        );
+        let outlet = Outlet::open(ctx, "emsc", &config.topic, &config.url, metrics.clone()).await?;
+        let topic = outlet.topic().to_string();
+        let mut publisher = Publisher::new(outlet, Profile::Quakes);
         let mut dedupe = None;
         let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
         tracing::info!(url = %config.url, topic = %topic, "emsc source started");
         loop {
             if dedupe.is_none() {
-                match publish::rebuild_dedupe(settings, topic.as_str()).await {
+                match publish::rebuild_dedupe(settings, &topic).await {
                     Ok((d, _, read)) => {
                         tracing::info!(
                             records = read,
@@ -403,7 +386,7 @@ impl SourceSettings for EmscConfig {
             };
             if kind == "publish" {
                 dedupe = None;
-                publisher.reset(settings)?;
+                publisher.outlet_mut().reset()?;
             }
             metrics.error(kind);
             let wait = backoff.next(None);
@@ -413,7 +396,7 @@ impl SourceSettings for EmscConfig {
                 () = tokio::time::sleep(wait) => {}
             }
         }
-        publisher.flush()?;
+        publisher.outlet().flush()?;
         Ok(())
     }
 }

@@ -28,20 +28,17 @@ use serde_json::{Map, Value};
 use super::{
     SourceSettings,
     fetch::{Fetched, Fetcher, HttpConfig},
+    outlet::{Outlet, Rebuild, Resuming},
     schedule::{self, Ended},
 };
 use crate::{
     config::duration,
     error::{Error, Result},
     fields::{self, lookup},
-    kafka::{KafkaSettings, TopicName, producer::Producer, reader},
+    kafka::TopicName,
     metrics::SourceMetrics,
-    record::DeadLetter,
-    runtime::{About, Context, ensure_topics},
+    runtime::{About, Context},
 };
-
-/// Header holding a record's key and version, `key\u{1f}version`, read back at start.
-pub const H_RECORD: &str = "qs-record";
 
 /// The tutorials' APIs, ready to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -457,40 +454,12 @@ type PollError = schedule::PollError<BodyError>;
 
 struct Poller {
     name: String,
-    url: String,
-    topic: String,
-    dlq: String,
     fetcher: Fetcher,
     mapping: Mapping,
-    producer: Producer,
-    settings: KafkaSettings,
+    outlet: Outlet,
     /// `key\u{1f}version` of every record in the topic.
     seen: HashSet<String>,
-    needs_rebuild: bool,
     metrics: Arc<SourceMetrics>,
-}
-
-/// The [`H_RECORD`] header of every message in `topic`: what a source already published.
-pub async fn read_back(settings: &KafkaSettings, topic: &str) -> Result<HashSet<String>> {
-    let (settings, topic) = (settings.clone(), topic.to_string());
-    tokio::task::spawn_blocking(move || {
-        let mut seen = HashSet::new();
-        reader::scan(&settings, &topic, |m| {
-            use rdkafka::message::{Headers, Message};
-            if let Some(h) = m.headers() {
-                for header in h.iter() {
-                    if header.key == H_RECORD
-                        && let Some(v) = header.value.and_then(|v| std::str::from_utf8(v).ok())
-                    {
-                        seen.insert(v.to_string());
-                    }
-                }
-            }
-        })?;
-        Ok::<_, Error>(seen)
-    })
-    .await
-    .map_err(|e| Error::Broker(format!("read-back task failed: {e}")))?
 }
 
 /// The request URL: the configured one with its query parameters (secrets resolved).
@@ -506,37 +475,27 @@ pub fn request_url(config: &HttpSourceConfig) -> std::result::Result<String, Str
     Ok(url.to_string())
 }
 
-impl schedule::Poll for Poller {
-    type Error = PollError;
-    fn poll(
+impl Rebuild for Poller {
+    type Body = BodyError;
+
+    fn outlet(&mut self) -> &mut Outlet {
+        &mut self.outlet
+    }
+
+    async fn rebuild(&mut self) -> Result<()> {
+        self.seen = self.outlet.published_records().await?;
+        tracing::info!(source = %self.name, records = self.seen.len(), "http source: state rebuilt from {}", self.outlet.topic());
+        Ok(())
+    }
+
+    fn poll_once(
         &mut self,
     ) -> impl std::future::Future<Output = std::result::Result<(), PollError>> + Send {
-        self.poll_or_rebuild()
+        self.poll()
     }
 }
 
 impl Poller {
-    async fn poll_or_rebuild(&mut self) -> std::result::Result<(), PollError> {
-        if self.needs_rebuild {
-            self.rebuild().await.map_err(PollError::Publish)?;
-        }
-        let result = self.poll().await;
-        if matches!(result, Err(PollError::Publish(_))) {
-            self.needs_rebuild = true;
-            self.producer.purge();
-            self.producer = Producer::new(&self.settings).map_err(PollError::Publish)?;
-        }
-        result
-    }
-
-    async fn rebuild(&mut self) -> Result<()> {
-        let seen = read_back(&self.settings, &self.topic).await?;
-        tracing::info!(source = %self.name, records = seen.len(), "http source: state rebuilt from {}", self.topic);
-        self.seen = seen;
-        self.needs_rebuild = false;
-        Ok(())
-    }
-
     async fn poll(&mut self) -> std::result::Result<(), PollError> {
         self.metrics.polls.inc();
         let body = match self.fetcher.fetch().await? {
@@ -549,20 +508,10 @@ impl Poller {
         };
         let extracted = self.mapping.extract(&body).map_err(PollError::Body)?;
         for (key, reason, raw) in &extracted.rejected {
-            let letter = DeadLetter {
-                reason: reason.clone(),
-                source: self.name.clone(),
-                topic: Some(self.url.clone()),
-                partition: None,
-                offset: None,
-                payload: raw.clone(),
-            };
-            let value = serde_json::to_vec(&letter).unwrap_or_default();
-            self.producer
-                .send(&self.dlq, key.as_deref(), &value, None)
+            self.outlet
+                .dead_letter(key.as_deref(), reason, raw.as_bytes())
                 .await
                 .map_err(PollError::Publish)?;
-            self.metrics.dead_letters.inc();
         }
         let mut published = 0;
         for record in extracted.records {
@@ -572,21 +521,11 @@ impl Poller {
                 continue;
             }
             let value = serde_json::to_vec(&record.value).unwrap_or_default();
-            self.producer
-                .send_with_headers(
-                    &self.topic,
-                    Some(&record.key),
-                    &value,
-                    record.time_ms,
-                    &[(H_RECORD, id.as_bytes())],
-                )
+            self.outlet
+                .send_record(&record.key, &id, &value, record.time_ms)
                 .await
                 .map_err(PollError::Publish)?;
-            if let Some(t) = record.time_ms {
-                self.metrics.origin_delay.observe_ms(now_ms() - t);
-            }
             self.seen.insert(id);
-            self.metrics.published.inc();
             published += 1;
         }
         self.fetcher.accept();
@@ -624,7 +563,6 @@ impl SourceSettings for HttpSourceConfig {
     /// Runs the source until `shutdown`, or until its `duration` is over.
     async fn run(&self, ctx: &Context, metrics: Arc<SourceMetrics>) -> Result<()> {
         let config = self;
-        let (dlq, settings, shutdown) = (ctx.dlq.as_str(), &ctx.kafka, ctx.shutdown.clone());
         let c = config.resolved();
         let invalid = |message: String| Error::Config {
             origin: format!("[[http]] {}", c.name),
@@ -652,24 +590,20 @@ impl SourceSettings for HttpSourceConfig {
                 .map_err(|e| invalid(format!("header {k}: {e}")))?;
             headers.insert(name, value);
         }
-        let topic: TopicName = c.topic.parse()?;
-        ensure_topics(ctx, &[topic.to_string()]).await?;
-        let mut poller = Poller {
+        let fetcher =
+            Fetcher::with_headers(&url, &c.http, headers).map_err(|e| invalid(e.to_string()))?;
+        let mapping = Mapping::new(&c).map_err(&invalid)?;
+        // The URL without its query (it may hold an API key) in dead letters and logs.
+        let outlet = Outlet::open(ctx, &c.name, &c.topic, &c.url, metrics.clone()).await?;
+        tracing::info!(source = %c.name, url = %c.url, topic = %c.topic, interval = %humantime::format_duration(c.interval()), "http source started");
+        let mut poller = Resuming::new(Poller {
             name: c.name.clone(),
-            fetcher: Fetcher::with_headers(&url, &c.http, headers)
-                .map_err(|e| invalid(e.to_string()))?,
-            url: c.url.clone(),
-            topic: topic.to_string(),
-            dlq: dlq.to_string(),
-            mapping: Mapping::new(&c).map_err(&invalid)?,
-            producer: Producer::new(settings)?,
-            settings: settings.clone(),
+            fetcher,
+            mapping,
+            outlet,
             seen: HashSet::new(),
-            needs_rebuild: true,
             metrics: metrics.clone(),
-        };
-        // The URL without its query: it may hold an API key.
-        tracing::info!(source = %c.name, url = %c.url, topic = %topic, interval = %humantime::format_duration(c.interval()), "http source started");
+        });
         let deadline = c.duration.map(|d| tokio::time::Instant::now() + d);
         let ended = schedule::every(
             &c.name,
@@ -677,11 +611,11 @@ impl SourceSettings for HttpSourceConfig {
             &c.http,
             deadline,
             &metrics,
-            &shutdown,
+            &ctx.shutdown,
             &mut poller,
         )
         .await;
-        poller.producer.flush()?;
+        poller.source.outlet.flush()?;
         if ended == Ended::Deadline {
             tracing::info!(source = %c.name, "http source: duration over; stopped");
         }

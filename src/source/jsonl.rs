@@ -38,15 +38,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     SourceSettings,
-    http::{H_RECORD, read_back},
+    outlet::{H_RECORD, Outlet},
 };
 use crate::{
     error::{Error, Result},
     fields::lookup,
-    kafka::{TopicName, producer::Producer},
+    kafka::TopicName,
     metrics::SourceMetrics,
-    record::DeadLetter,
-    runtime::{About, Context, ensure_topics},
+    runtime::{About, Context},
 };
 
 /// How often a followed file is checked for new lines.
@@ -470,10 +469,8 @@ type Sending = BoxFuture<'static, (Sent, Result<()>)>;
 /// Publishes lines: dedupe, the send window, dead letters, counters.
 struct Publisher<'c> {
     config: &'c JsonlConfig,
-    producer: Producer,
+    outlet: Outlet,
     topic: Arc<str>,
-    dlq: String,
-    origin: String,
     /// The [`H_RECORD`] of every record in the topic or on its way there.
     seen: HashSet<String>,
     in_flight: FuturesUnordered<Sending>,
@@ -507,7 +504,11 @@ impl Publisher<'_> {
             time_ms: record.time_ms,
             payload,
         };
-        let (producer, topic, key) = (self.producer.clone(), self.topic.clone(), record.key);
+        let (producer, topic, key) = (
+            self.outlet.producer().clone(),
+            self.topic.clone(),
+            record.key,
+        );
         let mut sending: Sending = Box::pin(async move {
             let result = producer
                 .send_with_headers(
@@ -554,12 +555,7 @@ impl Publisher<'_> {
     async fn settle(&mut self, sent: Sent, result: Result<()>) -> Result<()> {
         match result {
             Ok(()) => {
-                let now = chrono::Utc::now().timestamp_millis();
-                self.metrics.published.inc();
-                self.metrics.last_success_ms.set(now);
-                if let Some(t) = sent.time_ms {
-                    self.metrics.origin_delay.observe_ms(now - t);
-                }
+                self.outlet.published(sent.time_ms);
                 Ok(())
             }
             // No retry can deliver it: a dead letter, not a failed run (and the same again
@@ -579,25 +575,10 @@ impl Publisher<'_> {
     }
 
     async fn dead_letter(&mut self, reason: String, raw: &[u8]) -> Result<()> {
-        let letter = DeadLetter {
-            reason,
-            source: "jsonl".into(),
-            topic: Some(self.origin.clone()),
-            partition: None,
-            offset: None,
-            payload: String::from_utf8_lossy(&raw[..raw.len().min(PREVIEW)]).into_owned(),
-        };
         // At least once: a restart dead-letters the same lines again.
-        self.producer
-            .send(
-                &self.dlq,
-                None,
-                &serde_json::to_vec(&letter).unwrap_or_default(),
-                None,
-            )
-            .await?;
-        self.metrics.dead_letters.inc();
-        Ok(())
+        self.outlet
+            .dead_letter(None, &reason, &raw[..raw.len().min(PREVIEW)])
+            .await
     }
 }
 
@@ -708,24 +689,21 @@ impl SourceSettings for JsonlConfig {
     /// Runs the source until the input is read to its end (with `follow`: until `shutdown`).
     async fn run(&self, ctx: &Context, metrics: Arc<SourceMetrics>) -> Result<()> {
         let config = self;
-        let (dlq, settings, shutdown) = (ctx.dlq.as_str(), &ctx.kafka, ctx.shutdown.clone());
+        let shutdown = ctx.shutdown.clone();
         config.validate().map_err(Error::config("config"))?;
-        let topic: TopicName = config.topic.parse()?;
         let file = if config.is_stdin() {
             None
         } else {
             Some(open(&config.file).await?)
         };
-        ensure_topics(ctx, &[topic.to_string()]).await?;
-        let seen = read_back(settings, topic.as_str()).await?;
         let origin = config.origin();
-        tracing::info!(input = %origin, topic = %topic, published_before = seen.len(), "jsonl source started");
+        let outlet = Outlet::open(ctx, "jsonl", &config.topic, &origin, metrics.clone()).await?;
+        let seen = outlet.published_records().await?;
+        tracing::info!(input = %origin, topic = %config.topic, published_before = seen.len(), "jsonl source started");
         let mut out = Publisher {
             config,
-            producer: Producer::new(settings)?,
-            topic: Arc::from(topic.as_str()),
-            dlq: dlq.to_string(),
-            origin: origin.clone(),
+            topic: Arc::from(outlet.topic()),
+            outlet,
             seen,
             in_flight: FuturesUnordered::new(),
             in_flight_bytes: 0,
@@ -744,7 +722,7 @@ impl SourceSettings for JsonlConfig {
             }
         }
         out.drain().await?;
-        out.producer.flush()?;
+        out.outlet.flush()?;
         tracing::info!(
             input = %origin,
             published = metrics.published.get(),

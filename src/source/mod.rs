@@ -13,7 +13,9 @@
 //! - [`fetch`]: the HTTP poller every source shares (conditional requests, gzip, size cap,
 //!   timeouts, retries with backoff and jitter, `Retry-After`).
 //! - [`dedupe`]: one message per (event, revision), state rebuilt from the topic.
-//! - [`publish`]: writing records, dead letters and output profiles to Kafka.
+//! - [`outlet`]: the one way a source writes (its topic, dead letters, a new producer after a
+//!   failed publish) and the rebuild of what it published.
+//! - [`publish`]: quakes under their output profiles, through the outlet.
 
 pub mod backfill;
 pub mod dedupe;
@@ -22,6 +24,7 @@ pub mod fetch;
 pub mod geojson;
 pub mod http;
 pub mod jsonl;
+pub mod outlet;
 pub mod publish;
 pub mod schedule;
 pub mod turnstile;

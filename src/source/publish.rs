@@ -12,12 +12,11 @@ use rdkafka::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::dedupe::{Decision, Dedupe, Published, Revision};
-use crate::{
-    error::Result,
-    kafka::producer::{Delivery, Producer},
-    record::{DeadLetter, Quake},
+use super::{
+    dedupe::{Decision, Dedupe, Published, Revision},
+    outlet::Outlet,
 };
+use crate::{error::Result, kafka::producer::Delivery, record::Quake};
 
 /// Header: every id of the event, comma-separated, preferred first.
 pub const H_IDS: &str = "qs-ids";
@@ -79,34 +78,27 @@ pub struct Outgoing {
     pub generated_ms: Option<i64>,
 }
 
-#[derive(Clone)]
+/// Writes normalized quakes under an output profile, through the source's [`Outlet`].
 pub struct Publisher {
-    producer: Producer,
-    topic: String,
-    dlq: String,
+    outlet: Outlet,
     profile: Profile,
-    source: String,
 }
 
 impl Publisher {
-    pub fn new(
-        producer: Producer,
-        topic: &str,
-        dlq: &str,
-        profile: Profile,
-        source: &str,
-    ) -> Publisher {
-        Publisher {
-            producer,
-            topic: topic.to_string(),
-            dlq: dlq.to_string(),
-            profile,
-            source: source.to_string(),
-        }
+    pub fn new(outlet: Outlet, profile: Profile) -> Publisher {
+        Publisher { outlet, profile }
     }
 
     pub fn topic(&self) -> &str {
-        &self.topic
+        self.outlet.topic()
+    }
+
+    pub fn outlet(&self) -> &Outlet {
+        &self.outlet
+    }
+
+    pub fn outlet_mut(&mut self) -> &mut Outlet {
+        &mut self.outlet
     }
 
     pub fn profile(&self) -> Profile {
@@ -132,9 +124,26 @@ impl Publisher {
         rendered.unwrap_or_default()
     }
 
-    /// Publishes records concurrently; results are in input order.
-    pub async fn publish(&self, items: &[Outgoing]) -> Vec<Result<Delivery>> {
-        join_all(items.iter().map(|item| self.publish_one(item))).await
+    /// Publishes records concurrently and counts each one acknowledged (with its delays since
+    /// the origin time and the revision); the first failure, once every send has settled.
+    pub async fn publish(&self, items: &[Outgoing]) -> Result<()> {
+        let results = join_all(items.iter().map(|item| self.publish_one(item))).await;
+        let metrics = self.outlet.metrics();
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut failure = None;
+        for (item, result) in items.iter().zip(results) {
+            match result {
+                Ok(_) => {
+                    metrics.published.inc();
+                    metrics.origin_delay.observe_ms(now - item.revision.time_ms);
+                    metrics
+                        .update_delay
+                        .observe_ms(now - item.revision.updated_ms);
+                }
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        failure.map_or(Ok(()), Err)
     }
 
     async fn publish_one(&self, item: &Outgoing) -> Result<Delivery> {
@@ -154,9 +163,8 @@ impl Publisher {
         if let Some(g) = &generated {
             headers.push((H_GENERATED, g.as_bytes()));
         }
-        self.producer
-            .send_with_headers(
-                &self.topic,
+        self.outlet
+            .send(
                 Some(&item.key),
                 &value,
                 Some(item.revision.time_ms),
@@ -168,52 +176,14 @@ impl Publisher {
     /// Publishes a whole feed body (the `raw-feed` profile).
     pub async fn publish_raw(&self, key: &str, body: &[u8], generated_ms: i64) -> Result<Delivery> {
         let generated = generated_ms.to_string();
-        self.producer
-            .send_with_headers(
-                &self.topic,
+        self.outlet
+            .send(
                 Some(key),
                 body,
                 Some(generated_ms),
                 &[(H_GENERATED, generated.as_bytes())],
             )
             .await
-    }
-
-    /// Sends an input that could not be handled to the dead-letter topic, with the reason.
-    pub async fn dead_letter(
-        &self,
-        key: Option<&str>,
-        reason: &str,
-        origin: &str,
-        payload: &str,
-    ) -> Result<Delivery> {
-        let letter = DeadLetter {
-            reason: reason.to_string(),
-            source: self.source.clone(),
-            topic: Some(origin.to_string()),
-            partition: None,
-            offset: None,
-            payload: payload.to_string(),
-        };
-        let value = serde_json::to_vec(&letter).unwrap_or_default();
-        self.producer.send(&self.dlq, key, &value, None).await
-    }
-
-    pub fn flush(&self) -> Result<()> {
-        self.producer.flush()
-    }
-
-    /// Replaces the producer after a failed publish. Every send of the failed batch has
-    /// already reported its result, so the old producer holds nothing that could still land;
-    /// a new one gets a new producer id, which a broker that lost or never had the old one's
-    /// state (a restart, a fatal idempotence error) accepts.
-    pub fn reset(&mut self, settings: &crate::kafka::KafkaSettings) -> Result<()> {
-        if let Some(reason) = self.producer.fatal_error() {
-            tracing::warn!(%reason, "the producer failed fatally");
-        }
-        self.producer.purge();
-        self.producer = Producer::new(settings)?;
-        Ok(())
     }
 }
 

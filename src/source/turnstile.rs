@@ -25,17 +25,14 @@ use chrono::{FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{
-    SourceSettings,
-    http::{H_RECORD, read_back},
-};
+use super::{SourceSettings, outlet::Outlet};
 use crate::{
     config::duration,
     error::{Error, Result},
-    kafka::{TopicName, producer::Producer},
+    kafka::TopicName,
     metrics::{Counter, SourceMetrics},
-    record::{DeadLetter, format_millis},
-    runtime::{About, Context, ensure_topics},
+    record::format_millis,
+    runtime::{About, Context},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -429,15 +426,18 @@ impl SourceSettings for TurnstileConfig {
     /// `count` messages, or Ctrl+C).
     async fn run(&self, ctx: &Context, metrics: Arc<SourceMetrics>) -> Result<()> {
         let config = self;
-        let (dlq, settings, shutdown) = (ctx.dlq.as_str(), &ctx.kafka, ctx.shutdown.clone());
+        let shutdown = &ctx.shutdown;
         let invalid = |message: String| Error::Config {
             origin: "[turnstile]".into(),
             message,
         };
         config.validate().map_err(invalid)?;
-        let topic: TopicName = config.topic.parse()?;
-        ensure_topics(ctx, &[topic.to_string()]).await?;
-        let producer = Producer::new(settings)?;
+        let origin = match config.mode {
+            Mode::Synthetic => "synthetic".to_string(),
+            Mode::Replay => config.file.display().to_string(),
+        };
+        let outlet =
+            Outlet::open(ctx, "turnstile", &config.topic, &origin, metrics.clone()).await?;
         match config.mode {
             Mode::Synthetic => {
                 let mut rng = (chrono::Utc::now().timestamp_nanos_opt().unwrap_or(1) as u64) | 1;
@@ -446,13 +446,8 @@ impl SourceSettings for TurnstileConfig {
                     let now = chrono::Utc::now().timestamp_millis();
                     let message = synthetic(n, now, &mut rng);
                     let key = message["ID"].as_str().unwrap_or_default().to_string();
-                    producer
-                        .send(
-                            topic.as_str(),
-                            Some(&key),
-                            message.to_string().as_bytes(),
-                            Some(now),
-                        )
+                    outlet
+                        .send(Some(&key), message.to_string().as_bytes(), Some(now), &[])
                         .await?;
                     metrics.published.inc();
                     metrics.polls.inc();
@@ -469,28 +464,12 @@ impl SourceSettings for TurnstileConfig {
                 let counts = Counts::default();
                 let (intervals, bad) = intervals(&bytes, config, &counts)
                     .map_err(|m| invalid(format!("{}: {m}", config.file.display())))?;
-                let seen: HashSet<String> = read_back(settings, topic.as_str()).await?;
-                let origin = config.file.display().to_string();
+                let seen: HashSet<String> = outlet.published_records().await?;
                 for (line, reason, raw) in &bad {
-                    let letter = DeadLetter {
-                        reason: format!("line {line}: {reason}"),
-                        source: "turnstile".into(),
-                        topic: Some(origin.clone()),
-                        partition: None,
-                        offset: None,
-                        payload: raw.clone(),
-                    };
                     // At least once: a restart dead-letters the same rows again.
-                    producer
-                        .send_with_headers(
-                            dlq,
-                            None,
-                            &serde_json::to_vec(&letter).unwrap_or_default(),
-                            None,
-                            &[],
-                        )
+                    outlet
+                        .dead_letter(None, &format!("line {line}: {reason}"), raw.as_bytes())
                         .await?;
-                    metrics.dead_letters.inc();
                 }
                 for interval in &intervals {
                     if shutdown.is_cancelled() {
@@ -502,16 +481,8 @@ impl SourceSettings for TurnstileConfig {
                         continue;
                     }
                     let at = crate::record::parse_millis(&interval.timestamp);
-                    producer
-                        .send_with_headers(
-                            topic.as_str(),
-                            Some(&interval.id),
-                            &serde_json::to_vec(interval).unwrap_or_default(),
-                            at,
-                            &[(H_RECORD, id.as_bytes())],
-                        )
-                        .await?;
-                    metrics.published.inc();
+                    let value = serde_json::to_vec(interval).unwrap_or_default();
+                    outlet.send_record(&interval.id, &id, &value, at).await?;
                 }
                 metrics.polls.inc();
                 metrics
@@ -530,7 +501,7 @@ impl SourceSettings for TurnstileConfig {
                 );
             }
         }
-        producer.flush()?;
+        outlet.flush()?;
         Ok(())
     }
 }

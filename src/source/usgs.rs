@@ -20,15 +20,15 @@ use super::{
     dedupe::Dedupe,
     fetch::{Fetched, Fetcher, HttpConfig},
     geojson::{self, FeedError},
+    outlet::{Outlet, Rebuild, Resuming},
     publish::{self, Profile, Publisher},
     schedule,
 };
 use crate::{
     config::duration,
     error::{Error, Result},
-    kafka::{KafkaSettings, TopicName, producer::Producer},
     metrics::SourceMetrics,
-    runtime::{About, Context, ensure_topics},
+    runtime::{About, Context},
 };
 
 /// The summary feeds' base URL.
@@ -159,48 +159,24 @@ struct Poller {
     url: String,
     fetcher: Fetcher,
     publisher: Publisher,
-    settings: KafkaSettings,
     dedupe: Dedupe,
     /// `metadata.generated` of the newest feed handled.
     last_generated: Option<i64>,
-    /// Set after a failed publish: what reached the topic is unknown until it is read back.
-    needs_rebuild: bool,
     metrics: Arc<SourceMetrics>,
 }
 
-impl schedule::Poll for Poller {
-    type Error = PollError;
-    fn poll(
-        &mut self,
-    ) -> impl std::future::Future<Output = std::result::Result<(), PollError>> + Send {
-        self.poll_or_rebuild()
-    }
-}
+impl Rebuild for Poller {
+    type Body = FeedError;
 
-impl Poller {
-    async fn poll_or_rebuild(&mut self) -> std::result::Result<(), PollError> {
-        let result = self.poll_or_rebuild_once().await;
-        if matches!(result, Err(PollError::Publish(_))) {
-            // A new producer for the next try (see `Publisher::reset`).
-            self.publisher
-                .reset(&self.settings)
-                .map_err(PollError::Publish)?;
-        }
-        result
-    }
-
-    async fn poll_or_rebuild_once(&mut self) -> std::result::Result<(), PollError> {
-        if self.needs_rebuild {
-            // Kafka may still be away: a failed read-back is retried like a failed poll.
-            self.rebuild().await.map_err(PollError::Publish)?;
-        }
-        self.poll().await
+    fn outlet(&mut self) -> &mut Outlet {
+        self.publisher.outlet_mut()
     }
 
     /// Reads back what the source already published.
     async fn rebuild(&mut self) -> Result<()> {
-        let (mut dedupe, generated, read) =
-            publish::rebuild_dedupe(&self.settings, self.publisher.topic()).await?;
+        let topic = self.publisher.topic();
+        let settings = self.publisher.outlet().settings().clone();
+        let (mut dedupe, generated, read) = publish::rebuild_dedupe(&settings, topic).await?;
         if let Some(g) = generated {
             dedupe.forget_before(g - self.horizon_ms());
         }
@@ -212,10 +188,15 @@ impl Poller {
             self.publisher.topic()
         );
         self.dedupe = dedupe;
-        self.needs_rebuild = false;
         Ok(())
     }
 
+    fn poll_once(&mut self) -> impl Future<Output = std::result::Result<(), PollError>> + Send {
+        self.poll()
+    }
+}
+
+impl Poller {
     fn horizon_ms(&self) -> i64 {
         (self.config.window() + self.config.forget_margin).as_millis() as i64
     }
@@ -274,16 +255,12 @@ impl Poller {
             return Ok(());
         }
         let key = self.config.feed.clone();
-        match self.publisher.publish_raw(&key, body, generated).await {
-            Ok(_) => {
-                self.metrics.published.inc();
-                Ok(())
-            }
-            Err(e) => {
-                self.needs_rebuild = true;
-                Err(PollError::Publish(e))
-            }
-        }
+        self.publisher
+            .publish_raw(&key, body, generated)
+            .await
+            .map_err(PollError::Publish)?;
+        self.metrics.published.inc();
+        Ok(())
     }
 
     async fn publish_records(
@@ -296,38 +273,20 @@ impl Poller {
                 .ok()
                 .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_string));
             self.publisher
-                .dead_letter(key.as_deref(), &rejected.reason, &self.url, &rejected.raw)
+                .outlet()
+                .dead_letter(key.as_deref(), &rejected.reason, rejected.raw.as_bytes())
                 .await
                 .map_err(PollError::Publish)?;
-            self.metrics.dead_letters.inc();
         }
 
         let features = parsed.quakes.len();
         let plan = publish::plan(&mut self.dedupe, parsed.quakes, generated);
         self.metrics.duplicates.add(plan.duplicates);
         let outgoing = plan.outgoing;
-
-        let results = self.publisher.publish(&outgoing).await;
-        let now = now_ms();
-        let mut failure = None;
-        for (item, result) in outgoing.iter().zip(results) {
-            match result {
-                Ok(_) => {
-                    self.metrics.published.inc();
-                    self.metrics
-                        .origin_delay
-                        .observe_ms(now - item.revision.time_ms);
-                    self.metrics
-                        .update_delay
-                        .observe_ms(now - item.revision.updated_ms);
-                }
-                Err(e) => failure = Some(e),
-            }
-        }
-        if let Some(e) = failure {
-            self.needs_rebuild = true;
-            return Err(PollError::Publish(e));
-        }
+        self.publisher
+            .publish(&outgoing)
+            .await
+            .map_err(PollError::Publish)?;
         let published = outgoing.len();
         if published > 0 || !parsed.rejected.is_empty() {
             tracing::info!(
@@ -366,29 +325,25 @@ impl SourceSettings for UsgsConfig {
     /// Runs the source until `shutdown` is cancelled.
     async fn run(&self, ctx: &Context, metrics: Arc<SourceMetrics>) -> Result<()> {
         let config = self;
-        let (dlq, settings, shutdown) = (ctx.dlq.as_str(), &ctx.kafka, ctx.shutdown.clone());
         config.validate().map_err(Error::config("usgs"))?;
-        let topic: TopicName = config.topic().parse()?;
-        ensure_topics(ctx, &[topic.to_string()]).await?;
-        let producer = Producer::new(settings)?;
         let url = config.url();
-        let mut poller = Poller {
+        let fetcher = Fetcher::new(&url, &config.http).map_err(|e| Error::Config {
+            origin: "usgs.url".into(),
+            message: e.to_string(),
+        })?;
+        let outlet = Outlet::open(ctx, "usgs", config.topic(), &url, metrics.clone()).await?;
+        let mut poller = Resuming::new(Poller {
             config: config.clone(),
-            fetcher: Fetcher::new(&url, &config.http).map_err(|e| Error::Config {
-                origin: "usgs.url".into(),
-                message: e.to_string(),
-            })?,
+            fetcher,
             url,
-            publisher: Publisher::new(producer, topic.as_str(), dlq, config.profile, "usgs"),
-            settings: settings.clone(),
+            publisher: Publisher::new(outlet, config.profile),
             dedupe: Dedupe::new(),
             last_generated: None,
-            needs_rebuild: true,
             metrics,
-        };
+        });
         tracing::info!(
-            url = %poller.url,
-            topic = %topic,
+            url = %poller.source.url,
+            topic = %poller.source.publisher.topic(),
             profile = ?config.profile,
             interval = %humantime::format_duration(config.interval()),
             "usgs source started"
@@ -396,18 +351,18 @@ impl SourceSettings for UsgsConfig {
 
         // A poll is abandoned on shutdown: what it published is in the topic, and the next start
         // reads it back, so nothing is lost or published twice.
-        let metrics = poller.metrics.clone();
+        let metrics = poller.source.metrics.clone();
         schedule::every(
             "usgs",
             config.interval(),
             &config.http,
             None,
             &metrics,
-            &shutdown,
+            &ctx.shutdown,
             &mut poller,
         )
         .await;
-        poller.publisher.flush()?;
+        poller.source.publisher.outlet().flush()?;
         tracing::info!("usgs source stopped");
         Ok(())
     }

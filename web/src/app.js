@@ -66,9 +66,15 @@
 
   // ---- the map -------------------------------------------------------------------------
 
+  /** Where people live, Antarctica left out: the first view when there are no events. */
+  const LAND = [[-56, -180], [84, 180]];
+
   async function initMap() {
     if (typeof window.L === 'undefined') return false;
-    map = L.map('map', { worldCopyJump: true, minZoom: 1, maxZoom: 12 }).setView([15, 0], 2);
+    map = L.map('map', { worldCopyJump: true, minZoom: 0, maxZoom: 12, zoomSnap: 0.25 });
+    fillWorld();
+    map.fitBounds(LAND, { animate: false });
+    map.on('resize', fillWorld);
     map.attributionControl.setPrefix(false);
     map.createPane('quakes').style.zIndex = 450;
     const cfg = state.config;
@@ -77,25 +83,151 @@
     }
     layer = L.layerGroup().addTo(map);
     legend().addTo(map);
-    map.on('moveend', queueRender);
+    map.on('moveend', () => {
+      wrapMarkers();
+      queueRender();
+    });
     try {
       const topo = await getJSON('/vendor/countries-50m.json');
-      const countries = topojson.feature(topo, topo.objects.countries);
-      L.geoJSON(countries, {
+      const { fills, outlines } = basemap(topojson.feature(topo, topo.objects.countries));
+      // Over a tile layer only the outlines are drawn; offline the land is filled too.
+      if (!cfg.tiles) {
+        L.geoJSON(fills, {
+          interactive: false,
+          style: { className: 'land', stroke: false, fillColor: '#eef2ee', fillOpacity: 1 },
+        }).addTo(map);
+      }
+      L.geoJSON(outlines, {
         interactive: false,
-        style: {
-          className: 'country',
-          color: '#7b93a8',
-          weight: 0.6,
-          fillColor: '#eef2ee',
-          fillOpacity: cfg.tiles ? 0 : 1,
-        },
+        style: { className: 'country', color: '#7b93a8', weight: 0.6, fill: false },
       }).addTo(map);
       map.attributionControl.addAttribution('Outlines: Natural Earth (world-atlas)');
     } catch (e) {
       notice(`The country outlines could not be loaded (${e.message}).`);
     }
     return true;
+  }
+
+  /**
+   * Sets the smallest zoom to the one at which the world just covers the map area (at zoom z
+   * the Mercator world is a square of 256·2^z pixels), so zooming out never leaves empty space
+   * around it. A map zoomed all the way out stays so when its size changes.
+   */
+  function fillWorld() {
+    const size = map.getSize();
+    const least = Math.max(0, Math.log2(Math.max(size.x, size.y, 1) / 256));
+    const allOut = map.getZoom() <= map.getMinZoom() + 0.01;
+    map.setMinZoom(least);
+    if (allOut && map.getZoom() !== least) map.setZoom(least, { animate: false });
+  }
+
+  // ---- the offline basemap -------------------------------------------------------------
+  // world-atlas describes the countries on a sphere: a ring may step across the antimeridian
+  // (from 179.9° to -180°), and Antarctica is the area between its coast and a ring around the
+  // South Pole. Drawn flat as they are, those steps become lines and bands across the whole
+  // map. So the land is filled from rings made continuous in longitude (closed along the pole
+  // when they go around it), and the outlines are lines cut at each step, without the pole
+  // ring, which is no coast. Both are drawn three times, 360° apart, so that the land goes on
+  // past ±180° as far as the map can show before worldCopyJump brings it back.
+
+  /** Where the world is drawn again: the view's center stays within ±180° (worldCopyJump). */
+  const COPIES = [-360, 0, 360];
+
+  /** Beyond this latitude a ring runs along a polar cap, not along a coast. */
+  const POLAR = 89.9;
+
+  /** The same ring with longitudes made continuous: no step is wider than 180°. */
+  function unwrap(ring) {
+    const out = [];
+    for (const [lon, lat] of ring) {
+      if (!out.length) {
+        out.push([lon, lat]);
+        continue;
+      }
+      const prev = out[out.length - 1][0];
+      const step = ((((lon - prev) % 360) + 540) % 360) - 180;
+      out.push([prev + step, lat]);
+    }
+    return out;
+  }
+
+  /** Points moved `by` degrees of longitude. */
+  function moved(points, by) {
+    return by ? points.map(([lon, lat]) => [lon + by, lat]) : points;
+  }
+
+  /** The flat polygon filling one polygon of the sphere (its outer ring, then its holes). */
+  function fillPolygon(rings) {
+    const kept = rings.filter((ring) => ring.some(([, lat]) => Math.abs(lat) < POLAR)).map(unwrap);
+    if (!kept.length) return null;
+    const ref = kept[0][0][0];
+    return kept.map((ring) => {
+      const first = ring[0][0];
+      const last = ring[ring.length - 1][0];
+      let out = ring;
+      if (Math.abs(last - first) > 180) {
+        // It goes around a pole: close it along the pole (Mercator stops at ±85°).
+        const pole = ring.reduce((sum, [, lat]) => sum + lat, 0) < 0 ? -90 : 90;
+        out = ring.concat([[last, pole], [first, pole]]);
+      }
+      // A hole stays on the same side of the antimeridian as its outer ring.
+      return moved(out, -360 * Math.round((first - ref) / 360));
+    });
+  }
+
+  /** The coast or borders of one ring as lines, cut where it steps across the antimeridian. */
+  function outlineLines(ring, lines) {
+    let line = [];
+    ring.forEach(([lon, lat], i) => {
+      const prev = i > 0 ? ring[i - 1] : null;
+      if (prev && Math.abs(lat) >= POLAR && Math.abs(prev[1]) >= POLAR) {
+        // Along a polar cap: no line.
+        if (line.length > 1) lines.push(line);
+        line = [];
+      } else if (prev && Math.abs(lon - prev[0]) > 180) {
+        // Across the antimeridian: end at the side it leaves, go on from the side it enters.
+        const side = prev[0] > 0 ? 180 : -180;
+        const across = lon + 2 * side - prev[0];
+        const t = across === 0 ? 0 : (side - prev[0]) / across;
+        const at = prev[1] + t * (lat - prev[1]);
+        line.push([side, at]);
+        if (line.length > 1) lines.push(line);
+        line = [[-side, at]];
+      }
+      line.push([lon, lat]);
+    });
+    if (line.length > 1) lines.push(line);
+  }
+
+  /** The country fills (MultiPolygons) and outlines (MultiLineStrings) to draw flat. */
+  function basemap(countries) {
+    const fills = [];
+    const outlines = [];
+    for (const feature of countries.features) {
+      const g = feature.geometry;
+      if (!g) continue;
+      const polygons = g.type === 'Polygon' ? [g.coordinates] : g.type === 'MultiPolygon' ? g.coordinates : [];
+      const areas = [];
+      const lines = [];
+      for (const rings of polygons) {
+        const area = fillPolygon(rings);
+        if (area) areas.push(area);
+        for (const ring of rings) outlineLines(ring, lines);
+      }
+      const properties = feature.properties || {};
+      if (areas.length) {
+        const coordinates = COPIES.flatMap((by) => areas.map((area) => area.map((ring) => moved(ring, by))));
+        fills.push({ type: 'Feature', properties, geometry: { type: 'MultiPolygon', coordinates } });
+      }
+      if (lines.length) {
+        const coordinates = COPIES.flatMap((by) => lines.map((line) => moved(line, by)));
+        outlines.push({ type: 'Feature', properties, geometry: { type: 'MultiLineString', coordinates } });
+      }
+    }
+    return {
+      fills: { type: 'FeatureCollection', features: fills },
+      outlines: { type: 'FeatureCollection', features: outlines },
+    };
   }
 
   function legend() {
@@ -139,19 +271,36 @@
       el('p', { class: 'popup-id' }, q.id));
   }
 
+  /**
+   * Where an event's marker goes: in the copy of the world nearest the view's center, the one
+   * the basemap shows there, so a map centered on the Pacific has its events on both sides.
+   */
+  function placeOf(q) {
+    const center = map ? map.getCenter().lng : 0;
+    return [q.lat, q.lon + 360 * Math.round((center - q.lon) / 360)];
+  }
+
+  function wrapMarkers() {
+    for (const [id, marker] of state.markers) {
+      const q = state.quakes.get(id);
+      const place = placeOf(q);
+      if (marker.getLatLng().lng !== place[1]) marker.setLatLng(place);
+    }
+  }
+
   function upsert(q) {
     state.quakes.set(q.id, q);
     if (!layer) return;
     let marker = state.markers.get(q.id);
     const style = styleOf(q);
     if (!marker) {
-      marker = L.circleMarker([q.lat, q.lon], Object.assign({ pane: 'quakes', className: 'quake-marker' }, style));
+      marker = L.circleMarker(placeOf(q), Object.assign({ pane: 'quakes', className: 'quake-marker' }, style));
       const id = q.id;
-      marker.bindPopup(() => popupOf(id), { maxWidth: 300 });
+      marker.bindPopup(() => popupOf(id), { maxWidth: 300, autoPanPaddingTopLeft: [52, 10] });
       marker.on('add', () => tag(marker, id));
       state.markers.set(q.id, marker);
     } else {
-      marker.setLatLng([q.lat, q.lon]);
+      marker.setLatLng(placeOf(q));
       marker.setStyle(style);
       marker.setRadius(style.radius);
       if (marker.isPopupOpen()) marker.setPopupContent(popupOf(q.id));
@@ -252,7 +401,7 @@
     const q = state.quakes.get(id);
     const marker = state.markers.get(id);
     if (!q || !map) return;
-    map.flyTo([q.lat, q.lon], Math.max(map.getZoom(), 5), { duration: 0.6 });
+    map.flyTo(placeOf(q), Math.max(map.getZoom(), 5), { duration: 0.6 });
     if (marker && layer.hasLayer(marker)) marker.openPopup();
   }
 
