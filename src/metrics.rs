@@ -142,6 +142,12 @@ impl SourceMetrics {
         }
     }
 
+    /// A poll (or a read of the input) went through: now is its last success.
+    pub fn succeeded(&self) {
+        self.last_success_ms
+            .set(chrono::Utc::now().timestamp_millis());
+    }
+
     pub fn error(&self, kind: &'static str) {
         if let Ok(mut errors) = self.errors.lock() {
             *errors.entry(kind).or_default() += 1;

@@ -176,31 +176,14 @@ mod tests {
     use super::*;
 
     fn quake() -> Quake {
-        Quake {
-            id: "us1".into(),
-            ids: vec!["us1".into()],
-            source: "usgs".into(),
-            time: Millis(1_746_366_018_110),
-            updated: Millis(1_746_366_018_110),
-            mag: Some(4.5),
-            mag_type: Some("mb".into()),
-            place: None,
-            lat: 10.0,
-            lon: 20.0,
-            depth_km: 10.0,
-            status: "reviewed".into(),
-            tsunami: false,
-            alert: None,
-            sig: None,
-            felt: None,
-            cdi: None,
-            mmi: None,
-            net: "us".into(),
-            code: "1".into(),
-            event_type: "earthquake".into(),
-            title: "M 4.5".into(),
-            url: String::new(),
-        }
+        serde_json::from_str(
+            r#"{"id":"us1","ids":["us1"],"source":"usgs","time":"2025-05-04T13:40:18.110Z",
+            "updated":"2025-05-04T13:40:18.110Z","mag":4.5,"mag_type":"mb","place":null,
+            "lat":10.0,"lon":20.0,"depth_km":10.0,"status":"reviewed","tsunami":false,
+            "alert":null,"sig":null,"felt":null,"cdi":null,"mmi":null,"net":"us","code":"1",
+            "event_type":"earthquake","title":"M 4.5","url":""}"#,
+        )
+        .unwrap()
     }
 
     #[test]

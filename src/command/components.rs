@@ -22,22 +22,22 @@ pub fn build(config: &Config, data_dir: &Path) -> Vec<Entry> {
     let entry = |enabled: bool, component: Arc<dyn Component>| Entry { enabled, component };
     let mut all = vec![entry(
         config.usgs.enabled,
-        Arc::new(Source::new(&config.usgs)),
+        Arc::new(Source::of(&config.usgs)),
     )];
     for http in &config.http {
-        all.push(entry(http.enabled, Arc::new(Source::new(http))));
+        all.push(entry(http.enabled, Arc::new(Source::of(http))));
     }
     all.push(entry(
         config.emsc.enabled,
-        Arc::new(Source::new(&config.emsc)),
+        Arc::new(Source::of(&config.emsc)),
     ));
     all.push(entry(
         config.turnstile.enabled,
-        Arc::new(Source::new(&config.turnstile)),
+        Arc::new(Source::of(&config.turnstile)),
     ));
     all.push(entry(
         config.jsonl.enabled,
-        Arc::new(Source::new(&config.jsonl)),
+        Arc::new(Source::of(&config.jsonl)),
     ));
     all.push(entry(
         config.window.enabled,

@@ -17,7 +17,6 @@ use std::{
     time::Duration,
 };
 
-use futures::future::BoxFuture;
 use rdkafka::{
     Message, Offset, TopicPartitionList,
     consumer::{CommitMode, Consumer as _},
@@ -158,20 +157,20 @@ pub trait Handler: Send {
     /// Handles one batch (in offset order within each partition): refuses what it cannot use,
     /// and releases the offsets whose effects are durable when it returns. An error ends the
     /// run with nothing of the batch committed.
-    fn handle<'a>(
-        &'a mut self,
-        batch: &'a [Record],
-        out: &'a mut Outcome,
-    ) -> BoxFuture<'a, Result<()>>;
+    fn handle(
+        &mut self,
+        batch: &[Record],
+        out: &mut Outcome,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Called after every batch and at least every [`Spec::tick`] (timers, rolling by age,
     /// progress that depends on how far the partitions go: `session` tells).
-    fn tick<'a>(
-        &'a mut self,
-        _session: &'a Session<'a>,
-        _out: &'a mut Outcome,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async { Ok(()) })
+    fn tick(
+        &mut self,
+        _session: &Session<'_>,
+        _out: &mut Outcome,
+    ) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
     }
 
     /// Partitions taken away by a rebalance: forget what was built for them (their next owner
@@ -179,8 +178,8 @@ pub trait Handler: Send {
     fn revoked(&mut self, _partitions: &[(String, i32)]) {}
 
     /// At shutdown: finish and release what is held.
-    fn drain<'a>(&'a mut self, _out: &'a mut Outcome) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async { Ok(()) })
+    fn drain(&mut self, _out: &mut Outcome) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
     }
 }
 
@@ -283,7 +282,7 @@ impl DeadLetters {
 
 /// Consumes `spec.topics` in `spec.group` until `ctx.shutdown`, then drains the handler and
 /// commits what it released.
-pub async fn run(ctx: &Context, spec: &Spec, handler: &mut dyn Handler) -> Result<()> {
+pub async fn run<H: Handler>(ctx: &Context, spec: &Spec, handler: &mut H) -> Result<()> {
     let topics = ensure_topics(ctx, &spec.topics).await?;
     let consumer = Consumer::static_member(
         &ctx.kafka,

@@ -20,17 +20,13 @@ use std::{path::PathBuf, sync::Arc};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-pub use self::{
-    backoff::Backoff,
-    consume::ensure_topics,
-    status::{ComponentStatus, State},
-    supervisor::Supervisor,
-};
-use crate::{
-    error::Result,
-    kafka::KafkaSettings,
-    metrics::{Observe, Registry, Samples, SourceMetrics},
-};
+pub use self::backoff::Backoff;
+pub use self::consume::ensure_topics;
+pub use self::status::{ComponentStatus, State};
+pub use self::supervisor::Supervisor;
+use crate::error::Result;
+use crate::kafka::KafkaSettings;
+use crate::metrics::{Observe, Registry, Samples, SourceMetrics};
 
 /// What a component does in the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,6 +210,11 @@ pub trait StageSettings: Clone + Send + Sync + 'static {
     /// Its counters, made once: restarts keep counting.
     fn counters(&self) -> Self::Counters;
 
+    /// How the counters are registered and summarized.
+    fn expose(counters: Arc<Self::Counters>) -> Metrics {
+        Metrics::Part(counters)
+    }
+
     /// One run: consumes until `ctx.shutdown` or an error (the supervisor starts another).
     fn run(
         &self,
@@ -222,7 +223,7 @@ pub trait StageSettings: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<()>> + Send;
 }
 
-/// A processor or sink as a pipeline component.
+/// A processor, a sink or (through [`crate::source::Source`]) a source as a pipeline component.
 pub struct Stage<S: StageSettings> {
     settings: S,
     about: About,
@@ -249,7 +250,7 @@ impl<S: StageSettings> Component for Stage<S> {
     }
 
     fn metrics(&self) -> Metrics {
-        Metrics::Part(self.counters.clone())
+        S::expose(self.counters.clone())
     }
 
     fn run(&self, ctx: Context) -> BoxFuture<'static, Result<()>> {

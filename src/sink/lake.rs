@@ -21,27 +21,24 @@ pub mod partition;
 pub mod schema;
 pub mod template;
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt, future::BoxFuture};
+use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart, path::Path as Key};
 
 pub use self::config::LakeConfig;
-use self::{
-    encode::{FileEncoder, FileSchema},
-    partition::Partitioner,
-    schema::parse_time,
-    template::Template,
-};
-use crate::{
-    error::{Error, Result},
-    metrics::{Counter, Observe, Samples},
-    runtime::{About, Context, Kind, StageSettings, consume},
+use self::encode::{FileEncoder, FileSchema};
+use self::partition::Partitioner;
+use self::schema::parse_time;
+use self::template::Template;
+use crate::error::{Error, Result};
+use crate::metrics::{Counter, Observe, Samples};
+use crate::runtime::{
+    About, Context, Kind, StageSettings,
+    consume::{self, Handler, Outcome, Record, Session},
 };
 
 #[derive(Debug, Default)]
@@ -319,42 +316,28 @@ impl Segment {
 
 /// The lake's side of the consume loop. Offsets are released per partition when its segment's
 /// files are in place (rolled by records, bytes or age, or at shutdown), never before.
-impl consume::Handler for Lake<'_> {
-    fn handle<'a>(
-        &'a mut self,
-        batch: &'a [consume::Record],
-        out: &'a mut consume::Outcome,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            for record in batch {
-                let key = (record.topic.clone(), record.partition);
-                if self.take(&key, record, out)? {
-                    self.flush(&key, out).await?;
-                }
-            }
-            Ok(())
-        })
-    }
-
-    fn tick<'a>(
-        &'a mut self,
-        _session: &'a consume::Session<'a>,
-        out: &'a mut consume::Outcome,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let old: Vec<(String, i32)> = self
-                .segments
-                .iter()
-                .filter(|(_, s)| {
-                    s.first_offset.is_some() && s.opened.elapsed() >= self.config.roll_age
-                })
-                .map(|(k, _)| k.clone())
-                .collect();
-            for key in old {
+impl Handler for Lake<'_> {
+    async fn handle(&mut self, batch: &[Record], out: &mut Outcome) -> Result<()> {
+        for record in batch {
+            let key = (record.topic.clone(), record.partition);
+            if self.take(&key, record, out)? {
                 self.flush(&key, out).await?;
             }
-            Ok(())
-        })
+        }
+        Ok(())
+    }
+
+    async fn tick(&mut self, _session: &Session<'_>, out: &mut Outcome) -> Result<()> {
+        let old: Vec<(String, i32)> = self
+            .segments
+            .iter()
+            .filter(|(_, s)| s.first_offset.is_some() && s.opened.elapsed() >= self.config.roll_age)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in old {
+            self.flush(&key, out).await?;
+        }
+        Ok(())
     }
 
     fn revoked(&mut self, partitions: &[(String, i32)]) {
@@ -368,14 +351,12 @@ impl consume::Handler for Lake<'_> {
     }
 
     /// Shutdown: everything read is finished and released.
-    fn drain<'a>(&'a mut self, out: &'a mut consume::Outcome) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let keys: Vec<(String, i32)> = self.segments.keys().cloned().collect();
-            for key in keys {
-                self.flush(&key, out).await?;
-            }
-            Ok(())
-        })
+    async fn drain(&mut self, out: &mut Outcome) -> Result<()> {
+        let keys: Vec<(String, i32)> = self.segments.keys().cloned().collect();
+        for key in keys {
+            self.flush(&key, out).await?;
+        }
+        Ok(())
     }
 }
 
@@ -394,12 +375,7 @@ struct Lake<'a> {
 impl Lake<'_> {
     /// Adds one record to its partition's segment (or refuses it, to the dead-letter topic).
     /// Returns whether the segment should roll.
-    fn take(
-        &mut self,
-        key: &(String, i32),
-        record: &consume::Record,
-        out: &mut consume::Outcome,
-    ) -> Result<bool> {
+    fn take(&mut self, key: &(String, i32), record: &Record, out: &mut Outcome) -> Result<bool> {
         let (offset, timestamp, payload) = (record.offset, record.timestamp, &record.payload[..]);
         if !self.segments.contains_key(key) {
             let staging = self.store.staging(&self.data_dir, &key.0, key.1);
@@ -456,7 +432,7 @@ impl Lake<'_> {
     }
 
     /// Finishes and publishes the segment's files, then commits its offset.
-    async fn flush(&mut self, key: &(String, i32), out: &mut consume::Outcome) -> Result<()> {
+    async fn flush(&mut self, key: &(String, i32), out: &mut Outcome) -> Result<()> {
         let Some(segment) = self.segments.get_mut(key) else {
             return Ok(());
         };

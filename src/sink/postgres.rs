@@ -42,13 +42,15 @@ use self::{
 
 use std::{sync::Arc, time::Duration};
 
-use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     error::{Error, Result},
     metrics::{Counter, Observe, Samples},
-    runtime::{About, Context, Kind, StageSettings, consume},
+    runtime::{
+        About, Context, Kind, StageSettings,
+        consume::{self, Handler, Outcome, Record},
+    },
 };
 
 #[derive(Debug, Default)]
@@ -115,46 +117,40 @@ struct Sink<'a> {
     shutdown: CancellationToken,
 }
 
-impl consume::Handler for Sink<'_> {
-    fn handle<'a>(
-        &'a mut self,
-        batch: &'a [consume::Record],
-        out: &'a mut consume::Outcome,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let mut rows = Vec::new();
-            let mut windows = Vec::new();
-            for record in batch {
-                self.metrics.records.inc();
-                let parsed = if record.topic == self.config.quakes_topic {
-                    parse_quake(&record.payload).map(|(quake, time, updated, region)| {
-                        rows.push(Row {
-                            quake,
-                            time,
-                            updated,
-                            region,
-                            origin: record.clone(),
-                        })
+impl Handler for Sink<'_> {
+    async fn handle(&mut self, batch: &[Record], out: &mut Outcome) -> Result<()> {
+        let mut rows = Vec::new();
+        let mut windows = Vec::new();
+        for record in batch {
+            self.metrics.records.inc();
+            let parsed = if record.topic == self.config.quakes_topic {
+                parse_quake(&record.payload).map(|(quake, time, updated, region)| {
+                    rows.push(Row {
+                        quake,
+                        time,
+                        updated,
+                        region,
+                        origin: record.clone(),
                     })
-                } else {
-                    parse_window(&record.payload).map(|window| {
-                        windows.push(WindowRow {
-                            window,
-                            origin: record.clone(),
-                        })
+                })
+            } else {
+                parse_window(&record.payload).map(|window| {
+                    windows.push(WindowRow {
+                        window,
+                        origin: record.clone(),
                     })
-                };
-                if let Err(reason) = parsed {
-                    self.metrics.bad.inc();
-                    out.refuse(record, reason);
-                }
+                })
+            };
+            if let Err(reason) = parsed {
+                self.metrics.bad.inc();
+                out.refuse(record, reason);
             }
-            if self.write(&rows, &windows, out).await? {
-                self.metrics.batches.inc();
-                out.release_all(batch);
-            }
-            Ok(())
-        })
+        }
+        if self.write(&rows, &windows, out).await? {
+            self.metrics.batches.inc();
+            out.release_all(batch);
+        }
+        Ok(())
     }
 }
 
@@ -165,7 +161,7 @@ impl Sink<'_> {
         &mut self,
         rows: &[Row],
         windows: &[WindowRow],
-        out: &mut consume::Outcome,
+        out: &mut Outcome,
     ) -> Result<bool> {
         let mut pause = Duration::from_millis(500);
         loop {

@@ -11,30 +11,24 @@
 //! run again with the same arguments skips what it finished. `--updated-after` sweeps for
 //! revisions with `includedeleted=true`, publishing deletions as `status: "deleted"`.
 
-use std::{
-    collections::VecDeque,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    dedupe::Dedupe,
-    fetch::{FetchError, Fetched, Fetcher, HttpConfig},
-    geojson,
-    outlet::Outlet,
-    publish::{self, Profile, Publisher, published_of},
-};
-use crate::{
-    error::{Error, Result},
-    kafka::{KafkaSettings, reader},
-    metrics::SourceMetrics,
-    record::{format_millis, parse_millis},
-    runtime::{Backoff, Context},
-};
+use super::dedupe::Dedupe;
+use super::fetch::{FetchError, Fetched, Fetcher, HttpConfig};
+use super::geojson;
+use super::outlet::Outlet;
+use super::publish::{self, Profile, Publisher, published_of};
+use crate::error::{Error, Result};
+use crate::kafka::{KafkaSettings, reader};
+use crate::metrics::SourceMetrics;
+use crate::record::{format_millis, parse_millis};
+use crate::runtime::{Backoff, Context};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -16,29 +16,23 @@
 //! Presets ([`Preset`]) fill in the URL, the mapping and the topic of the tutorials' APIs:
 //! `randomuser` and `nasa-apod`.
 
-use std::{
-    collections::{BTreeMap, HashSet},
-    sync::Arc,
-    time::Duration,
-};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{
-    SourceSettings,
-    fetch::{Fetched, Fetcher, HttpConfig},
-    outlet::{Outlet, Rebuild, Resuming},
-    schedule::{self, Ended},
-};
-use crate::{
-    config::duration,
-    error::{Error, Result},
-    fields::{self, lookup},
-    kafka::TopicName,
-    metrics::SourceMetrics,
-    runtime::{About, Context},
-};
+use super::SourceSettings;
+use super::fetch::{Fetcher, HttpConfig};
+use super::outlet::{Outlet, Rebuild, Resuming};
+use super::schedule::{self, Ended};
+use crate::config::duration;
+use crate::error::{Error, Result};
+use crate::fields::{self, lookup};
+use crate::kafka::TopicName;
+use crate::metrics::SourceMetrics;
+use crate::runtime::{About, Context};
 
 /// The tutorials' APIs, ready to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -497,14 +491,8 @@ impl Rebuild for Poller {
 
 impl Poller {
     async fn poll(&mut self) -> std::result::Result<(), PollError> {
-        self.metrics.polls.inc();
-        let body = match self.fetcher.fetch().await? {
-            Fetched::NotModified => {
-                self.metrics.not_modified.inc();
-                self.metrics.last_success_ms.set(now_ms());
-                return Ok(());
-            }
-            Fetched::Body(b) => b,
+        let Some(body) = schedule::fetch(&mut self.fetcher, &self.metrics).await? else {
+            return Ok(());
         };
         let extracted = self.mapping.extract(&body).map_err(PollError::Body)?;
         for (key, reason, raw) in &extracted.rejected {
@@ -529,16 +517,12 @@ impl Poller {
             published += 1;
         }
         self.fetcher.accept();
-        self.metrics.last_success_ms.set(now_ms());
+        self.metrics.succeeded();
         if published > 0 || !extracted.rejected.is_empty() {
             tracing::debug!(source = %self.name, published, rejected = extracted.rejected.len(), "http poll");
         }
         Ok(())
     }
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 impl SourceSettings for HttpSourceConfig {

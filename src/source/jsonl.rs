@@ -21,13 +21,11 @@
 //! and lines whose sends failed are not read again — use a file for exactly once across
 //! failures.
 
-use std::{
-    collections::{HashSet, VecDeque},
-    path::{Path, PathBuf},
-    sync::{Arc, OnceLock},
-    task::Poll,
-    time::Duration,
-};
+use std::collections::{HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::task::Poll;
+use std::time::Duration;
 
 use futures::{StreamExt, future::BoxFuture, stream::FuturesUnordered};
 use rdkafka::{error::KafkaError, types::RDKafkaErrorCode};
@@ -36,17 +34,13 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    SourceSettings,
-    outlet::{H_RECORD, Outlet},
-};
-use crate::{
-    error::{Error, Result},
-    fields::lookup,
-    kafka::TopicName,
-    metrics::SourceMetrics,
-    runtime::{About, Context},
-};
+use super::SourceSettings;
+use super::outlet::{H_RECORD, Outlet};
+use crate::error::{Error, Result};
+use crate::fields::lookup;
+use crate::kafka::TopicName;
+use crate::metrics::SourceMetrics;
+use crate::runtime::{About, Context};
 
 /// How often a followed file is checked for new lines.
 const POLL: Duration = Duration::from_millis(500);
@@ -618,9 +612,7 @@ async fn pump(
         // The end of the input, for now.
         out.drain().await?;
         out.metrics.polls.inc();
-        out.metrics
-            .last_success_ms
-            .set(chrono::Utc::now().timestamp_millis());
+        out.metrics.succeeded();
         let Input::File { file, read } = &mut *input else {
             lines.finish();
             ended = true;
@@ -774,44 +766,26 @@ mod tests {
     #[test]
     fn settings() {
         assert_eq!(config().validate(), Ok(()));
-        let bad = |c: JsonlConfig| c.validate().unwrap_err();
-        assert!(bad(JsonlConfig::default()).starts_with("[jsonl]: file is empty"));
         assert!(
-            bad(JsonlConfig {
-                key: " ".into(),
-                ..config()
-            })
-            .starts_with("[jsonl]: key is empty")
+            JsonlConfig::default()
+                .validate()
+                .unwrap_err()
+                .starts_with("[jsonl]: file is empty")
         );
-        assert!(
-            bad(JsonlConfig {
-                version: Some(String::new()),
-                ..config()
-            })
-            .starts_with("[jsonl]: version is empty")
-        );
-        assert!(
-            bad(JsonlConfig {
-                topic: "no spaces".into(),
-                ..config()
-            })
-            .starts_with("[jsonl]: invalid topic name")
-        );
-        assert!(
-            bad(JsonlConfig {
-                file: "-".into(),
-                follow: true,
-                ..config()
-            })
-            .contains("follow = true needs a file")
-        );
-        assert!(
-            bad(JsonlConfig {
-                max_line_bytes: 1,
-                ..config()
-            })
-            .contains("max_line_bytes")
-        );
+        let bad = |change: fn(&mut JsonlConfig)| {
+            let mut c = config();
+            change(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert!(bad(|c| c.key = " ".into()).starts_with("[jsonl]: key is empty"));
+        assert!(bad(|c| c.version = Some(String::new())).starts_with("[jsonl]: version is empty"));
+        assert!(bad(|c| c.topic = "no spaces".into()).starts_with("[jsonl]: invalid topic name"));
+        let stdin_followed = bad(|c| {
+            c.file = "-".into();
+            c.follow = true;
+        });
+        assert!(stdin_followed.contains("follow = true needs a file"));
+        assert!(bad(|c| c.max_line_bytes = 1).contains("max_line_bytes"));
         let parsed: JsonlConfig =
             toml::from_str("file = \"-\"\nkey = \"id\"\nversion = \"rev\"\n").unwrap();
         assert_eq!(parsed.topic, "jsonl");
@@ -1006,7 +980,7 @@ mod tests {
     #[test]
     fn describe_names_the_input_key_and_topic() {
         use crate::runtime::Component;
-        let s = super::super::Source::new(&JsonlConfig {
+        let s = super::super::Source::of(&JsonlConfig {
             file: "-".into(),
             key: "id".into(),
             ..Default::default()
@@ -1015,7 +989,7 @@ mod tests {
             s.about().line,
             "standard input (JSON Lines, key id) -> topic jsonl"
         );
-        let s = super::super::Source::new(&JsonlConfig {
+        let s = super::super::Source::of(&JsonlConfig {
             version: Some("rev".into()),
             follow: true,
             ..config()

@@ -32,12 +32,10 @@ pub mod usgs;
 
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
-
 use crate::{
     error::Result,
     metrics::SourceMetrics,
-    runtime::{About, Component, Context, Metrics},
+    runtime::{About, Context, Metrics, Stage, StageSettings},
 };
 
 /// What the runtime needs of a source's settings; [`Source`] makes the component of them. A new
@@ -57,39 +55,44 @@ pub trait SourceSettings: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<()>> + Send;
 }
 
-/// A source as a pipeline component.
-pub struct Source<C> {
-    config: C,
-    about: About,
-    metrics: Arc<SourceMetrics>,
-}
+/// A source as a pipeline component: its settings run as a [`Stage`] whose counters are the
+/// source's (`/metrics`, and the monitor's view of the feed's freshness).
+pub type Source<C> = Stage<Polled<C>>;
+
+/// The [`StageSettings`] of a source.
+#[derive(Clone)]
+pub struct Polled<C>(C);
 
 impl<C: SourceSettings> Source<C> {
-    pub fn new(config: &C) -> Source<C> {
-        let about = config.about();
-        Source {
-            config: config.clone(),
-            metrics: Arc::new(SourceMetrics::new(&about.name)),
-            about,
-        }
+    pub fn of(config: &C) -> Source<C> {
+        Stage::new(Polled(config.clone()), std::path::Path::new(""))
     }
 }
 
-impl<C: SourceSettings> Component for Source<C> {
-    fn about(&self) -> &About {
-        &self.about
+impl<C: SourceSettings> StageSettings for Polled<C> {
+    type Counters = SourceMetrics;
+
+    fn about(&self, _data_dir: &std::path::Path) -> About {
+        self.0.about()
     }
 
-    fn validate(&self) -> Result<()> {
-        self.config.check()
+    fn check(&self) -> Result<()> {
+        self.0.check()
     }
 
-    fn metrics(&self) -> Metrics {
-        Metrics::Source(self.metrics.clone())
+    fn counters(&self) -> SourceMetrics {
+        SourceMetrics::new(&self.0.about().name)
     }
 
-    fn run(&self, ctx: Context) -> BoxFuture<'static, Result<()>> {
-        let (config, metrics) = (self.config.clone(), self.metrics.clone());
-        Box::pin(async move { config.run(&ctx, metrics).await })
+    fn expose(counters: Arc<SourceMetrics>) -> Metrics {
+        Metrics::Source(counters)
+    }
+
+    fn run(
+        &self,
+        ctx: &Context,
+        counters: Arc<SourceMetrics>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        self.0.run(ctx, counters)
     }
 }

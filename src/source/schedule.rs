@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::fetch::{FetchError, HttpConfig};
+use super::fetch::{FetchError, Fetched, Fetcher, HttpConfig};
 use crate::metrics::SourceMetrics;
 use crate::runtime::Backoff;
 
@@ -56,6 +56,23 @@ impl<B: BodyFailure> PollFailure for PollError<B> {
 pub trait Poll {
     type Error: PollFailure;
     fn poll(&mut self) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// The request of one poll, counted: the new body, or `None` when the server answered that
+/// nothing changed (which is a successful poll).
+pub async fn fetch(
+    fetcher: &mut Fetcher,
+    metrics: &SourceMetrics,
+) -> Result<Option<Vec<u8>>, FetchError> {
+    metrics.polls.inc();
+    match fetcher.fetch().await? {
+        Fetched::NotModified => {
+            metrics.not_modified.inc();
+            metrics.succeeded();
+            Ok(None)
+        }
+        Fetched::Body(body) => Ok(Some(body)),
+    }
 }
 
 /// Why the loop ended.

@@ -485,9 +485,7 @@ impl SourceSettings for TurnstileConfig {
                     outlet.send_record(&interval.id, &id, &value, at).await?;
                 }
                 metrics.polls.inc();
-                metrics
-                    .last_success_ms
-                    .set(chrono::Utc::now().timestamp_millis());
+                metrics.succeeded();
                 tracing::info!(
                     file = %origin,
                     rows = counts.rows.get(),

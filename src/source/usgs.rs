@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     SourceSettings,
     dedupe::Dedupe,
-    fetch::{Fetched, Fetcher, HttpConfig},
+    fetch::{Fetcher, HttpConfig},
     geojson::{self, FeedError},
     outlet::{Outlet, Rebuild, Resuming},
     publish::{self, Profile, Publisher},
@@ -202,14 +202,8 @@ impl Poller {
     }
 
     async fn poll(&mut self) -> std::result::Result<(), PollError> {
-        self.metrics.polls.inc();
-        let body = match self.fetcher.fetch().await? {
-            Fetched::NotModified => {
-                self.metrics.not_modified.inc();
-                self.metrics.last_success_ms.set(now_ms());
-                return Ok(());
-            }
-            Fetched::Body(body) => body,
+        let Some(body) = schedule::fetch(&mut self.fetcher, &self.metrics).await? else {
+            return Ok(());
         };
         let parsed = geojson::parse_collection(&body, "usgs").map_err(PollError::Body)?;
         let generated = parsed.metadata.generated;
@@ -240,7 +234,7 @@ impl Poller {
             self.last_generated = Some(g);
         }
         self.fetcher.accept();
-        self.metrics.last_success_ms.set(now_ms());
+        self.metrics.succeeded();
         Ok(())
     }
 

@@ -8,31 +8,26 @@
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
-use axum::{
-    Json, Router,
-    body::Body,
-    extract::{Path, RawQuery, Request, State},
-    http::{HeaderValue, StatusCode, header},
-    middleware::{self, Next},
-    response::{
-        IntoResponse, Response,
-        sse::{Event, KeepAlive, Sse},
-    },
-    routing::get,
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{
+    IntoResponse, Response,
+    sse::{Event, KeepAlive, Sse},
 };
+use axum::routing::get;
 use futures::{Stream, StreamExt, stream};
 use serde_json::json;
 use tokio::sync::{Semaphore, broadcast::error::RecvError};
 
-use super::{
-    assets,
-    pipeline::{Pipeline, SourceView},
-    state::{Filter, Live, Update},
-};
-use crate::{
-    metrics::{Registry, Samples},
-    record::parse_millis,
-};
+use super::assets;
+use super::pipeline::{Pipeline, SourceView};
+use super::state::{Filter, Live, Update};
+use crate::metrics::{Registry, Samples};
+use crate::record::parse_millis;
 
 /// Longest query string accepted.
 const MAX_QUERY: usize = 1024;

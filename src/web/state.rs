@@ -519,6 +519,20 @@ mod tests {
         })
     }
 
+    /// Applies [`quake`] at `now`: a revision that must be taken.
+    fn apply(
+        l: &Live,
+        id: &str,
+        minute: u32,
+        updated_s: u32,
+        mag: Option<f64>,
+        status: &str,
+        now: i64,
+    ) {
+        l.apply_quake(Some(id), &quake(id, minute, updated_s, mag, status), now)
+            .unwrap();
+    }
+
     fn quake(id: &str, minute: u32, updated_s: u32, mag: Option<f64>, status: &str) -> Vec<u8> {
         serde_json::json!({
             "id": id, "ids": [id], "source": "usgs",
@@ -543,10 +557,8 @@ mod tests {
     #[test]
     fn a_revision_replaces_and_an_older_one_is_ignored() {
         let l = live(10);
-        l.apply_quake(Some("a"), &quake("a", 1, 10, Some(2.0), "automatic"), 1)
-            .unwrap();
-        l.apply_quake(Some("a"), &quake("a", 1, 20, Some(3.0), "reviewed"), 2)
-            .unwrap();
+        apply(&l, "a", 1, 10, Some(2.0), "automatic", 1);
+        apply(&l, "a", 1, 20, Some(3.0), "reviewed", 2);
         assert_eq!(
             l.apply_quake(Some("a"), &quake("a", 1, 15, Some(9.0), "reviewed"), 3),
             Err(Rejected::Stale)
@@ -560,10 +572,8 @@ mod tests {
     #[test]
     fn deletion_removes_and_stays_deleted() {
         let l = live(10);
-        l.apply_quake(Some("a"), &quake("a", 1, 10, Some(2.0), "automatic"), 1)
-            .unwrap();
-        l.apply_quake(Some("a"), &quake("a", 1, 30, Some(2.0), "deleted"), 1)
-            .unwrap();
+        apply(&l, "a", 1, 10, Some(2.0), "automatic", 1);
+        apply(&l, "a", 1, 30, Some(2.0), "deleted", 1);
         assert_eq!(l.quakes(&all()).matched, 0);
         // A replayed older revision does not bring it back.
         assert_eq!(
@@ -601,8 +611,7 @@ mod tests {
             1,
         )
         .unwrap();
-        l.apply_quake(Some("big"), &quake("big", 2, 1, Some(5.0), "automatic"), 1)
-            .unwrap();
+        apply(&l, "big", 2, 1, Some(5.0), "automatic", 1);
         l.apply_quake(Some("none"), &quake("none", 3, 1, None, "automatic"), 1)
             .unwrap();
         let f = |min_mag, since_ms, bbox| Filter {
@@ -695,17 +704,14 @@ mod tests {
     #[test]
     fn followers_get_every_change_after_their_list() {
         let l = live(10);
-        l.apply_quake(Some("a"), &quake("a", 1, 1, Some(1.0), "automatic"), 1)
-            .unwrap();
+        apply(&l, "a", 1, 1, Some(1.0), "automatic", 1);
         let seq = l.quakes(&all()).seq;
-        l.apply_quake(Some("b"), &quake("b", 2, 1, Some(1.0), "automatic"), 1)
-            .unwrap();
+        apply(&l, "b", 2, 1, Some(1.0), "automatic", 1);
         let (replay, mut rx) = l.follow(seq);
         let replay = replay.unwrap();
         assert_eq!(replay.len(), 1);
         assert!(replay[0].data.contains("\"b\""));
-        l.apply_quake(Some("c"), &quake("c", 3, 1, Some(1.0), "automatic"), 1)
-            .unwrap();
+        apply(&l, "c", 3, 1, Some(1.0), "automatic", 1);
         assert!(rx.try_recv().unwrap().data.contains("\"c\""));
         // A sequence from before the server's start (or the future) asks for a resync.
         assert!(l.follow(99).0.is_none());
@@ -714,10 +720,8 @@ mod tests {
     #[test]
     fn stats_summarize_the_map() {
         let l = live(10);
-        l.apply_quake(Some("a"), &quake("a", 1, 1, Some(1.0), "automatic"), 1)
-            .unwrap();
-        l.apply_quake(Some("b"), &quake("b", 2, 1, Some(4.0), "automatic"), 1)
-            .unwrap();
+        apply(&l, "a", 1, 1, Some(1.0), "automatic", 1);
+        apply(&l, "b", 2, 1, Some(4.0), "automatic", 1);
         l.apply_quake(Some("c"), &quake("c", 3, 1, None, "automatic"), 1)
             .unwrap();
         let now = parse_millis("2025-05-04T14:02:30Z").unwrap();

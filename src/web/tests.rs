@@ -3,19 +3,15 @@
 
 use std::sync::Arc;
 
-use axum::{
-    Router,
-    body::{Body, to_bytes},
-    http::{Request, StatusCode, header},
-};
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::http::{Request, StatusCode, header};
 use futures::StreamExt;
 use tower::ServiceExt;
 
-use super::{
-    api::{self, Web},
-    pipeline::Pipeline,
-    state::{Limits, Live},
-};
+use super::api::{self, Web};
+use super::pipeline::Pipeline;
+use super::state::{Limits, Live};
 use crate::metrics::{Registry, SourceMetrics};
 
 fn web(max_live_clients: usize) -> (Arc<Web>, Router) {
@@ -39,6 +35,11 @@ fn web(max_live_clients: usize) -> (Arc<Web>, Router) {
         shutdown: tokio_util::sync::CancellationToken::new(),
     });
     (web.clone(), api::app(web))
+}
+
+/// Applies [`quake`] to the live state.
+fn add(live: &Live, id: &str, mag: f64, lon: f64) {
+    live.apply_quake(Some(id), &quake(id, mag, lon), 1).unwrap();
 }
 
 fn quake(id: &str, mag: f64, lon: f64) -> Vec<u8> {
@@ -135,15 +136,9 @@ async fn the_map_libraries_are_bundled() {
 #[tokio::test]
 async fn quakes_are_filtered_and_parameters_checked() {
     let (web, app) = web(1);
-    web.live
-        .apply_quake(Some("a"), &quake("a", 1.0, 10.0), 1)
-        .unwrap();
-    web.live
-        .apply_quake(Some("b"), &quake("b", 5.0, 10.0), 1)
-        .unwrap();
-    web.live
-        .apply_quake(Some("c"), &quake("c", 5.5, -100.0), 1)
-        .unwrap();
+    add(&web.live, "a", 1.0, 10.0);
+    add(&web.live, "b", 5.0, 10.0);
+    add(&web.live, "c", 5.5, -100.0);
 
     let (status, headers, body) = get(&app, "/api/quakes?min_mag=4&bbox=0,0,20,20").await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -218,13 +213,9 @@ async fn read_until(body: Body, want: &str) -> (String, Body) {
 #[tokio::test]
 async fn live_updates_replay_and_are_limited() {
     let (web, app) = web(1);
-    web.live
-        .apply_quake(Some("a"), &quake("a", 1.0, 10.0), 1)
-        .unwrap();
+    add(&web.live, "a", 1.0, 10.0);
     let seq = web.live.seq();
-    web.live
-        .apply_quake(Some("b"), &quake("b", 2.0, 10.0), 1)
-        .unwrap();
+    add(&web.live, "b", 2.0, 10.0);
 
     let first = app
         .clone()
@@ -250,9 +241,7 @@ async fn live_updates_replay_and_are_limited() {
     assert_eq!(web.live.metrics.live_rejected.get(), 1);
 
     // Live changes reach the first client.
-    web.live
-        .apply_quake(Some("c"), &quake("c", 3.0, 10.0), 1)
-        .unwrap();
+    add(&web.live, "c", 3.0, 10.0);
     let (seen, rest) = read_until(rest, "\"id\":\"c\"").await;
     assert!(seen.contains("event: quake"));
     drop(rest);
@@ -278,9 +267,7 @@ async fn live_updates_replay_and_are_limited() {
 #[tokio::test]
 async fn metrics_and_health() {
     let (web, app) = web(1);
-    web.live
-        .apply_quake(Some("a"), &quake("a", 1.0, 10.0), 1)
-        .unwrap();
+    add(&web.live, "a", 1.0, 10.0);
     let _ = web.live.apply_quake(Some("x"), b"garbage", 1);
     let (status, headers, body) = get(&app, "/metrics").await;
     assert_eq!(status, StatusCode::OK);

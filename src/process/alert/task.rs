@@ -16,7 +16,6 @@ use std::{
 };
 
 use chrono::{Offset, TimeZone};
-use futures::future::BoxFuture;
 use rdkafka::Message;
 
 use super::{Alert, Alerter, AlertsConfig, Event, Kind};
@@ -28,7 +27,10 @@ use crate::{
         console,
         webhook::{WebhookMetrics, Webhooks},
     },
-    runtime::{About, Context, Kind as ComponentKind, StageSettings, consume},
+    runtime::{
+        About, Context, Kind as ComponentKind, StageSettings,
+        consume::{self, Handler, Outcome, Record},
+    },
 };
 
 #[derive(Debug, Default)]
@@ -108,32 +110,25 @@ struct Alerts<'a> {
     metrics: Arc<AlertMetrics>,
 }
 
-impl consume::Handler for Alerts<'_> {
-    fn handle<'a>(
-        &'a mut self,
-        batch: &'a [consume::Record],
-        out: &'a mut consume::Outcome,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            if std::mem::take(&mut self.rebuild) {
-                self.alerter =
-                    Alerter::new(self.alerter.rules().to_vec(), self.config.magnitude_step);
-                rebuild(&mut self.alerter, self.settings, &self.config.output).await?;
-            }
-            for record in batch {
-                self.metrics.records.inc();
-                match self.decide(record) {
-                    Ok(Some((event, alert))) => self.emit(&event, &alert).await?,
-                    Ok(None) => {}
-                    Err(Refused(reason)) => {
-                        self.metrics.bad.inc();
-                        out.refuse(record, format!("bad record: {reason}"));
-                    }
+impl Handler for Alerts<'_> {
+    async fn handle(&mut self, batch: &[Record], out: &mut Outcome) -> Result<()> {
+        if std::mem::take(&mut self.rebuild) {
+            self.alerter = Alerter::new(self.alerter.rules().to_vec(), self.config.magnitude_step);
+            rebuild(&mut self.alerter, self.settings, &self.config.output).await?;
+        }
+        for record in batch {
+            self.metrics.records.inc();
+            match self.decide(record) {
+                Ok(Some((event, alert))) => self.emit(&event, &alert).await?,
+                Ok(None) => {}
+                Err(Refused(reason)) => {
+                    self.metrics.bad.inc();
+                    out.refuse(record, format!("bad record: {reason}"));
                 }
             }
-            out.release_all(batch);
-            Ok(())
-        })
+        }
+        out.release_all(batch);
+        Ok(())
     }
 
     fn revoked(&mut self, _partitions: &[(String, i32)]) {
@@ -146,10 +141,7 @@ struct Refused(&'static str);
 
 impl Alerts<'_> {
     /// The alert one record calls for, if any.
-    fn decide(
-        &mut self,
-        record: &consume::Record,
-    ) -> std::result::Result<Option<(Event, Alert)>, Refused> {
+    fn decide(&mut self, record: &Record) -> std::result::Result<Option<(Event, Alert)>, Refused> {
         let key = record.key_text();
         let (event, quake) = serde_json::from_slice::<serde_json::Value>(&record.payload)
             .map_err(|_| "the record is not valid JSON")

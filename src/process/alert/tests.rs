@@ -15,6 +15,11 @@ fn decide(alerter: &mut Alerter, q: &Value) -> Option<Alert> {
     alerter.decide(&event, q, 0)
 }
 
+/// What `alerter` decides for a reviewed revision of magnitude `mag` updated at `updated`.
+fn mag_at(alerter: &mut Alerter, mag: f64, updated: &str) -> Option<Alert> {
+    decide(alerter, &quake(Some(mag), None, false, updated))
+}
+
 fn default_alerter() -> Alerter {
     Alerter::new(AlertsConfig::default().compiled_rules().unwrap(), 0.5)
 }
@@ -22,50 +27,18 @@ fn default_alerter() -> Alerter {
 #[test]
 fn one_alert_per_event_and_an_upgrade_only_across_a_step() {
     let mut a = default_alerter();
-    assert_eq!(
-        decide(
-            &mut a,
-            &quake(Some(4.4), None, false, "2023-10-07T06:45:00Z")
-        ),
-        None
-    );
-    let first = decide(
-        &mut a,
-        &quake(Some(4.6), None, false, "2023-10-07T06:50:00Z"),
-    )
-    .unwrap();
+    assert_eq!(mag_at(&mut a, 4.4, "2023-10-07T06:45:00Z"), None);
+    let first = mag_at(&mut a, 4.6, "2023-10-07T06:50:00Z").unwrap();
     assert_eq!(first.kind, Kind::New);
     assert_eq!(first.rules, vec!["M4.5+"]);
     // A tenth more, the same step: nothing.
-    assert_eq!(
-        decide(
-            &mut a,
-            &quake(Some(4.9), None, false, "2023-10-07T07:00:00Z")
-        ),
-        None
-    );
-    let up = decide(
-        &mut a,
-        &quake(Some(5.1), None, false, "2023-10-07T07:10:00Z"),
-    )
-    .unwrap();
+    assert_eq!(mag_at(&mut a, 4.9, "2023-10-07T07:00:00Z"), None);
+    let up = mag_at(&mut a, 5.1, "2023-10-07T07:10:00Z").unwrap();
     assert_eq!(up.kind, Kind::Upgrade);
     assert!(up.reason.contains("magnitude reached 5"), "{}", up.reason);
     // Down and back up to the step already alerted: nothing.
-    assert_eq!(
-        decide(
-            &mut a,
-            &quake(Some(4.8), None, false, "2023-10-07T07:20:00Z")
-        ),
-        None
-    );
-    assert_eq!(
-        decide(
-            &mut a,
-            &quake(Some(5.2), None, false, "2023-10-07T07:30:00Z")
-        ),
-        None
-    );
+    assert_eq!(mag_at(&mut a, 4.8, "2023-10-07T07:20:00Z"), None);
+    assert_eq!(mag_at(&mut a, 5.2, "2023-10-07T07:30:00Z"), None);
     // The PAGER level rising is an upgrade too; an older revision is ignored.
     let pager = decide(
         &mut a,
@@ -94,28 +67,14 @@ fn one_alert_per_event_and_an_upgrade_only_across_a_step() {
 fn falling_below_every_rule_cancels_and_rising_again_is_new() {
     let mut a = default_alerter();
     assert_eq!(
-        decide(
-            &mut a,
-            &quake(Some(4.7), None, false, "2023-10-07T06:50:00Z")
-        )
-        .unwrap()
-        .kind,
+        mag_at(&mut a, 4.7, "2023-10-07T06:50:00Z").unwrap().kind,
         Kind::New
     );
-    let cancel = decide(
-        &mut a,
-        &quake(Some(4.3), None, false, "2023-10-07T07:00:00Z"),
-    )
-    .unwrap();
+    let cancel = mag_at(&mut a, 4.3, "2023-10-07T07:00:00Z").unwrap();
     assert_eq!(cancel.kind, Kind::Cancel);
     assert!(cancel.reason.contains("no longer matches"));
     assert_eq!(
-        decide(
-            &mut a,
-            &quake(Some(4.6), None, false, "2023-10-07T07:10:00Z")
-        )
-        .unwrap()
-        .kind,
+        mag_at(&mut a, 4.6, "2023-10-07T07:10:00Z").unwrap().kind,
         Kind::New
     );
 }

@@ -25,7 +25,6 @@ use std::{
     time::Duration,
 };
 
-use futures::future::BoxFuture;
 use rdkafka::Message;
 
 use super::{
@@ -43,7 +42,10 @@ use crate::{
     },
     metrics::{Counter, Gauge, Observe, Samples},
     record::{DeadLetter, format_millis},
-    runtime::{About, Context, Kind, StageSettings, consume},
+    runtime::{
+        About, Context, Kind, StageSettings,
+        consume::{self, Handler, Outcome as Released, Record, Session},
+    },
 };
 
 /// Most messages handled as one batch (between commits).
@@ -193,12 +195,8 @@ struct Windows {
     unannounced: u64,
 }
 
-impl consume::Handler for Windows {
-    fn handle<'a>(
-        &'a mut self,
-        batch: &'a [consume::Record],
-        _out: &'a mut consume::Outcome,
-    ) -> BoxFuture<'a, Result<()>> {
+impl Handler for Windows {
+    async fn handle(&mut self, batch: &[Record], _out: &mut Released) -> Result<()> {
         let input = &self.processor.config.input;
         self.pending.extend(batch.iter().map(|r| Incoming {
             input: r.topic == *input,
@@ -207,33 +205,27 @@ impl consume::Handler for Windows {
             key: r.key.clone(),
             payload: Some(r.payload.clone()),
         }));
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 
-    fn tick<'a>(
-        &'a mut self,
-        session: &'a consume::Session<'a>,
-        out: &'a mut consume::Outcome,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let batch = std::mem::take(&mut self.pending);
-            for m in batch.iter().filter(|m| m.input) {
-                self.positions.insert(m.partition, m.offset + 1);
-                self.unannounced += 1;
-            }
-            let (caught_up, assigned) =
-                caught_up(session, &self.processor.config.input, &mut self.positions);
-            let announce = caught_up || self.unannounced >= MAX_UNANNOUNCED;
-            if announce {
-                self.unannounced = 0;
-            }
-            let commits = self
-                .processor
-                .handle(batch, &assigned, announce, false)
-                .await?;
-            release(out, &commits);
-            Ok(())
-        })
+    async fn tick(&mut self, session: &Session<'_>, out: &mut Released) -> Result<()> {
+        let batch = std::mem::take(&mut self.pending);
+        for m in batch.iter().filter(|m| m.input) {
+            self.positions.insert(m.partition, m.offset + 1);
+            self.unannounced += 1;
+        }
+        let (caught_up, assigned) =
+            caught_up(session, &self.processor.config.input, &mut self.positions);
+        let announce = caught_up || self.unannounced >= MAX_UNANNOUNCED;
+        if announce {
+            self.unannounced = 0;
+        }
+        let commits = self
+            .processor
+            .handle(batch, &assigned, announce, false)
+            .await?;
+        release(out, &commits);
+        Ok(())
     }
 
     fn revoked(&mut self, partitions: &[(String, i32)]) {
@@ -246,13 +238,11 @@ impl consume::Handler for Windows {
     }
 
     /// Pending coalesced updates go out before stopping.
-    fn drain<'a>(&'a mut self, out: &'a mut consume::Outcome) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let batch = std::mem::take(&mut self.pending);
-            let commits = self.processor.handle(batch, &[], false, true).await?;
-            release(out, &commits);
-            Ok(())
-        })
+    async fn drain(&mut self, out: &mut Released) -> Result<()> {
+        let batch = std::mem::take(&mut self.pending);
+        let commits = self.processor.handle(batch, &[], false, true).await?;
+        release(out, &commits);
+        Ok(())
     }
 }
 
@@ -260,7 +250,7 @@ impl consume::Handler for Windows {
 /// consumer last saw from the broker. A partition nothing was read from yet starts at its
 /// committed offset (asked once), or at its start.
 fn caught_up(
-    session: &consume::Session<'_>,
+    session: &Session<'_>,
     input: &str,
     positions: &mut HashMap<i32, i64>,
 ) -> (bool, Vec<i32>) {
@@ -281,7 +271,7 @@ fn caught_up(
 
 /// Offsets to commit, once everything sent for them is delivered (a failed commit is not lost
 /// work: the tail is processed again and its changes are recognised as duplicates).
-fn release(out: &mut consume::Outcome, commits: &[(String, i32, i64)]) {
+fn release(out: &mut Released, commits: &[(String, i32, i64)]) {
     for (topic, partition, next) in commits {
         out.release(topic, *partition, *next);
     }
@@ -427,27 +417,24 @@ impl Processor {
         }
         let mut commits = Vec::new();
         for ((input, partition), offset) in next {
-            let (topic, checkpoint) = if input {
+            // Where a restart replays from, and the event time reached there.
+            let (topic, replay_from, time) = if input {
                 let Some(a) = self.assigners.get(&partition) else {
                     continue;
                 };
-                let checkpoint = Checkpoint {
-                    committed: offset,
-                    replay_from: a.replay_from().unwrap_or(offset),
-                    time: a.max_time(),
-                };
-                (self.config.input.clone(), checkpoint)
+                (&self.config.input, a.replay_from(), a.max_time())
             } else {
                 let Some(c) = self.combiners.get(&partition) else {
                     continue;
                 };
-                let checkpoint = Checkpoint {
-                    committed: offset,
-                    replay_from: c.replay_from().unwrap_or(offset),
-                    time: c.watermark(),
-                };
-                (self.repartition.clone(), checkpoint)
+                (&self.repartition, c.replay_from(), c.watermark())
             };
+            let checkpoint = Checkpoint {
+                committed: offset,
+                replay_from: replay_from.unwrap_or(offset),
+                time,
+            };
+            let topic = topic.clone();
             self.checkpoints.save(&topic, partition, checkpoint);
             commits.push((topic, partition, offset));
         }
@@ -475,16 +462,14 @@ impl Processor {
             Ok(input) => input,
             Err(reason) => {
                 self.metrics.bad.inc();
-                let letter = DeadLetter {
-                    reason: format!("bad record: {reason}"),
-                    source: "window".into(),
-                    topic: Some(self.config.input.clone()),
-                    partition: Some(message.partition),
-                    offset: Some(message.offset),
-                    payload: String::from_utf8_lossy(payload).into_owned(),
-                };
                 let key = message.key.as_deref().map(String::from_utf8_lossy);
-                sends.push(self.dead_letter(key.as_deref(), &letter).await?);
+                let reason = format!("bad record: {reason}");
+                let at = (message.partition, message.offset);
+                let payload = String::from_utf8_lossy(payload).into_owned();
+                sends.push(
+                    self.dead_letter(key.as_deref(), reason, at, payload)
+                        .await?,
+                );
                 return Ok(());
             }
         };
@@ -576,25 +561,38 @@ impl Processor {
             let Op::Upsert { time, .. } = change.op else {
                 return Ok(());
             };
-            let letter = DeadLetter {
-                reason: format!(
-                    "late: event time {} is behind the watermark {watermark} by more than the \
-                     allowed lateness",
-                    format_millis(time).unwrap_or_default()
-                ),
-                source: "window".into(),
-                topic: Some(self.config.input.clone()),
-                partition: Some(change.src),
-                offset: Some(change.offset),
-                payload: raw.unwrap_or_default(),
-            };
-            sends.push(self.dead_letter(Some(&change.key), &letter).await?);
+            let reason = format!(
+                "late: event time {} is behind the watermark {watermark} by more than the \
+                 allowed lateness",
+                format_millis(time).unwrap_or_default()
+            );
+            let at = (change.src, change.offset);
+            let payload = raw.unwrap_or_default();
+            sends.push(
+                self.dead_letter(Some(&change.key), reason, at, payload)
+                    .await?,
+            );
         }
         Ok(())
     }
 
-    async fn dead_letter(&self, key: Option<&str>, letter: &DeadLetter) -> Result<Pending> {
-        let body = serde_json::to_vec(letter).unwrap_or_default();
+    /// Queues a dead letter for the input record at `(partition, offset)`.
+    async fn dead_letter(
+        &self,
+        key: Option<&str>,
+        reason: String,
+        (partition, offset): (i32, i64),
+        payload: String,
+    ) -> Result<Pending> {
+        let letter = DeadLetter {
+            reason,
+            source: "window".into(),
+            topic: Some(self.config.input.clone()),
+            partition: Some(partition),
+            offset: Some(offset),
+            payload,
+        };
+        let body = serde_json::to_vec(&letter).unwrap_or_default();
         Ok(Box::pin(
             self.producer
                 .enqueue(&self.dlq, None, key, &body, None)

@@ -134,6 +134,11 @@ struct Pipe {
 }
 
 impl Pipe {
+    /// The values of the newest result emitted.
+    fn last_values(&self) -> Vec<Option<f64>> {
+        self.out.last().unwrap().values.clone()
+    }
+
     fn new(lateness: i64) -> Pipe {
         let spec = Spec::new(
             Duration::from_millis(10),
@@ -178,9 +183,8 @@ fn a_revision_replaces_and_a_deletion_retracts() {
         input("a", 1.0, 1, false, "[]", Some(2.0)),
         input("b", 1.0, 2, false, "[]", Some(3.0)),
     ]);
-    let last = pipe.out.last().unwrap();
     assert_eq!(
-        last.values,
+        pipe.last_values(),
         vec![Some(2.0), Some(5.0), Some(2.5), Some(2.0), Some(3.0)]
     );
     // A newer version of `a` with a larger magnitude; an older one of `b` is stale.
@@ -188,22 +192,19 @@ fn a_revision_replaces_and_a_deletion_retracts() {
         input("a", 2.0, 1, false, "[]", Some(4.0)),
         input("b", 0.5, 2, false, "[]", Some(9.0)),
     ]);
-    let last = pipe.out.last().unwrap();
     assert_eq!(
-        last.values,
+        pipe.last_values(),
         vec![Some(2.0), Some(7.0), Some(3.5), Some(3.0), Some(4.0)]
     );
     pipe.batch(vec![input("b", 3.0, 2, true, "[]", None)]);
-    let last = pipe.out.last().unwrap();
     assert_eq!(
-        last.values,
+        pipe.last_values(),
         vec![Some(1.0), Some(4.0), Some(4.0), Some(4.0), Some(4.0)]
     );
     // Null values count as records but carry no value.
     pipe.batch(vec![input("c", 1.0, 3, false, "[]", None)]);
-    let last = pipe.out.last().unwrap();
     assert_eq!(
-        last.values,
+        pipe.last_values(),
         vec![Some(2.0), Some(4.0), Some(4.0), Some(4.0), Some(4.0)]
     );
     assert!(pipe.out.iter().all(|r| !r.is_final));

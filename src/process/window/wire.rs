@@ -66,22 +66,14 @@ pub(super) fn decode(wire: Wire) -> Decoded {
             v,
             last,
             raw,
-        } => Decoded::Change(
-            Change {
-                src,
-                offset: off,
-                seq,
-                start: w,
-                group: Arc::from(g),
-                key: Arc::from(k),
-                op: Op::Upsert {
-                    time: t,
-                    values: Arc::from(v),
-                    last,
-                },
-            },
-            raw,
-        ),
+        } => {
+            let op = Op::Upsert {
+                time: t,
+                values: Arc::from(v),
+                last,
+            };
+            Decoded::Change(change(src, off, seq, w, &g, &k, op), raw)
+        }
         Wire::Retract {
             src,
             off,
@@ -89,18 +81,7 @@ pub(super) fn decode(wire: Wire) -> Decoded {
             w,
             g,
             k,
-        } => Decoded::Change(
-            Change {
-                src,
-                offset: off,
-                seq,
-                start: w,
-                group: Arc::from(g),
-                key: Arc::from(k),
-                op: Op::Retract,
-            },
-            None,
-        ),
+        } => Decoded::Change(change(src, off, seq, w, &g, &k, Op::Retract), None),
         Wire::Time {
             src,
             max_time,
@@ -110,6 +91,18 @@ pub(super) fn decode(wire: Wire) -> Decoded {
             max_time,
             idle,
         },
+    }
+}
+
+fn change(src: i32, offset: i64, seq: u32, start: i64, group: &str, key: &str, op: Op) -> Change {
+    Change {
+        src,
+        offset,
+        seq,
+        start,
+        group: Arc::from(group),
+        key: Arc::from(key),
+        op,
     }
 }
 

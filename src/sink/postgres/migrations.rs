@@ -6,10 +6,41 @@
 //! versions are recorded in `quakestream_migrations`; an advisory lock keeps two sinks starting
 //! at once from applying the same one twice. Never edit a released migration: add one.
 
+/// The columns both fact tables have, after the event id: what a revision says of its event.
+macro_rules! fact_columns {
+    () => {
+        "    updated            timestamptz NOT NULL,
+    time               timestamptz NOT NULL,
+    date_key           integer NOT NULL REFERENCES dim_date,
+    network_key        integer REFERENCES dim_network,
+    magnitude_type_key integer REFERENCES dim_magnitude_type,
+    event_type_key     integer REFERENCES dim_event_type,
+    region_key         integer REFERENCES dim_region,
+    mag                double precision,
+    lat                double precision NOT NULL,
+    lon                double precision NOT NULL,
+    depth_km           double precision NOT NULL,
+    status             text NOT NULL,
+    tsunami            boolean NOT NULL,
+    alert              text,
+    sig                bigint,
+    felt               bigint,
+    cdi                double precision,
+    mmi                double precision,
+    place              text,
+    title              text NOT NULL,
+    url                text NOT NULL,
+    ids                text[] NOT NULL,
+    source             text NOT NULL,
+"
+    };
+}
+
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
     1,
     "star schema",
-    r#"
+    concat!(
+        r#"
 CREATE TABLE dim_date (
     date_key     integer PRIMARY KEY,          -- yyyymmdd
     date         date NOT NULL UNIQUE,
@@ -44,60 +75,18 @@ CREATE TABLE dim_region (
 
 CREATE TABLE fact_earthquake (
     event_id           text PRIMARY KEY,
-    updated            timestamptz NOT NULL,
-    time               timestamptz NOT NULL,
-    date_key           integer NOT NULL REFERENCES dim_date,
-    network_key        integer REFERENCES dim_network,
-    magnitude_type_key integer REFERENCES dim_magnitude_type,
-    event_type_key     integer REFERENCES dim_event_type,
-    region_key         integer REFERENCES dim_region,
-    mag                double precision,
-    lat                double precision NOT NULL,
-    lon                double precision NOT NULL,
-    depth_km           double precision NOT NULL,
-    status             text NOT NULL,
-    tsunami            boolean NOT NULL,
-    alert              text,
-    sig                bigint,
-    felt               bigint,
-    cdi                double precision,
-    mmi                double precision,
-    place              text,
-    title              text NOT NULL,
-    url                text NOT NULL,
-    ids                text[] NOT NULL,
-    source             text NOT NULL,
-    loaded_at          timestamptz NOT NULL DEFAULT now()
+"#,
+        fact_columns!(),
+        r#"    loaded_at          timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX fact_earthquake_time ON fact_earthquake (time);
 CREATE INDEX fact_earthquake_date ON fact_earthquake (date_key);
 
 CREATE TABLE fact_earthquake_revision (
     event_id           text NOT NULL,
-    updated            timestamptz NOT NULL,
-    time               timestamptz NOT NULL,
-    date_key           integer NOT NULL REFERENCES dim_date,
-    network_key        integer REFERENCES dim_network,
-    magnitude_type_key integer REFERENCES dim_magnitude_type,
-    event_type_key     integer REFERENCES dim_event_type,
-    region_key         integer REFERENCES dim_region,
-    mag                double precision,
-    lat                double precision NOT NULL,
-    lon                double precision NOT NULL,
-    depth_km           double precision NOT NULL,
-    status             text NOT NULL,
-    tsunami            boolean NOT NULL,
-    alert              text,
-    sig                bigint,
-    felt               bigint,
-    cdi                double precision,
-    mmi                double precision,
-    place              text,
-    title              text NOT NULL,
-    url                text NOT NULL,
-    ids                text[] NOT NULL,
-    source             text NOT NULL,
-    kafka_topic        text NOT NULL,
+"#,
+        fact_columns!(),
+        r#"    kafka_topic        text NOT NULL,
     kafka_partition    integer NOT NULL,
     kafka_offset       bigint NOT NULL,
     loaded_at          timestamptz NOT NULL DEFAULT now(),
@@ -116,5 +105,6 @@ CREATE TABLE agg_window (
     loaded_at          timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (topic, window_start, window_end, group_key)
 );
-"#,
+"#
+    ),
 )];
