@@ -23,7 +23,12 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("normalize", |b| {
         b.iter(|| {
-            let parsed = parse_collection(std::hint::black_box(&body), "usgs").unwrap();
+            let parsed = parse_collection(
+                std::hint::black_box(&body),
+                "usgs",
+                &quakestream::record::Checks::default(),
+            )
+            .unwrap();
             assert_eq!(parsed.quakes.len(), 1770);
             parsed
         })

@@ -30,7 +30,11 @@ fn records() -> Vec<Vec<u8>> {
         "significant_month_2023-10-11T2016Z.geojson",
     ] {
         let body = std::fs::read(format!("{dir}/{file}")).unwrap();
-        templates.extend(geojson::parse_collection(&body, "usgs").unwrap().quakes);
+        templates.extend(
+            geojson::parse_collection(&body, "usgs", &quakestream::record::Checks::default())
+                .unwrap()
+                .quakes,
+        );
     }
     (0..RECORDS)
         .map(|i| {

@@ -23,7 +23,7 @@ fn records() -> Vec<Vec<u8>> {
         "/fixtures/usgs/revision_sequence_2025-05-04/all_week_2025-05-04T135310Z.json"
     );
     let body = std::fs::read(path).expect("the all_week fixture");
-    parse_collection(&body, "usgs")
+    parse_collection(&body, "usgs", &quakestream::record::Checks::default())
         .expect("fixture parses")
         .quakes
         .iter()

@@ -74,6 +74,8 @@ pub struct Config {
     pub postgres: crate::sink::postgres::PostgresConfig,
     /// The web server: the live map, the pipeline monitor, the API and `/metrics`.
     pub web: crate::web::WebConfig,
+    /// Plausibility checks on input: how far ahead of the clock an event time may be.
+    pub checks: crate::record::Checks,
     /// librdkafka properties, passed through verbatim to every client (after quakestream's own
     /// settings, so they win): `"security.protocol" = "SASL_SSL"`, `"sasl.mechanisms" =
     /// "PLAIN"`, … Secrets belong in the environment (`QUAKESTREAM_KAFKA_SASL_PASSWORD`).
@@ -101,6 +103,7 @@ impl Default for Config {
             object_store: crate::sink::lake::LakeConfig::object_store(),
             postgres: crate::sink::postgres::PostgresConfig::default(),
             web: crate::web::WebConfig::default(),
+            checks: crate::record::Checks::default(),
             kafka: BTreeMap::new(),
         }
     }
@@ -209,13 +212,28 @@ impl Config {
 
     /// The effective configuration as TOML, with secret values replaced by `"***"`.
     pub fn to_redacted_toml(&self) -> String {
+        use crate::secret;
         let mut shown = self.clone();
-        shown.postgres.url = shown.postgres.redacted_url();
+        shown.postgres.url = secret::url(&shown.postgres.url);
         for (key, value) in shown.kafka.iter_mut() {
-            if is_secret(key) {
-                *value = "***".into();
+            *value = secret::setting(key, value).into_owned();
+        }
+        for url in shown.alerts.webhooks.iter_mut() {
+            *url = secret::webhook_url(url);
+        }
+        for http in shown.http.iter_mut() {
+            http.url = secret::url(&http.url);
+            for (key, value) in http.query.iter_mut() {
+                *value = secret::setting(key, value).into_owned();
+            }
+            // Headers carry credentials more often than not: every literal value is hidden.
+            for value in http.headers.values_mut() {
+                if !value.starts_with("env:") {
+                    *value = secret::MASK.into();
+                }
             }
         }
+        shown.emsc.url = secret::url(&shown.emsc.url);
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
 
@@ -296,20 +314,6 @@ impl Config {
         }
         Ok(())
     }
-}
-
-/// Whether a librdkafka property holds a secret that must never be printed.
-pub fn is_secret(key: &str) -> bool {
-    [
-        "password",
-        "secret",
-        "token",
-        "jaas",
-        ".pem",
-        "oauthbearer.config",
-    ]
-    .iter()
-    .any(|word| key.contains(word))
 }
 
 fn to_table(config: &Config) -> Table {

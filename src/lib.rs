@@ -33,9 +33,11 @@ pub mod metrics;
 pub mod process;
 pub mod record;
 pub mod runtime;
+pub mod secret;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
+pub mod text;
 pub mod web;
 
 pub use config::Config;

@@ -47,14 +47,54 @@ pub const LAT_RANGE: std::ops::RangeInclusive<f64> = -90.0..=90.0;
 pub const LON_RANGE: std::ops::RangeInclusive<f64> = -180.0..=180.0;
 pub const DEPTH_KM_RANGE: std::ops::RangeInclusive<f64> = -100.0..=1000.0;
 pub const MAG_RANGE: std::ops::RangeInclusive<f64> = -3.0..=10.0;
+/// The longest text field taken, in bytes (real places and titles are under 200).
+pub const MAX_TEXT_BYTES: usize = 4096;
 /// No instrumental record is older than 1900-01-01T00:00:00Z.
 pub const EARLIEST: Millis = Millis(-2_208_988_800_000);
 
+/// The checks on input that depend on settings (`[checks]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Checks {
+    /// How far ahead of this machine's clock an event time may be: a record dated later is
+    /// refused (dead-lettered with its reason), and no window's watermark passes the clock plus
+    /// this. Covers a clock that is a little behind; no real event is in the future.
+    #[serde(with = "crate::config::duration")]
+    pub future_tolerance: std::time::Duration,
+}
+
+impl Default for Checks {
+    fn default() -> Checks {
+        Checks {
+            future_tolerance: std::time::Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Checks {
+    /// The latest event time taken now: the clock plus the tolerance.
+    pub fn latest(&self) -> Millis {
+        let tolerance = i64::try_from(self.future_tolerance.as_millis()).unwrap_or(i64::MAX);
+        Millis(Millis::now().0.saturating_add(tolerance))
+    }
+
+    /// Why `time` (of the field `name`) is ahead of what is taken now, if it is.
+    pub fn ahead(&self, name: &str, time: Millis) -> Option<String> {
+        (time > self.latest()).then(|| {
+            format!(
+                "{name} {time} is more than {} ahead of the clock ([checks] future_tolerance)",
+                humantime::format_duration(self.future_tolerance)
+            )
+        })
+    }
+}
+
 impl Quake {
-    /// Position, depth, magnitude and origin time within their ranges ([`LAT_RANGE`] …), and
-    /// `updated` not before 1900. The one plausibility check every source and every reader of
-    /// quakes applies; the error is the reason for the dead letter.
-    pub fn check(&self) -> std::result::Result<(), String> {
+    /// Position, depth, magnitude and times within their ranges ([`LAT_RANGE`] …): times not
+    /// before 1900 and not ahead of the clock by more than `checks.future_tolerance`. The one
+    /// plausibility check every source and every reader of quakes applies; the error is the
+    /// reason for the dead letter.
+    pub fn check(&self, checks: &Checks) -> std::result::Result<(), String> {
         // `contains` is false for NaN, so these also refuse non-finite numbers.
         if !LAT_RANGE.contains(&self.lat) {
             return Err(format!("latitude {} is outside [-90, 90]", short(self.lat)));
@@ -76,12 +116,41 @@ impl Quake {
         {
             return Err(format!("magnitude {} is outside [-3, 10]", short(mag)));
         }
+        let texts = [
+            ("id", Some(&self.id)),
+            ("source", Some(&self.source)),
+            ("mag_type", self.mag_type.as_ref()),
+            ("place", self.place.as_ref()),
+            ("status", Some(&self.status)),
+            ("alert", self.alert.as_ref()),
+            ("net", Some(&self.net)),
+            ("code", Some(&self.code)),
+            ("event_type", Some(&self.event_type)),
+            ("title", Some(&self.title)),
+            ("url", Some(&self.url)),
+        ];
+        let ids = self.ids.iter().map(|id| ("ids", Some(id)));
+        for (name, text) in texts.into_iter().chain(ids) {
+            let Some(text) = text else { continue };
+            if text.len() > MAX_TEXT_BYTES {
+                return Err(format!(
+                    "{name} is {} bytes long, more than {MAX_TEXT_BYTES}",
+                    text.len()
+                ));
+            }
+            if text.contains('\0') {
+                return Err(format!("{name} contains a NUL character"));
+            }
+        }
         for (name, t) in [("time", self.time), ("updated", self.updated)] {
             if t < EARLIEST {
                 return Err(format!("{name} {t} is before 1900"));
             }
             if t.rfc3339().is_none() {
                 return Err(format!("{name} {t} is out of range"));
+            }
+            if let Some(reason) = checks.ahead(name, t) {
+                return Err(reason);
             }
         }
         Ok(())
@@ -188,11 +257,12 @@ mod tests {
 
     #[test]
     fn a_quake_outside_the_ranges_is_refused_with_its_reason() {
-        assert_eq!(quake().check(), Ok(()));
+        let checks = Checks::default();
+        assert_eq!(quake().check(&checks), Ok(()));
         let refused = |change: fn(&mut Quake)| {
             let mut q = quake();
             change(&mut q);
-            q.check().unwrap_err()
+            q.check(&Checks::default()).unwrap_err()
         };
         assert!(refused(|q| q.lat = 200.0).contains("latitude 200"));
         assert!(refused(|q| q.lat = f64::NAN).contains("latitude NaN"));
@@ -201,11 +271,29 @@ mod tests {
         assert!(refused(|q| q.mag = Some(1e308)).contains("magnitude 1e308"));
         assert!(refused(|q| q.mag = Some(f64::INFINITY)).contains("magnitude inf"));
         assert!(refused(|q| q.time = Millis(EARLIEST.0 - 1)).contains("before 1900"));
+        // 2100-01-01: far ahead of any clock.
+        let future = refused(|q| q.time = Millis(4_102_444_800_000));
+        assert!(
+            future.contains("time 2100-01-01T00:00:00.000Z is more than 1h ahead of the clock"),
+            "{future}"
+        );
+        assert!(refused(|q| q.updated = Millis(i64::MAX)).contains("updated"));
+        assert!(refused(|q| q.place = Some("x\0y".into())).contains("place contains a NUL"));
+        let long = refused(|q| q.place = Some("x".repeat(100_000)));
+        assert!(long.contains("place is 100000 bytes long"), "{long}");
+        assert!(refused(|q| q.ids.push("\0".into())).contains("ids contains a NUL"));
         let mut q = quake();
         q.mag = None;
         q.depth_km = -3.41;
         q.lon = 180.0;
-        assert_eq!(q.check(), Ok(()));
+        assert_eq!(q.check(&checks), Ok(()));
+        // Within the tolerance: a clock a little behind still takes a fresh event.
+        q.time = Millis(Millis::now().0 + 60_000);
+        assert_eq!(q.check(&checks), Ok(()));
+        let strict = Checks {
+            future_tolerance: std::time::Duration::ZERO,
+        };
+        assert!(q.check(&strict).is_err());
     }
 
     #[test]

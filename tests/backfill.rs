@@ -170,6 +170,7 @@ fn target<'a>(
         dlq: "quakestream-dlq",
         data_dir: data,
         metrics: metrics.clone(),
+        checks: Default::default(),
     }
 }
 

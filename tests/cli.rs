@@ -62,7 +62,7 @@ fn bad_window_and_alert_settings_are_refused_with_the_reason() {
         ),
         (
             "[alerts]\nwebhooks = [\"not a url\"]\n",
-            "webhook \"not a url\"",
+            "webhook 1 (of 1): not a URL",
         ),
     ] {
         std::fs::write(&file, text).unwrap();

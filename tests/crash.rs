@@ -62,7 +62,7 @@ use quakestream::{
     kafka::KafkaSettings,
     record::{format_millis, parse_millis},
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::runtime::Runtime;
 
 const FEED_PATH: &str = "/earthquakes/feed/v1.0/summary/all_day.geojson";
@@ -96,6 +96,21 @@ type Results = BTreeMap<String, (u64, Option<f64>, Option<f64>)>;
 type Revision = (String, i64);
 /// Messages of a topic as (key, value).
 type Records = Vec<(String, Value)>;
+
+/// The hostile feed: polls 3 and 6 of the sequence also carry features no reader may take (a
+/// far-future time, NUL, markup and a chat mention in `place`, magnitude 1e308, a 100 kB
+/// `place`, latitude 200, a missing time, a mistyped magnitude), and `up` is killed twice. The
+/// real revisions land once; the windows and the alerts are the oracle's, computed from the
+/// real feeds alone (no window in 2100, no average of 1e308, no alert for an injected feature);
+/// each injected feature is a dead letter naming its reason; nothing panics.
+#[test]
+fn a_hostile_feed_is_refused_feature_by_feature_and_the_real_events_land_exactly() {
+    let seed = env_number("QS_CRASH_SEED").unwrap_or(2026);
+    let mut oracle = Oracle::from_fixtures(&revision_sequence());
+    oracle.hostile = true;
+    let runtime = Runtime::new().unwrap();
+    crash_run(1, seed, 2, &oracle, &runtime);
+}
 
 #[test]
 fn up_killed_at_random_moments_and_a_broker_restart_lose_and_repeat_nothing() {
@@ -140,7 +155,10 @@ fn crash_run(run: u64, seed: u64, kills: u64, oracle: &Oracle, runtime: &Runtime
     let files = revision_sequence();
     // The first poll is there from the start: a 404 would put the source in backoff.
     let feed = runtime
-        .block_on(FakeServer::start("127.0.0.1:0", vec![poll(&files[0])]))
+        .block_on(FakeServer::start(
+            "127.0.0.1:0",
+            vec![oracle.poll(&files, 0)],
+        ))
         .unwrap();
     let url = feed.url(FEED_PATH);
     let mut served = 1;
@@ -164,7 +182,7 @@ fn crash_run(run: u64, seed: u64, kills: u64, oracle: &Oracle, runtime: &Runtime
         wait_published(runtime, &settings, &oracle.served[served - 1], &journal);
         let advanced = served < files.len();
         if advanced {
-            feed.push([poll(&files[served])]);
+            feed.push([oracle.poll(&files, served)]);
             served += 1;
         }
         let after = random.below(KILL_MS);
@@ -182,7 +200,7 @@ fn crash_run(run: u64, seed: u64, kills: u64, oracle: &Oracle, runtime: &Runtime
     up.wait_for(started, START_LIMIT);
     while served < files.len() {
         wait_published(runtime, &settings, &oracle.served[served - 1], &journal);
-        feed.push([poll(&files[served])]);
+        feed.push([oracle.poll(&files, served)]);
         served += 1;
     }
     journal.note(format!(
@@ -208,6 +226,12 @@ fn crash_run(run: u64, seed: u64, kills: u64, oracle: &Oracle, runtime: &Runtime
         "{journal}Ctrl+C must exit 0, got {status}; stderr (tail):\n{}",
         tail(&up.drain_stderr())
     );
+    let panics: Vec<String> = up
+        .drain_stderr()
+        .into_iter()
+        .filter(|l| l.contains("panicked"))
+        .collect();
+    assert!(panics.is_empty(), "{journal}panics: {panics:#?}");
     journal.note("last run: stopped with Ctrl+C, exit 0".into());
 
     // What the pipeline left behind, read back with the broker alone: a clean stop may not
@@ -238,8 +262,52 @@ fn started(line: &str) -> bool {
     line.contains("Press Ctrl+C")
 }
 
-fn poll(file: &str) -> Step {
-    Step::Json(fixture(file).into())
+/// The injected features of the hostile feed: id, and what the reason of its dead letter says.
+/// Each has magnitude 7 (it would be alerted, were it taken) unless its magnitude is the fault.
+const HOSTILE: [(&str, &str); 7] = [
+    ("hostile-future", "ahead of the clock"),
+    ("hostile-nul", "place contains a NUL character"),
+    ("hostile-mag", "magnitude 1e308 is outside"),
+    ("hostile-huge", "place is 100000 bytes long"),
+    ("hostile-lat", "latitude 200 is outside"),
+    ("hostile-missing", "time is missing"),
+    ("hostile-mistyped", "not a number"),
+];
+/// The polls (0-based) of the sequence that carry them.
+const HOSTILE_POLLS: [usize; 2] = [2, 5];
+
+/// The hostile features, made from a real one with another id (and no aliases, which would
+/// merge them with it).
+fn hostile_features(template: &Value) -> Vec<Value> {
+    HOSTILE
+        .iter()
+        .map(|(id, _)| {
+            let mut f = template.clone();
+            f["id"] = json!(id);
+            f["properties"]["ids"] = json!(format!(",{id},"));
+            f["properties"]["code"] = json!(id);
+            f["properties"]["mag"] = json!(7.0);
+            let far_future = json!(4_102_444_800_000_i64);
+            match *id {
+                "hostile-future" => {
+                    f["properties"]["time"] = far_future.clone();
+                    f["properties"]["updated"] = far_future;
+                }
+                "hostile-nul" => {
+                    f["properties"]["place"] =
+                        json!("Evil\u{0} <script>alert(1)</script> <!channel> \u{1b}[2J");
+                }
+                "hostile-mag" => f["properties"]["mag"] = json!(1e308),
+                "hostile-huge" => f["properties"]["place"] = json!("x".repeat(100_000)),
+                "hostile-lat" => f["geometry"]["coordinates"][1] = json!(200.0),
+                "hostile-missing" => {
+                    f["properties"].as_object_mut().unwrap().remove("time");
+                }
+                _ => f["properties"]["mag"] = json!("big"),
+            }
+            f
+        })
+        .collect()
 }
 
 /// `kill -9`, failing the test if the process had already ended by itself.
@@ -564,6 +632,8 @@ struct Seen {
 
 /// What the outputs must be, computed from the fixture files alone.
 struct Oracle {
+    /// Whether polls [`HOSTILE_POLLS`] carry the [`HOSTILE`] features.
+    hostile: bool,
     /// Every revision of the feeds.
     revisions: BTreeSet<Revision>,
     /// `served[k]`: every revision of polls `0..=k`.
@@ -575,6 +645,21 @@ struct Oracle {
 }
 
 impl Oracle {
+    /// Poll `k` of the sequence as the fake feed serves it.
+    fn poll(&self, files: &[String], k: usize) -> Step {
+        let body = fixture(&files[k]);
+        if !(self.hostile && HOSTILE_POLLS.contains(&k)) {
+            return Step::Json(body.into());
+        }
+        let mut feed: Value = serde_json::from_slice(&body).unwrap();
+        let features = feed["features"].as_array_mut().unwrap();
+        let injected = hostile_features(&features[0]);
+        // Among the real ones, not only at the end.
+        let middle = features.len() / 2;
+        features.splice(middle..middle, injected);
+        Step::Json(serde_json::to_vec(&feed).unwrap().into())
+    }
+
     fn from_fixtures(files: &[String]) -> Oracle {
         let served = (1..=files.len())
             .map(|n| expected_revisions(&files[..n]))
@@ -671,6 +756,7 @@ impl Oracle {
         assert!(!alerts.is_empty(), "the day has M4.5+ events");
 
         Oracle {
+            hostile: false,
             revisions: expected_revisions(files),
             served,
             windows,
@@ -826,6 +912,45 @@ impl Oracle {
                 missing.len(),
                 listed(&missing)
             ));
+        }
+
+        // The hostile feed: each injected feature dead-lettered (at least once: a restarted
+        // source reads its feed again) with its reason, and nothing else.
+        if self.hostile {
+            let mut refused: BTreeSet<&str> = BTreeSet::new();
+            let mut other = Vec::new();
+            for (_, letter) in &observed.dead_letters {
+                let reason = letter["reason"].as_str().unwrap_or("?");
+                let id = letter["payload"]
+                    .as_str()
+                    .and_then(|p| serde_json::from_str::<Value>(p).ok())
+                    .and_then(|f| f["id"].as_str().map(String::from));
+                match HOSTILE.iter().find(|(h, _)| Some(*h) == id.as_deref()) {
+                    Some((h, why)) if reason.contains(why) && letter["source"] == "usgs" => {
+                        refused.insert(h);
+                    }
+                    _ => other.push(format!("{id:?}: {reason}")),
+                }
+            }
+            if !other.is_empty() {
+                problems.permanent.push(format!(
+                    "quakestream-dlq: {} dead letters that are not an injected feature with its reason: {}",
+                    other.len(),
+                    listed(&other)
+                ));
+            }
+            let missing: Vec<&str> = HOSTILE
+                .iter()
+                .map(|(h, _)| *h)
+                .filter(|h| !refused.contains(h))
+                .collect();
+            if !missing.is_empty() {
+                problems.pending.push(format!(
+                    "quakestream-dlq: injected features not dead-lettered: {}",
+                    listed(&missing)
+                ));
+            }
+            return problems;
         }
 
         // Nothing late, nothing bad.

@@ -62,6 +62,7 @@ pub async fn backfill(
             dlq: &config.topics.dlq,
             data_dir: &config.data_dir,
             metrics,
+            checks: config.checks,
         },
         shutdown,
         |report, done| {

@@ -102,6 +102,7 @@ pub async fn up(config: &Config, shutdown: CancellationToken) -> Result<()> {
         data_dir,
         registry: Arc::new(Registry::default()),
         shutdown: components_stop.clone(),
+        checks: config.checks,
     };
     let supervisor = Supervisor::new(list, &ctx.registry);
     let mut running = tokio::spawn(supervisor.run(ctx));
@@ -225,6 +226,7 @@ pub async fn run(
         data_dir,
         registry: registry.clone(),
         shutdown,
+        checks: config.checks,
     };
     // Alone, a component that cannot start at all exits with the reason; once it has run, it is
     // restarted like under `up`.
@@ -258,6 +260,7 @@ fn web_settings(config: &Config, settings: &KafkaSettings) -> Result<web::Settin
         },
         dlq: config.topics.dlq.clone(),
         kafka: settings.clone(),
+        checks: config.checks,
     })
 }
 

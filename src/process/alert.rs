@@ -70,6 +70,9 @@ impl Event {
         if !deleted && q.get("time").and_then(Value::as_str).is_none() {
             return Err("the record has no origin time");
         }
+        if number("mag").is_some_and(|m| !crate::record::MAG_RANGE.contains(&m)) {
+            return Err("the magnitude is outside [-3, 10]");
+        }
         Ok(Event {
             key: key.to_string(),
             updated: time("updated"),

@@ -9,6 +9,7 @@ use crate::{
         window::{AggOp, Layout, WindowResult},
     },
     record::{format_millis, parse_millis},
+    text::terminal,
 };
 
 /// Width of the alert box, borders included: wide enough for a USGS event URL on one line.
@@ -58,8 +59,15 @@ pub fn window_table(layout: &Layout, batch: u64, results: &[WindowResult]) -> St
     table(&format!("Batch: {batch}"), &header, &rows)
 }
 
-/// A plain ASCII table: `+---+` rules, `|`-separated cells, left-aligned text.
+/// A plain ASCII table: `+---+` rules, `|`-separated cells, left-aligned text. Cells are
+/// terminal-safe ([`terminal`]): a group value from the feed cannot move the cursor.
 pub fn table(title: &str, header: &[String], rows: &[Vec<String>]) -> String {
+    let safe = |cells: &[String]| -> Vec<String> {
+        cells.iter().map(|c| terminal(c).into_owned()).collect()
+    };
+    let header = safe(header);
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| safe(r)).collect();
+    let (header, rows) = (&header[..], &rows[..]);
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -121,27 +129,28 @@ fn times(alert: &Alert, local: FixedOffset) -> Option<(String, String)> {
     ))
 }
 
-/// One line that says it all: what the log file and webhooks carry.
+/// One line that says it all: what the log file and webhooks carry. Text from the feed is
+/// terminal-safe ([`terminal`]): a newline in a place cannot forge a second line.
 pub fn alert_line(alert: &Alert) -> String {
     let mag = number(alert, "mag").map_or("M ?".to_string(), |m| format!("M {m:.1}"));
-    let place = text(alert, "place").unwrap_or("unknown place");
+    let place = terminal(text(alert, "place").unwrap_or("unknown place"));
     let when = times(alert, FixedOffset::east_opt(0).expect("zero offset"))
         .map(|(utc, _)| utc)
         .unwrap_or_default();
     let mut line = format!("[{}] {mag} - {place} - {when}", alert.kind.label());
     if let Some(level) = text(alert, "alert") {
-        line.push_str(&format!(" - PAGER {level}"));
+        line.push_str(&format!(" - PAGER {}", terminal(level)));
     }
     if alert.quake.get("tsunami") == Some(&serde_json::Value::Bool(true)) {
         line.push_str(" - tsunami flag");
     }
     if alert.kind == Kind::Cancel {
-        line.push_str(&format!(" - {}", alert.reason));
+        line.push_str(&format!(" - {}", terminal(&alert.reason)));
     } else {
         line.push_str(&format!(" - rules: {}", alert.rules.join(", ")));
     }
     if let Some(url) = text(alert, "url") {
-        line.push_str(&format!(" - {url}"));
+        line.push_str(&format!(" - {}", terminal(url)));
     }
     line
 }

@@ -118,38 +118,17 @@ async fn deliver(
                     status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
                 (retry, after, format!("HTTP {status}"))
             }
-            Err(e) => (true, None, e.to_string()),
+            // Without the URL: its path is the secret.
+            Err(e) => (true, None, e.without_url().to_string()),
         };
         if !retry || attempt == attempts {
             metrics.failed.inc();
-            tracing::warn!(url = %redact(url), attempts = attempt, error = %why, "webhook delivery failed");
+            tracing::warn!(url = %crate::secret::webhook_url(url), attempts = attempt, error = %why, "webhook delivery failed");
             return;
         }
         metrics.retries.inc();
         let wait = backoff.next(wait);
-        tracing::debug!(url = %redact(url), attempt, error = %why, ?wait, "webhook delivery will be retried");
+        tracing::debug!(url = %crate::secret::webhook_url(url), attempt, error = %why, ?wait, "webhook delivery will be retried");
         tokio::time::sleep(wait).await;
-    }
-}
-
-/// Webhook URLs carry their secret in the path: logs show the host only.
-fn redact(url: &str) -> String {
-    url::Url::parse(url)
-        .ok()
-        .and_then(|u| u.host_str().map(|h| format!("{}://{h}/…", u.scheme())))
-        .unwrap_or_else(|| "<webhook>".into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn logged_urls_hide_the_secret_path() {
-        assert_eq!(
-            redact("https://hooks.slack.com/services/T000/B000/XXXX"),
-            "https://hooks.slack.com/…"
-        );
-        assert_eq!(redact("not a url"), "<webhook>");
     }
 }

@@ -51,6 +51,8 @@ pub struct Spec {
     pub size: i64,
     pub slide: i64,
     pub lateness: i64,
+    /// How far ahead of the clock the watermark may go ([`Spec::ahead_of_clock`]).
+    pub ahead: i64,
 }
 
 impl Spec {
@@ -83,7 +85,17 @@ impl Spec {
             size,
             slide,
             lateness,
+            ahead: i64::MAX,
         })
+    }
+
+    /// The same windows, whose watermark never passes the clock plus `tolerance`, whatever
+    /// event times arrive (`[checks] future_tolerance`).
+    pub fn ahead_of_clock(self, tolerance: Duration) -> Spec {
+        Spec {
+            ahead: i64::try_from(tolerance.as_millis()).unwrap_or(i64::MAX),
+            ..self
+        }
     }
 
     /// Starts of the windows that contain event time `t`, newest (last to close) first.
@@ -685,7 +697,8 @@ impl Combiner {
     /// update for every changed cell whose last emission is at least `every` ms old. Results
     /// come in window order, then group order.
     pub fn end_batch(&mut self, now: i64, every: i64, out: &mut Vec<WindowResult>) {
-        self.watermark = self.watermark.max(self.candidate());
+        let cap = now.saturating_add(self.spec.ahead);
+        self.watermark = self.watermark.max(self.candidate().map(|c| c.min(cap)));
         let (spec, layout, scratch) = (self.spec, &self.layout, &mut self.scratch);
         if let Some(watermark) = self.watermark {
             while let Some(entry) = self.cells.first_entry() {
@@ -744,7 +757,11 @@ impl Combiner {
     /// emitting (their finals were sent). Open cells are not re-sent: updates are previews, and
     /// the next change or the final carries the current value.
     pub fn restore(&mut self, watermark: Option<i64>) {
-        self.watermark = self.watermark.max(self.candidate()).max(watermark);
+        let cap = chrono::Utc::now()
+            .timestamp_millis()
+            .saturating_add(self.spec.ahead);
+        let restored = self.watermark.max(self.candidate()).max(watermark);
+        self.watermark = restored.map(|w| w.min(cap));
         if let Some(w) = self.watermark {
             let spec = self.spec;
             self.cells.retain(|start, _| spec.end(*start) > w);
@@ -826,6 +843,8 @@ pub struct Extractor {
     pub key_field: Option<String>,
     /// `None`: arrival order (the input offset) is the version.
     pub version_field: Option<String>,
+    /// How far ahead of the clock an event time may be, in ms: a later one is refused.
+    pub ahead: i64,
 }
 
 /// Why a record could not be windowed; static, so the error path does not allocate.
@@ -856,6 +875,14 @@ impl Extractor {
             Some(Value::Null) | None => return Err("the record has no event time"),
             Some(_) => return Err("the event time is neither a string nor a number"),
         };
+        let latest = chrono::Utc::now()
+            .timestamp_millis()
+            .saturating_add(self.ahead);
+        if time > latest {
+            return Err(
+                "the event time is ahead of the clock by more than [checks] future_tolerance",
+            );
+        }
         let key: Arc<str> = match &self.key_field {
             Some(field) => match lookup_in(record, field) {
                 Some(Value::String(s)) => Arc::from(s.as_str()),

@@ -167,6 +167,8 @@ pub struct Context {
     pub registry: Arc<Registry>,
     /// Cancelled when the component must stop.
     pub shutdown: CancellationToken,
+    /// The plausibility settings every reader of input applies (`[checks]`).
+    pub checks: crate::record::Checks,
 }
 
 impl Context {
@@ -183,6 +185,7 @@ impl Context {
             data_dir: std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf()),
             registry: Arc::default(),
             shutdown,
+            checks: crate::record::Checks::default(),
         }
     }
 

@@ -248,6 +248,7 @@ mod tests {
             data_dir: std::env::temp_dir(),
             registry: Arc::new(Registry::default()),
             shutdown,
+            checks: Default::default(),
         }
     }
 

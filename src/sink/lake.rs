@@ -403,7 +403,8 @@ impl Lake<'_> {
                         self.config.format,
                         self.config.compression,
                         &segment.schema,
-                    )?;
+                    )?
+                    .keep_raw_text(self.config.csv_raw_text);
                     segment.files.insert(
                         dir.to_string(),
                         OpenFile {

@@ -27,6 +27,7 @@
 mod config;
 pub mod migrations;
 mod records;
+pub mod tls;
 mod warehouse;
 
 #[cfg(test)]
@@ -47,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     error::{Error, Result},
     metrics::{Counter, Observe, Samples},
+    record::Checks,
     runtime::{
         About, Context, Kind, StageSettings,
         consume::{self, Handler, Outcome, Record},
@@ -115,6 +117,7 @@ struct Sink<'a> {
     warehouse: Warehouse,
     metrics: Arc<PostgresMetrics>,
     shutdown: CancellationToken,
+    checks: Checks,
 }
 
 impl Handler for Sink<'_> {
@@ -124,7 +127,7 @@ impl Handler for Sink<'_> {
         for record in batch {
             self.metrics.records.inc();
             let parsed = if record.topic == self.config.quakes_topic {
-                parse_quake(&record.payload).map(|(quake, time, updated, region)| {
+                parse_quake(&record.payload, &self.checks).map(|(quake, time, updated, region)| {
                     rows.push(Row {
                         quake,
                         time,
@@ -267,6 +270,7 @@ impl StageSettings for PostgresConfig {
             warehouse,
             metrics,
             shutdown: ctx.shutdown.clone(),
+            checks: ctx.checks,
         };
         consume::run(ctx, &spec, &mut sink).await
     }
@@ -332,7 +336,7 @@ mod tests {
 
     #[test]
     fn poison_quakes_are_refused_with_the_field_named() {
-        let (_, _, _, region) = parse_quake(&quake_json(|_| {})).unwrap();
+        let (_, _, _, region) = parse_quake(&quake_json(|_| {}), &Checks::default()).unwrap();
         assert_eq!(region.as_deref(), Some("CA"));
         for (field, value) in [
             ("place", serde_json::json!("Tres\u{0}Pinos, CA")),
@@ -342,7 +346,7 @@ mod tests {
             ("alert", serde_json::json!("\u{0}")),
         ] {
             let payload = quake_json(|q| q[field] = value);
-            let reason = parse_quake(&payload).unwrap_err();
+            let reason = parse_quake(&payload, &Checks::default()).unwrap_err();
             assert_eq!(
                 reason,
                 format!(
@@ -353,7 +357,7 @@ mod tests {
         for field in ["id", "net", "mag_type", "event_type"] {
             let long = "x".repeat(MAX_KEY_BYTES + 1);
             let payload = quake_json(|q| q[field] = serde_json::json!(long));
-            let reason = parse_quake(&payload).unwrap_err();
+            let reason = parse_quake(&payload, &Checks::default()).unwrap_err();
             assert!(
                 reason.starts_with(&format!(
                     "field {field} is {} bytes long",
@@ -364,7 +368,7 @@ mod tests {
         }
         // At the limit is fine.
         let payload = quake_json(|q| q["id"] = serde_json::json!("x".repeat(MAX_KEY_BYTES)));
-        assert!(parse_quake(&payload).is_ok());
+        assert!(parse_quake(&payload, &Checks::default()).is_ok());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use super::publish::{self, Profile, Publisher, published_of};
 use crate::error::{Error, Result};
 use crate::kafka::{KafkaSettings, reader};
 use crate::metrics::SourceMetrics;
-use crate::record::{format_millis, parse_millis};
+use crate::record::{Checks, format_millis, parse_millis};
 use crate::runtime::{Backoff, Context};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -225,6 +225,7 @@ struct Run {
     fetcher: Fetcher,
     publisher: Publisher,
     dedupe: Dedupe,
+    checks: Checks,
     metrics: Arc<SourceMetrics>,
     report: Report,
 }
@@ -237,6 +238,8 @@ pub struct Target<'a> {
     /// The checkpoint lives under `<data_dir>/state/`.
     pub data_dir: &'a Path,
     pub metrics: Arc<SourceMetrics>,
+    /// What is refused as implausible (`[checks]`).
+    pub checks: Checks,
 }
 
 /// Runs a backfill. `progress` is called after each window with the report so far and the
@@ -253,6 +256,7 @@ pub async fn run(
         dlq,
         data_dir,
         metrics,
+        checks,
     } = target;
     request.validate()?;
     let ctx = Context::new(settings, dlq, data_dir, shutdown.clone());
@@ -279,6 +283,7 @@ pub async fn run(
         config: config.clone(),
         request: request.clone(),
         dedupe,
+        checks,
         metrics,
         report: Report::default(),
     };
@@ -417,7 +422,7 @@ impl Run {
                 url.push_str(&format!("&limit={}&offset={offset}", self.config.limit));
             }
             let body = self.get(&url).await?;
-            let parsed = geojson::parse_collection(&body, "usgs")
+            let parsed = geojson::parse_collection(&body, "usgs", &self.checks)
                 .map_err(|e| Error::Broker(format!("FDSN answer from {url}: {e}")))?;
             let returned = parsed.quakes.len() + parsed.rejected.len();
             self.publish(parsed, &url).await?;

@@ -29,7 +29,7 @@ use crate::{
     error::{Error, Result},
     kafka::TopicName,
     metrics::SourceMetrics,
-    record::{Millis, Quake},
+    record::{Checks, Millis, Quake},
     runtime::{About, Backoff, Context},
 };
 
@@ -122,7 +122,7 @@ fn text<'v>(p: &'v Value, name: &str) -> Option<&'v str> {
 }
 
 /// One WebSocket message as a `Quake`: `(action, quake)`, or why it is not one.
-pub fn normalize(message: &str) -> std::result::Result<(String, Quake), String> {
+pub fn normalize(message: &str, checks: &Checks) -> std::result::Result<(String, Quake), String> {
     let v: Value = serde_json::from_str(message).map_err(|e| format!("not JSON: {e}"))?;
     let action = v
         .get("action")
@@ -193,7 +193,7 @@ pub fn normalize(message: &str) -> std::result::Result<(String, Quake), String> 
         title,
         url: format!("https://www.seismicportal.eu/eventdetails.html?unid={id}"),
     };
-    quake.check()?;
+    quake.check(checks)?;
     Ok((action, quake))
 }
 
@@ -223,6 +223,7 @@ fn tls() -> std::result::Result<Arc<rustls::ClientConfig>, String> {
 /// One connection: read until it ends. `Ok` when the server closed it cleanly.
 async fn session(
     config: &EmscConfig,
+    checks: &Checks,
     publisher: &Publisher,
     dedupe: &mut Dedupe,
     metrics: &SourceMetrics,
@@ -268,7 +269,7 @@ async fn session(
                 match frame {
                     Ok(Message::Text(text)) => {
                         backoff.reset();
-                        handle(text.as_str(), publisher, dedupe, metrics).await?;
+                        handle(text.as_str(), checks, publisher, dedupe, metrics).await?;
                     }
                     Ok(Message::Binary(bytes)) => {
                         let raw = String::from_utf8_lossy(&bytes).into_owned();
@@ -312,12 +313,13 @@ async fn dead_letter(
 
 async fn handle(
     text: &str,
+    checks: &Checks,
     publisher: &Publisher,
     dedupe: &mut Dedupe,
     metrics: &SourceMetrics,
 ) -> std::result::Result<(), Failure> {
     metrics.polls.inc();
-    let quake = match normalize(text) {
+    let quake = match normalize(text, checks) {
         Ok((_, quake)) => quake,
         Err(reason) => return dead_letter(publisher, &reason, text).await,
     };
@@ -373,7 +375,7 @@ impl SourceSettings for EmscConfig {
                 Some(d) => {
                     tokio::select! {
                         () = shutdown.cancelled() => break,
-                        outcome = session(config, &publisher, d, &metrics, &mut backoff) => outcome,
+                        outcome = session(config, &ctx.checks, &publisher, d, &metrics, &mut backoff) => outcome,
                     }
                 }
                 None => Err(("publish", "no dedupe state".to_string())),
@@ -440,7 +442,7 @@ mod tests {
                 "latitude 95 is outside",
             ),
         ] {
-            let err = normalize(message).unwrap_err();
+            let err = normalize(message, &Checks::default()).unwrap_err();
             assert!(err.contains(why), "{message}: {err}");
         }
     }

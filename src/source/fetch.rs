@@ -228,7 +228,9 @@ impl Fetcher {
         }
     }
 
+    /// Errors never carry the request URL: its query may hold an API key.
     fn classify(&self, e: reqwest::Error) -> FetchError {
+        let e = e.without_url();
         if e.is_timeout() {
             FetchError::Timeout(self.config.timeout)
         } else {
@@ -237,6 +239,7 @@ impl Fetcher {
     }
 
     fn classify_body(&self, e: reqwest::Error) -> FetchError {
+        let e = e.without_url();
         if e.is_timeout() {
             FetchError::Timeout(self.config.timeout)
         } else {

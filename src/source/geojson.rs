@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Deserializer, de};
 use serde_json::value::RawValue;
 
-use crate::record::{Millis, Quake};
+use crate::record::{Checks, Millis, Quake};
 
 /// The parts of a FeatureCollection's `metadata` quakestream uses.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -86,9 +86,9 @@ struct TypedEnvelope<'a> {
 ///
 /// A well-formed feed is read in one pass. Only when some feature fails is the body read again
 /// feature by feature, so that the bad one can be set aside with its raw text and the rest kept.
-pub fn parse_collection(body: &[u8], source: &str) -> Result<Parsed, FeedError> {
+pub fn parse_collection(body: &[u8], source: &str, checks: &Checks) -> Result<Parsed, FeedError> {
     let body = strip_jsonp(body);
-    if let Some(parsed) = parse_fast(body, source) {
+    if let Some(parsed) = parse_fast(body, source, checks) {
         return Ok(parsed);
     }
     let text = std::str::from_utf8(body).map_err(|e| FeedError::NotJson(e.to_string()))?;
@@ -109,7 +109,7 @@ pub fn parse_collection(body: &[u8], source: &str) -> Result<Parsed, FeedError> 
         rejected: Vec::new(),
     };
     for raw in features {
-        match parse_feature(raw.get(), source) {
+        match parse_feature(raw.get(), source, checks) {
             Ok(quake) => parsed.quakes.push(quake),
             Err(reason) => parsed.rejected.push(Rejected {
                 reason,
@@ -120,7 +120,7 @@ pub fn parse_collection(body: &[u8], source: &str) -> Result<Parsed, FeedError> 
     Ok(parsed)
 }
 
-fn parse_fast(body: &[u8], source: &str) -> Option<Parsed> {
+fn parse_fast(body: &[u8], source: &str, checks: &Checks) -> Option<Parsed> {
     // One UTF-8 check of the whole body is cheaper than serde_json's check of each string.
     let text = std::str::from_utf8(body).ok()?;
     let envelope: TypedEnvelope<'_> = serde_json::from_str(text).ok()?;
@@ -130,7 +130,7 @@ fn parse_fast(body: &[u8], source: &str) -> Option<Parsed> {
     let features = envelope.features?;
     let mut quakes = Vec::with_capacity(features.len());
     for feature in features {
-        quakes.push(normalize(feature, source).ok()?);
+        quakes.push(normalize(feature, source, checks).ok()?);
     }
     Some(Parsed {
         metadata: envelope.metadata,
@@ -269,13 +269,13 @@ impl Lenient {
 }
 
 /// Parses one feature and normalizes it. The error is the reason, for the dead-letter record.
-pub fn parse_feature(raw: &str, source: &str) -> Result<Quake, String> {
+pub fn parse_feature(raw: &str, source: &str, checks: &Checks) -> Result<Quake, String> {
     let feature: Feature<'_> =
         serde_json::from_str(raw).map_err(|e| format!("malformed feature: {e}"))?;
-    normalize(feature, source)
+    normalize(feature, source, checks)
 }
 
-fn normalize(feature: Feature<'_>, source: &str) -> Result<Quake, String> {
+fn normalize(feature: Feature<'_>, source: &str, checks: &Checks) -> Result<Quake, String> {
     let id = feature
         .id
         .filter(|id| !id.trim().is_empty())
@@ -372,7 +372,7 @@ fn normalize(feature: Feature<'_>, source: &str) -> Result<Quake, String> {
         title,
         url,
     };
-    quake.check()?;
+    quake.check(checks)?;
     Ok(quake)
 }
 
@@ -403,7 +403,7 @@ mod tests {
             "revision_sequence_2025-05-04/significant_hour_2025-05-04T135345Z.json",
         ] {
             let body = fixture(name);
-            let parsed = parse_collection(&body, "usgs").unwrap();
+            let parsed = parse_collection(&body, "usgs", &Checks::default()).unwrap();
             let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
             let features = json["features"].as_array().unwrap();
             assert!(parsed.rejected.is_empty(), "{name}: {:?}", parsed.rejected);
@@ -442,6 +442,7 @@ mod tests {
         let parsed = parse_collection(
             &fixture("all_month_2018-09-22_EXCERPT_3features_nullmag.geojson"),
             "usgs",
+            &Checks::default(),
         )
         .unwrap();
         let q = parsed.quakes.iter().find(|q| q.mag.is_none()).unwrap();
@@ -456,7 +457,7 @@ mod tests {
             "tz":-480,"status":"REVIEWED","tsunami":null,"sig":"96","ids":",nc123,,us1,",
             "type":"quarry_blast","felt":null,"cdi":3,"magType":"Md","alert":"GREEN"},
           "geometry":{"type":"Point","coordinates":[-122.1,37.5,-1.5]}}"#;
-        let q = parse_feature(feature, "usgs").unwrap();
+        let q = parse_feature(feature, "usgs", &Checks::default()).unwrap();
         assert_eq!(q.mag, Some(2.5));
         assert_eq!(q.place, None);
         assert_eq!(q.status, "reviewed");
@@ -519,7 +520,7 @@ mod tests {
             let body = format!(
                 r#"{{"type":"FeatureCollection","metadata":{{"generated":5}},"features":[{good},{bad},{good}]}}"#
             );
-            let parsed = parse_collection(body.as_bytes(), "usgs").unwrap();
+            let parsed = parse_collection(body.as_bytes(), "usgs", &Checks::default()).unwrap();
             assert_eq!(parsed.quakes.len(), 2, "{bad}");
             assert_eq!(parsed.rejected.len(), 1, "{bad}");
             assert!(
@@ -544,16 +545,21 @@ mod tests {
             b"null",
         ] {
             assert!(
-                parse_collection(body, "usgs").is_err(),
+                parse_collection(body, "usgs", &Checks::default()).is_err(),
                 "{:?}",
                 String::from_utf8_lossy(body)
             );
         }
         let empty =
             br#"{"type":"FeatureCollection","metadata":{"generated":1,"count":0},"features":[]}"#;
-        assert!(parse_collection(empty, "usgs").unwrap().quakes.is_empty());
+        assert!(
+            parse_collection(empty, "usgs", &Checks::default())
+                .unwrap()
+                .quakes
+                .is_empty()
+        );
         let jsonp = br#"eqfeed_callback({"type":"FeatureCollection","features":[]});"#;
-        assert!(parse_collection(jsonp, "usgs").is_ok());
+        assert!(parse_collection(jsonp, "usgs", &Checks::default()).is_ok());
     }
 }
 
@@ -577,7 +583,7 @@ mod hostile {
         /// Arbitrary bytes: an error or a feed, never a panic.
         #[test]
         fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
-            let _ = parse_collection(&body, "usgs");
+            let _ = parse_collection(&body, "usgs", &Checks::default());
         }
 
         /// A real feed cut short or with bytes overwritten: never a panic, and whatever is read
@@ -588,7 +594,7 @@ mod hostile {
             let at = at % body.len();
             body[at] = byte;
             body.truncate(cut.max(1));
-            if let Ok(parsed) = parse_collection(&body, "usgs") {
+            if let Ok(parsed) = parse_collection(&body, "usgs", &Checks::default()) {
                 prop_assert!(parsed.quakes.len() + parsed.rejected.len() <= 18);
                 for q in &parsed.quakes {
                     prop_assert!((-90.0..=90.0).contains(&q.lat) && (-180.0..=180.0).contains(&q.lon));

@@ -33,6 +33,7 @@ use crate::fields::{self, lookup};
 use crate::kafka::TopicName;
 use crate::metrics::SourceMetrics;
 use crate::runtime::{About, Context};
+use crate::secret::resolve;
 
 /// The tutorials' APIs, ready to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -235,25 +236,9 @@ impl HttpSourceConfig {
             Template::parse(&f.from).map_err(|e| at(format!("field {}: {e}", f.name)))?;
         }
         for (k, v) in c.query.iter().chain(&c.headers) {
-            secret(v).map_err(|e| at(format!("{k}: {e}")))?;
+            resolve(v).map_err(|e| at(format!("{k}: {e}")))?;
         }
         Ok(())
-    }
-}
-
-/// A value from the config: `env:NAME`, `env:NAME:-default`, or the text itself.
-pub fn secret(value: &str) -> std::result::Result<String, String> {
-    let Some(spec) = value.strip_prefix("env:") else {
-        return Ok(value.to_string());
-    };
-    let (name, default) = match spec.split_once(":-") {
-        Some((n, d)) => (n, Some(d)),
-        None => (spec, None),
-    };
-    match (std::env::var(name), default) {
-        (Ok(v), _) if !v.is_empty() => Ok(v),
-        (_, Some(d)) => Ok(d.to_string()),
-        _ => Err(format!("environment variable {name} is not set")),
     }
 }
 
@@ -463,7 +448,7 @@ pub fn request_url(config: &HttpSourceConfig) -> std::result::Result<String, Str
     if !c.query.is_empty() {
         let mut pairs = url.query_pairs_mut();
         for (k, v) in &c.query {
-            pairs.append_pair(k, &secret(v)?);
+            pairs.append_pair(k, &resolve(v)?);
         }
     }
     Ok(url.to_string())
@@ -570,7 +555,7 @@ impl SourceSettings for HttpSourceConfig {
         for (k, v) in &c.headers {
             let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
                 .map_err(|e| invalid(format!("header {k:?}: {e}")))?;
-            let value = reqwest::header::HeaderValue::from_str(&secret(v).map_err(&invalid)?)
+            let value = reqwest::header::HeaderValue::from_str(&resolve(v).map_err(&invalid)?)
                 .map_err(|e| invalid(format!("header {k}: {e}")))?;
             headers.insert(name, value);
         }
@@ -628,22 +613,6 @@ mod tests {
         assert!(Template::parse("close}").is_err());
         assert!(Template::parse("{}").is_err());
         assert!(Template::parse("").is_err());
-    }
-
-    #[test]
-    fn secrets_come_from_the_environment() {
-        assert_eq!(secret("plain"), Ok("plain".into()));
-        assert_eq!(
-            secret("env:QS_TEST_SURELY_UNSET_VAR:-fallback"),
-            Ok("fallback".into())
-        );
-        assert!(
-            secret("env:QS_TEST_SURELY_UNSET_VAR")
-                .unwrap_err()
-                .contains("not set")
-        );
-        // PATH is set in any test environment.
-        assert_eq!(secret("env:PATH"), Ok(std::env::var("PATH").unwrap()));
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::{
     config::duration,
     error::{Error, Result},
     metrics::SourceMetrics,
+    record::Checks,
     runtime::{About, Context},
 };
 
@@ -162,6 +163,7 @@ struct Poller {
     dedupe: Dedupe,
     /// `metadata.generated` of the newest feed handled.
     last_generated: Option<i64>,
+    checks: Checks,
     metrics: Arc<SourceMetrics>,
 }
 
@@ -205,7 +207,8 @@ impl Poller {
         let Some(body) = schedule::fetch(&mut self.fetcher, &self.metrics).await? else {
             return Ok(());
         };
-        let parsed = geojson::parse_collection(&body, "usgs").map_err(PollError::Body)?;
+        let parsed =
+            geojson::parse_collection(&body, "usgs", &self.checks).map_err(PollError::Body)?;
         let generated = parsed.metadata.generated;
         if let (Some(g), Some(last)) = (generated, self.last_generated)
             && g < last
@@ -333,6 +336,7 @@ impl SourceSettings for UsgsConfig {
             publisher: Publisher::new(outlet, config.profile),
             dedupe: Dedupe::new(),
             last_generated: None,
+            checks: ctx.checks,
             metrics,
         });
         tracing::info!(

@@ -90,6 +90,8 @@ pub struct Settings {
     pub topics: feed::Topics,
     pub dlq: String,
     pub kafka: KafkaSettings,
+    /// What the map refuses as implausible (`[checks]`).
+    pub checks: crate::record::Checks,
 }
 
 /// Serves until `shutdown`. The feed and the monitor's sampler retry on their own while Kafka
@@ -101,11 +103,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let c = &settings.config;
-    let live = Arc::new(state::Live::new(state::Limits {
-        max_events: c.max_events,
-        max_windows: c.max_windows,
-        max_alerts: c.max_alerts,
-    }));
+    let live = Arc::new(
+        state::Live::new(state::Limits {
+            max_events: c.max_events,
+            max_windows: c.max_windows,
+            max_alerts: c.max_alerts,
+        })
+        .with_checks(settings.checks),
+    );
     let pipeline = Arc::new(pipeline::Pipeline::new(&settings.kafka.bootstrap));
     let tile_origin = c.tile_origin().map_err(Error::config("[web]"))?;
     let missing = assets::missing();

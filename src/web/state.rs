@@ -91,6 +91,8 @@ pub struct Live {
     inner: RwLock<Inner>,
     updates: broadcast::Sender<Update>,
     limits: Limits,
+    /// What is refused as implausible (`[checks]`).
+    checks: crate::record::Checks,
     pub metrics: WebMetrics,
 }
 
@@ -174,8 +176,14 @@ impl Live {
             inner: RwLock::new(Inner::default()),
             updates,
             limits,
+            checks: crate::record::Checks::default(),
             metrics: WebMetrics::default(),
         }
+    }
+
+    /// The same, refusing what `checks` says is implausible.
+    pub fn with_checks(self, checks: crate::record::Checks) -> Live {
+        Live { checks, ..self }
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
@@ -223,7 +231,7 @@ impl Live {
     fn quake(&self, key: Option<&str>, payload: &[u8], now_ms: i64) -> Result<(), Rejected> {
         let quake: Quake = serde_json::from_slice(payload)
             .map_err(|e| Rejected::Bad(format!("not a Quake record: {e}")))?;
-        quake.check().map_err(Rejected::Bad)?;
+        quake.check(&self.checks).map_err(Rejected::Bad)?;
         let (time_ms, updated_ms) = (quake.time.0, quake.updated.0);
         let id = key
             .filter(|k| !k.is_empty())

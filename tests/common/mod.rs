@@ -376,8 +376,12 @@ pub fn fixture_quakes() -> Vec<quakestream::record::Quake> {
     let mut seen = std::collections::BTreeSet::new();
     let mut quakes = Vec::new();
     for file in files {
-        let parsed = quakestream::source::geojson::parse_collection(&fixture(&file), "usgs")
-            .expect("fixture parses");
+        let parsed = quakestream::source::geojson::parse_collection(
+            &fixture(&file),
+            "usgs",
+            &quakestream::record::Checks::default(),
+        )
+        .expect("fixture parses");
         for quake in parsed.quakes {
             if seen.insert((quake.id.clone(), quake.updated)) {
                 quakes.push(quake);
@@ -466,6 +470,35 @@ impl PgServer {
 
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Turns TLS on with this certificate and key (PEM), and restarts the server.
+    pub fn enable_tls(&self, cert: &Path, key: &Path) {
+        let data = self.dir.path().join("data");
+        std::fs::copy(cert, data.join("server.crt")).unwrap();
+        std::fs::copy(key, data.join("server.key")).unwrap();
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        std::io::Write::write_all(&mut conf, b"\nssl = on\n").unwrap();
+        if self.as_postgres {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&data)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        // PostgreSQL refuses a key others can read.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        self.stop();
+        self.resume();
     }
 
     /// Stops the server (fast shutdown: connections are cut), as an outage would.

@@ -150,10 +150,18 @@ impl AlertsConfig {
                 self.magnitude_step
             ));
         }
-        for url in &self.webhooks {
-            let parsed = url::Url::parse(url).map_err(|e| format!("webhook {url:?}: {e}"))?;
+        for (n, url) in self.webhooks.iter().enumerate() {
+            // Which one, without its secret path (a URL that does not parse is not shown).
+            let shown = match crate::secret::webhook_url(url).as_str() {
+                "<webhook>" => format!("{} (of {})", n + 1, self.webhooks.len()),
+                host => host.to_string(),
+            };
+            let resolved =
+                crate::secret::resolve(url).map_err(|e| format!("webhook {shown}: {e}"))?;
+            let parsed = url::Url::parse(&resolved)
+                .map_err(|e| format!("webhook {shown}: not a URL ({e})"))?;
             if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(format!("webhook {url:?}: only http and https URLs"));
+                return Err(format!("webhook {shown}: only http and https URLs"));
             }
         }
         if self.webhook_attempts == 0 {

@@ -176,7 +176,8 @@ impl Alerts<'_> {
         if self.config.console {
             crate::process::console::print_out(&console::alert_box(alert, local_offset(alert)))?;
         }
-        self.webhooks.send(console::alert_line(alert));
+        self.webhooks
+            .send(crate::text::chat(&console::alert_line(alert)).into_owned());
         Ok(())
     }
 }

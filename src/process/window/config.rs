@@ -128,6 +128,7 @@ impl WindowConfig {
             time_field: self.time_field.clone(),
             key_field: self.key_field.clone().filter(|k| !k.is_empty()),
             version_field: Some(self.version_field.clone()).filter(|v| !v.is_empty()),
+            ahead: i64::MAX,
         })
     }
 

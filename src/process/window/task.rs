@@ -739,8 +739,10 @@ impl StageSettings for WindowConfig {
             message,
         };
         config.validate().map_err(invalid)?;
-        let spec = config.spec().map_err(invalid)?;
-        let extractor = config.extractor().map_err(invalid)?;
+        let tolerance = ctx.checks.future_tolerance;
+        let spec = config.spec().map_err(invalid)?.ahead_of_clock(tolerance);
+        let mut extractor = config.extractor().map_err(invalid)?;
+        extractor.ahead = spec.ahead;
         let names = [
             config.input.as_str(),
             &config.repartition_topic(),

@@ -325,6 +325,7 @@ fn extract_reads_quakes_and_rejects_bad_records_with_a_reason() {
         .unwrap(),
     );
     let extractor = Extractor {
+        ahead: i64::MAX,
         layout,
         time_field: "time".into(),
         key_field: None,
@@ -360,6 +361,35 @@ fn extract_reads_quakes_and_rejects_bad_records_with_a_reason() {
             String::from_utf8_lossy(bad)
         );
     }
+}
+
+#[test]
+fn an_event_time_ahead_of_the_clock_is_refused_and_never_moves_the_watermark() {
+    let hour = Duration::from_secs(3600);
+    let spec = Spec::new(Duration::from_millis(10), None, Duration::ZERO)
+        .unwrap()
+        .ahead_of_clock(hour);
+    let extractor = Extractor {
+        ahead: spec.ahead,
+        layout: layout(),
+        time_field: "time".into(),
+        key_field: None,
+        version_field: None,
+    };
+    let future = br#"{"time":"2100-01-01T00:00:00Z","mag":5.0}"#;
+    let err = extractor.extract(future, None, 0, 0).unwrap_err();
+    assert!(err.contains("ahead of the clock"), "{err}");
+    let now = chrono::Utc::now().timestamp_millis();
+    let soon = format!(r#"{{"time":{},"mag":5.0}}"#, now + 60_000);
+    assert!(extractor.extract(soon.as_bytes(), None, 0, 0).is_ok());
+
+    // Whatever a partition announces, the watermark stops at the clock plus the tolerance.
+    let mut combiner = Combiner::new(spec, layout(), 1);
+    combiner.source_time(0, Some(4_102_444_800_000), true);
+    combiner.end_batch(now, 0, &mut Vec::new());
+    assert_eq!(combiner.watermark(), Some(now + 3_600_000));
+    combiner.restore(Some(4_102_444_800_000));
+    assert!(combiner.watermark().unwrap() <= chrono::Utc::now().timestamp_millis() + 3_600_000);
 }
 
 /// One generated record: key, event time, deleted, group, value.

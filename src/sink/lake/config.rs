@@ -58,6 +58,10 @@ pub struct LakeConfig {
     /// over the record's fields, like `"{date}.json"` (the APOD tutorial's layout).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub object_per_record: Option<String>,
+    /// CSV only: write text cells exactly as they are. By default a text cell that begins with
+    /// `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading `'`, so that a spreadsheet
+    /// shows it instead of running it as a formula; set this when only programs read the files.
+    pub csv_raw_text: bool,
 }
 
 impl Default for LakeConfig {
@@ -89,6 +93,7 @@ impl LakeConfig {
             roll_age: Duration::from_secs(60),
             endpoint: None,
             object_per_record: None,
+            csv_raw_text: false,
         }
     }
 

@@ -133,6 +133,8 @@ enum Encoder {
     Csv {
         out: Box<csv::Writer<Out>>,
         columns: Arc<Columns>,
+        /// Text cells as they are, formula prefixes and all ([`crate::text::csv_cell`]).
+        raw: bool,
     },
     Parquet(Box<ParquetEncoder>),
     /// Records held until the file is finished, when its columns are inferred from them.
@@ -145,6 +147,7 @@ pub struct FileEncoder {
     format: Format,
     compression: Compression,
     encoder: Option<Encoder>,
+    raw_text: bool,
     records: u64,
     /// Bytes of records taken in (not of output, which compression makes unknowable until the
     /// end): what size-based rolling counts.
@@ -170,9 +173,19 @@ impl FileEncoder {
             format,
             compression,
             encoder: Some(encoder),
+            raw_text: false,
             records: 0,
             bytes_in: 0,
         })
+    }
+
+    /// CSV: write text cells as they are instead of neutralizing formula prefixes.
+    pub fn keep_raw_text(mut self, keep: bool) -> FileEncoder {
+        self.raw_text = keep;
+        if let Some(Encoder::Csv { raw, .. }) = &mut self.encoder {
+            *raw = keep;
+        }
+        self
     }
 
     pub fn records(&self) -> u64 {
@@ -200,12 +213,12 @@ impl FileEncoder {
                     Ok(())
                 }
             },
-            Some(Encoder::Csv { out, columns }) => {
+            Some(Encoder::Csv { out, columns, raw }) => {
                 let mut row = Vec::with_capacity(columns.len());
                 match read_row(columns, record, &mut row) {
                     Err(e) => Err(e),
                     Ok(()) => {
-                        write_csv_row(out, &row).map_err(|e| csv_error(&self.path, e))?;
+                        write_csv_row(out, &row, *raw).map_err(|e| csv_error(&self.path, e))?;
                         Ok(())
                     }
                 }
@@ -234,7 +247,12 @@ impl FileEncoder {
     pub fn finish(mut self) -> Result<PathBuf> {
         let path = self.path.clone();
         let encoder = self.encoder.take().expect("finished once");
-        finish_encoder(encoder, &path, self.format, self.compression)?;
+        finish_encoder(
+            encoder,
+            &path,
+            (self.format, self.compression),
+            self.raw_text,
+        )?;
         Ok(path)
     }
 }
@@ -242,8 +260,8 @@ impl FileEncoder {
 fn finish_encoder(
     encoder: Encoder,
     path: &Path,
-    format: Format,
-    compression: Compression,
+    (format, compression): (Format, Compression),
+    raw_text: bool,
 ) -> Result<()> {
     match encoder {
         Encoder::Jsonl(out) => out.close().map_err(Error::io(path)),
@@ -267,11 +285,12 @@ fn finish_encoder(
             let mut encoder = fixed_encoder(path, format, compression, columns.clone())?;
             for record in &records {
                 let outcome = match &mut encoder {
-                    Encoder::Csv { out, columns } => {
+                    Encoder::Csv { out, columns, .. } => {
                         let mut row = Vec::with_capacity(columns.len());
                         match read_row(columns, record, &mut row) {
                             Ok(()) => {
-                                write_csv_row(out, &row).map_err(|e| csv_error(path, e))?;
+                                write_csv_row(out, &row, raw_text)
+                                    .map_err(|e| csv_error(path, e))?;
                                 Ok(())
                             }
                             Err(e) => Err(e),
@@ -289,7 +308,7 @@ fn finish_encoder(
                     });
                 }
             }
-            finish_encoder(encoder, path, format, compression)
+            finish_encoder(encoder, path, (format, compression), raw_text)
         }
     }
 }
@@ -310,7 +329,11 @@ fn fixed_encoder(
             let mut out = Box::new(csv::Writer::from_writer(open(path, compression)?));
             out.write_record(columns.iter().map(|c| c.name.as_str()))
                 .map_err(|e| csv_error(path, e))?;
-            Encoder::Csv { out, columns }
+            Encoder::Csv {
+                out,
+                columns,
+                raw: false,
+            }
         }
         Format::Parquet => Encoder::Parquet(Box::new(ParquetEncoder::create(
             path,
@@ -338,12 +361,19 @@ fn csv_error(path: &Path, e: csv::Error) -> Error {
     }
 }
 
-fn write_csv_row(out: &mut csv::Writer<Out>, row: &[Cell<'_>]) -> csv::Result<()> {
+fn write_csv_row(out: &mut csv::Writer<Out>, row: &[Cell<'_>], raw: bool) -> csv::Result<()> {
     let mut number = String::new();
     for cell in row {
         number.clear();
         let field: &str = match cell {
             Cell::Null => "",
+            Cell::Str(s) if !raw => match crate::text::csv_cell(s) {
+                std::borrow::Cow::Borrowed(s) => s,
+                std::borrow::Cow::Owned(neutral) => {
+                    number = neutral;
+                    &number
+                }
+            },
             Cell::Str(s) | Cell::Json(s) => s,
             Cell::Bool(b) => {
                 if *b {

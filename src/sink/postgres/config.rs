@@ -64,11 +64,21 @@ impl PostgresConfig {
         Ok(())
     }
 
-    pub(super) fn connect_config(&self) -> std::result::Result<tokio_postgres::Config, String> {
-        let mut config: tokio_postgres::Config = self
-            .url
+    /// The connection settings, and how the connection is secured (`sslmode`, see [`super::tls`]).
+    pub(super) fn connect_config(
+        &self,
+    ) -> std::result::Result<(tokio_postgres::Config, super::tls::Tls), String> {
+        let (url, tls) = super::tls::split(&self.url)?;
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| format!("url is not a PostgreSQL connection URL: {e}"))?;
+        if url.starts_with("postgres") {
+            config.ssl_mode(tls.pg_mode());
+        }
+        if tls.mode != super::tls::SslMode::Disable {
+            // A bad root file is a settings error: found before anything starts.
+            tls.client_config()?;
+        }
         if config.get_password().is_none()
             && let Ok(password) = std::env::var("PGPASSWORD")
         {
@@ -76,17 +86,11 @@ impl PostgresConfig {
         }
         config.application_name("quakestream");
         config.connect_timeout(Duration::from_secs(10));
-        Ok(config)
+        Ok((config, tls))
     }
 
     /// The URL with any password replaced, for logs and `quakestream config`.
     pub fn redacted_url(&self) -> String {
-        match url::Url::parse(&self.url) {
-            Ok(mut url) if url.password().is_some() => {
-                let _ = url.set_password(Some("***"));
-                url.to_string()
-            }
-            _ => self.url.clone(),
-        }
+        crate::secret::url(&self.url)
     }
 }

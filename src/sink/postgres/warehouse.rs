@@ -5,6 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Datelike, Utc};
 use tokio_postgres::{Client, NoTls, Transaction, types::ToSql};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::tls::SslMode;
 
 use crate::error::{Error, Result};
 
@@ -83,25 +86,44 @@ pub(super) fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Drives a connection until it ends.
+fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "postgres connection ended");
+        }
+    });
+}
+
 impl Warehouse {
     pub(super) async fn connect(config: &PostgresConfig) -> Result<Warehouse> {
-        let pg = config.connect_config().map_err(|message| Error::Config {
+        let invalid = |message| Error::Config {
             origin: "[postgres]".into(),
             message,
-        })?;
-        let (client, connection) = pg.connect(NoTls).await.map_err(|e| Error::Sink {
+        };
+        let (pg, tls) = config.connect_config().map_err(invalid)?;
+        let failed = |e: tokio_postgres::Error| Error::Sink {
             sink: "postgres",
             message: format!(
                 "cannot connect to {}: {}",
                 config.redacted_url(),
                 describe(&e)
             ),
-        })?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "postgres connection ended");
-            }
-        });
+        };
+        let client = if tls.mode == SslMode::Disable {
+            let (client, connection) = pg.connect(NoTls).await.map_err(failed)?;
+            spawn_connection(connection);
+            client
+        } else {
+            let connector = MakeRustlsConnect::new(tls.client_config().map_err(invalid)?);
+            let (client, connection) = pg.connect(connector).await.map_err(failed)?;
+            spawn_connection(connection);
+            client
+        };
         Ok(Warehouse {
             client,
             keys: Keys::default(),
