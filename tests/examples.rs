@@ -80,12 +80,17 @@ fn every_example_parses_and_validates() {
 /// on a free broker port and a fresh data directory.
 fn up(name: &str, data: &Path, extra: &[&str], env: &[(&str, String)]) -> Spawned {
     let broker = format!("127.0.0.1:{}", free_port());
+    up_at(&broker, name, data, extra, env)
+}
+
+/// [`up`] with its embedded broker at `broker`.
+fn up_at(broker: &str, name: &str, data: &Path, extra: &[&str], env: &[(&str, String)]) -> Spawned {
     let mut command = quakestream(data);
     command
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .arg("--config")
         .arg(example(name))
-        .args(["up", "--listen", &broker])
+        .args(["up", "--listen", broker])
         .args(extra);
     for (k, v) in env {
         command.env(k, v);
@@ -130,20 +135,32 @@ fn usgs_feed(runtime: &tokio::runtime::Runtime) -> FakeServer {
         .unwrap()
 }
 
+/// The course end to end from `examples/course.toml`: one `up` gives the course's `sismos`
+/// topic (its Spanish layout, plus `updated` and `status`) and, on the same events, the window
+/// tables, the Spanish alert boxes, `alertas.log` and the map.
 #[test]
 fn course_prints_windows_and_alerts_and_serves_the_map() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let feed = usgs_feed(&runtime);
     let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
     let web = format!("127.0.0.1:{}", free_port());
+    let broker = format!("127.0.0.1:{}", free_port());
     let url = feed.url("/earthquakes/feed/v1.0/summary/all_day.geojson");
-    let mut up = up(
+    let mut up = up_at(
+        &broker,
         "course",
-        &dir.path().join("data"),
+        &data,
         &["--usgs-url", &url, "--interval", "1s", "--web", &web],
         &[],
     );
-    up.wait_for(|l| l.contains("EARTHQUAKE ALERT"), LIMIT);
+    let alert = up.wait_for(|l| l.contains("ALERTA SÍSMICA · NUEVA"), LIMIT);
+    assert!(
+        !alert.iter().any(|l| l.contains("EARTHQUAKE ALERT")),
+        "the course's alerts are in Spanish"
+    );
+    let boxed = up.wait_for(|l| l.starts_with("│ Magnitud "), LIMIT);
+    assert!(boxed.last().unwrap().contains(" km") || boxed.last().unwrap().contains('.'));
     up.wait_for(|l| l.starts_with("|window_start"), LIMIT);
     let health = eventually("the map has the events", || {
         let body = runtime
@@ -162,7 +179,90 @@ fn course_prints_windows_and_alerts_and_serves_the_map() {
         }
     });
     assert_eq!(health["kafka"], true);
+
+    // The same events on both topics: the Quake records and the course's layout.
+    let settings = quakestream::kafka::KafkaSettings::for_bootstrap(broker.as_str());
+    let (quakes, sismos) = eventually("both topics have both polls", || {
+        let (quakes, sismos) = runtime.block_on(async {
+            (
+                common::read_topic(&settings, "earthquakes").await,
+                common::read_topic(&settings, "sismos").await,
+            )
+        });
+        let want = common::expected_revisions(&common::revision_sequence()[..2]).len();
+        if quakes.len() == want && sismos.len() == want {
+            Ok((quakes, sismos))
+        } else {
+            Err(format!(
+                "{} quakes, {} sismos of {want}",
+                quakes.len(),
+                sismos.len()
+            ))
+        }
+    });
+    let by_revision =
+        |records: &[(String, serde_json::Value)]| -> BTreeMap<(String, String), serde_json::Value> {
+            records
+                .iter()
+                .map(|(key, v)| {
+                    (
+                        (key.clone(), v["updated"].as_str().unwrap_or("").to_string()),
+                        v.clone(),
+                    )
+                })
+                .collect()
+        };
+    let (quakes, sismos) = (by_revision(&quakes), by_revision(&sismos));
+    assert_eq!(
+        quakes.keys().collect::<Vec<_>>(),
+        sismos.keys().collect::<Vec<_>>(),
+        "the same revisions on both topics"
+    );
+    for (revision, sismo) in &sismos {
+        let quake = &quakes[revision];
+        let mut fields: Vec<&str> = sismo
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        fields.sort_unstable();
+        assert_eq!(
+            fields,
+            [
+                "id",
+                "latitud",
+                "longitud",
+                "lugar",
+                "magnitud",
+                "profundidad_km",
+                "status",
+                "timestamp",
+                "tsunami",
+                "updated"
+            ]
+        );
+        assert_eq!(sismo["id"], quake["id"]);
+        assert_eq!(sismo["magnitud"], quake["mag"]);
+        assert_eq!(sismo["lugar"], quake["place"]);
+        assert_eq!(sismo["timestamp"], quake["time"]);
+        assert_eq!(sismo["status"], quake["status"]);
+    }
     stop(up);
+
+    // `alertas.log`: one Spanish line per alert.
+    let log = std::fs::read_to_string(data.join("alertas.log")).expect("alertas.log");
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        assert!(
+            line.contains("\t[NUEVA] M ")
+                || line.contains("\t[MAYOR] M ")
+                || line.contains("\t[CANCELADA] M "),
+            "{line}"
+        );
+    }
+    assert!(!data.join("alerts.log").exists());
 }
 
 #[test]

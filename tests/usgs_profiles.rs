@@ -71,9 +71,16 @@ async fn sismos_profile_writes_the_course_layout_once_per_revision() {
         .collect();
     assert_eq!(
         fields.len(),
-        8,
-        "{{id, magnitud, lugar, latitud, longitud, profundidad_km, timestamp, tsunami}}: {fields:?}"
+        10,
+        "{{id, magnitud, lugar, latitud, longitud, profundidad_km, timestamp, tsunami, updated, status}}: {fields:?}"
     );
+    assert_eq!(
+        sismo["updated"]
+            .as_str()
+            .and_then(quakestream::record::parse_millis),
+        first["properties"]["updated"].as_i64()
+    );
+    assert_eq!(sismo["status"], first["properties"]["status"]);
     assert_eq!(sismo["magnitud"], first["properties"]["mag"]);
     assert_eq!(sismo["lugar"], first["properties"]["place"]);
     assert_eq!(sismo["longitud"], first["geometry"]["coordinates"][0]);

@@ -129,25 +129,112 @@ fn times(alert: &Alert, local: FixedOffset) -> Option<(String, String)> {
     ))
 }
 
+/// The language of the alert box and the alert log (`[alerts] language`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    /// English.
+    #[default]
+    En,
+    /// Spanish, as the course prints it (`ALERTA SÍSMICA`).
+    Es,
+}
+
+/// The words of the alert box and line in one language.
+struct Words {
+    title: &'static str,
+    kinds: [&'static str; 3],
+    magnitude: &'static str,
+    place: &'static str,
+    time: &'static str,
+    local: &'static str,
+    location: &'static str,
+    depth: &'static str,
+    tsunami: &'static str,
+    yes_no: [&'static str; 2],
+    why: &'static str,
+    rules: &'static str,
+    event: &'static str,
+    unknown: &'static str,
+    unknown_place: &'static str,
+}
+
+const ENGLISH: Words = Words {
+    title: "EARTHQUAKE ALERT",
+    kinds: ["NEW", "UPGRADE", "CANCELLED"],
+    magnitude: "Magnitude",
+    place: "Place",
+    time: "Time",
+    local: "Local",
+    location: "Location",
+    depth: "depth",
+    tsunami: "tsunami flag",
+    yes_no: ["yes", "no"],
+    why: "Why",
+    rules: "Rules",
+    event: "Event",
+    unknown: "unknown",
+    unknown_place: "unknown place",
+};
+
+const SPANISH: Words = Words {
+    title: "ALERTA SÍSMICA",
+    kinds: ["NUEVA", "MAYOR", "CANCELADA"],
+    magnitude: "Magnitud",
+    place: "Lugar",
+    time: "Hora",
+    local: "Hora local",
+    location: "Ubicación",
+    depth: "profundidad",
+    tsunami: "aviso de tsunami",
+    yes_no: ["sí", "no"],
+    why: "Motivo",
+    rules: "Reglas",
+    event: "Evento",
+    unknown: "desconocida",
+    unknown_place: "lugar desconocido",
+};
+
+impl Language {
+    fn words(self) -> &'static Words {
+        match self {
+            Language::En => &ENGLISH,
+            Language::Es => &SPANISH,
+        }
+    }
+}
+
+impl Words {
+    fn kind(&self, kind: Kind) -> &'static str {
+        match kind {
+            Kind::New => self.kinds[0],
+            Kind::Upgrade => self.kinds[1],
+            Kind::Cancel => self.kinds[2],
+        }
+    }
+}
+
 /// One line that says it all: what the log file and webhooks carry. Text from the feed is
 /// terminal-safe ([`terminal`]): a newline in a place cannot forge a second line.
-pub fn alert_line(alert: &Alert) -> String {
+pub fn alert_line(alert: &Alert, language: Language) -> String {
+    let w = language.words();
     let mag = number(alert, "mag").map_or("M ?".to_string(), |m| format!("M {m:.1}"));
-    let place = terminal(text(alert, "place").unwrap_or("unknown place"));
+    let place = terminal(text(alert, "place").unwrap_or(w.unknown_place));
     let when = times(alert, FixedOffset::east_opt(0).expect("zero offset"))
         .map(|(utc, _)| utc)
         .unwrap_or_default();
-    let mut line = format!("[{}] {mag} - {place} - {when}", alert.kind.label());
+    let mut line = format!("[{}] {mag} - {place} - {when}", w.kind(alert.kind));
     if let Some(level) = text(alert, "alert") {
         line.push_str(&format!(" - PAGER {}", terminal(level)));
     }
     if alert.quake.get("tsunami") == Some(&serde_json::Value::Bool(true)) {
-        line.push_str(" - tsunami flag");
+        line.push_str(&format!(" - {}", w.tsunami));
     }
     if alert.kind == Kind::Cancel {
         line.push_str(&format!(" - {}", terminal(&alert.reason)));
     } else {
-        line.push_str(&format!(" - rules: {}", alert.rules.join(", ")));
+        let rules = w.rules.to_lowercase();
+        line.push_str(&format!(" - {rules}: {}", alert.rules.join(", ")));
     }
     if let Some(url) = text(alert, "url") {
         line.push_str(&format!(" - {}", terminal(url)));
@@ -157,7 +244,8 @@ pub fn alert_line(alert: &Alert) -> String {
 
 /// The alert as a Unicode box: aligned labels, long places wrapped at spaces, anything still
 /// too long cut with `…`; origin time in UTC and in `local` time.
-pub fn alert_box(alert: &Alert, local: FixedOffset) -> String {
+pub fn alert_box(alert: &Alert, local: FixedOffset, language: Language) -> String {
+    let w = language.words();
     let inner = BOX_WIDTH - 4;
     let value_width = inner - LABEL;
     let mut rows: Vec<(String, String)> = Vec::new();
@@ -165,36 +253,33 @@ pub fn alert_box(alert: &Alert, local: FixedOffset) -> String {
     let mag = match (number(alert, "mag"), text(alert, "mag_type")) {
         (Some(m), Some(t)) => format!("{m:.1} {t}"),
         (Some(m), None) => format!("{m:.1}"),
-        (None, _) => "unknown".into(),
+        (None, _) => w.unknown.into(),
     };
-    add("Magnitude", mag);
+    add(w.magnitude, mag);
     add(
-        "Place",
-        text(alert, "place").unwrap_or("unknown").to_string(),
+        w.place,
+        text(alert, "place").unwrap_or(w.unknown).to_string(),
     );
     if let Some((utc, local)) = times(alert, local) {
-        add("Time", utc);
-        add("Local", local);
+        add(w.time, utc);
+        add(w.local, local);
     }
     if let (Some(lat), Some(lon)) = (number(alert, "lat"), number(alert, "lon")) {
         let depth =
-            number(alert, "depth_km").map_or(String::new(), |d| format!(", depth {d:.1} km"));
-        add("Location", format!("{lat:.4}, {lon:.4}{depth}"));
+            number(alert, "depth_km").map_or(String::new(), |d| format!(", {} {d:.1} km", w.depth));
+        add(w.location, format!("{lat:.4}, {lon:.4}{depth}"));
     }
     let pager = text(alert, "alert").unwrap_or("none");
-    let tsunami = if alert.quake.get("tsunami") == Some(&serde_json::Value::Bool(true)) {
-        "yes"
-    } else {
-        "no"
-    };
-    add("PAGER", format!("{pager}, tsunami flag {tsunami}"));
+    let tsunami =
+        w.yes_no[usize::from(alert.quake.get("tsunami") != Some(&serde_json::Value::Bool(true)))];
+    add("PAGER", format!("{pager}, {} {tsunami}", w.tsunami));
     if alert.kind == Kind::Cancel {
-        add("Why", alert.reason.clone());
+        add(w.why, alert.reason.clone());
     } else {
-        add("Rules", alert.reason.clone());
+        add(w.rules, alert.reason.clone());
     }
     if let Some(id) = text(alert, "id") {
-        add("Event", id.to_string());
+        add(w.event, id.to_string());
     }
     if let Some(url) = text(alert, "url") {
         add("URL", cut(url, value_width));
@@ -204,7 +289,7 @@ pub fn alert_box(alert: &Alert, local: FixedOffset) -> String {
     let rule = "─".repeat(BOX_WIDTH - 2);
     out.push_str(&format!("┌{rule}┐\n"));
     out.push_str(&boxed(
-        &format!("EARTHQUAKE ALERT · {}", alert.kind.label()),
+        &format!("{} · {}", w.title, w.kind(alert.kind)),
         inner,
     ));
     out.push_str(&format!("├{rule}┤\n"));
@@ -295,6 +380,7 @@ mod tests {
         let text = alert_box(
             &alert("western Afghanistan"),
             FixedOffset::east_opt(4 * 3600 + 1800).unwrap(),
+            Language::En,
         );
         for line in text.lines() {
             assert_eq!(line.chars().count(), BOX_WIDTH, "{line:?}");
@@ -315,7 +401,11 @@ mod tests {
     fn long_places_wrap_and_endless_words_are_cut() {
         let place = "a very long place name that goes on and on past the edge of the box, \
                      somewhere in the middle of a large ocean far from any coast at all";
-        let text = alert_box(&alert(place), FixedOffset::east_opt(0).unwrap());
+        let text = alert_box(
+            &alert(place),
+            FixedOffset::east_opt(0).unwrap(),
+            Language::En,
+        );
         let place_lines: Vec<&str> = text
             .lines()
             .skip_while(|l| !l.starts_with("│ Place"))
@@ -327,7 +417,11 @@ mod tests {
             "continuation is indented"
         );
         let word = "x".repeat(200);
-        let text = alert_box(&alert(&word), FixedOffset::east_opt(0).unwrap());
+        let text = alert_box(
+            &alert(&word),
+            FixedOffset::east_opt(0).unwrap(),
+            Language::En,
+        );
         assert!(text.contains("x…"));
         for line in text.lines() {
             assert_eq!(line.chars().count(), BOX_WIDTH);
@@ -336,15 +430,46 @@ mod tests {
         let text = alert_box(
             &alert("evil\u{1b}[2J\nplace\r"),
             FixedOffset::east_opt(0).unwrap(),
+            Language::En,
         );
         assert!(!text.contains('\u{1b}'));
-        let normal = alert_box(&alert("somewhere"), FixedOffset::east_opt(0).unwrap());
+        let normal = alert_box(
+            &alert("somewhere"),
+            FixedOffset::east_opt(0).unwrap(),
+            Language::En,
+        );
         assert_eq!(text.lines().count(), normal.lines().count());
     }
 
     #[test]
+    fn the_course_reads_its_alerts_in_spanish() {
+        let text = alert_box(
+            &alert("western Afghanistan"),
+            FixedOffset::east_opt(0).unwrap(),
+            Language::Es,
+        );
+        assert!(text.contains("ALERTA SÍSMICA · NUEVA"), "{text}");
+        for label in [
+            "Magnitud",
+            "Lugar",
+            "Hora local",
+            "Ubicación",
+            "Reglas",
+            "Evento",
+        ] {
+            assert!(text.contains(&format!("│ {label} ")), "{label}: {text}");
+        }
+        for line in text.lines() {
+            assert_eq!(line.chars().count(), BOX_WIDTH, "{line:?}");
+        }
+        let line = alert_line(&alert("western Afghanistan"), Language::Es);
+        assert!(line.starts_with("[NUEVA] M "), "{line}");
+        assert!(line.contains(" - reglas: "), "{line}");
+    }
+
+    #[test]
     fn the_alert_line_says_it_all() {
-        let line = alert_line(&alert("western Afghanistan"));
+        let line = alert_line(&alert("western Afghanistan"), Language::En);
         assert_eq!(
             line,
             "[NEW] M 6.3 - western Afghanistan - 2023-10-15 03:36:00 UTC - PAGER red - rules: \

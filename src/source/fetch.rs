@@ -167,7 +167,10 @@ impl Fetcher {
                 request = request.header(header::IF_MODIFIED_SINCE, modified);
             }
         }
-        let mut response = request.send().await.map_err(|e| self.classify(e))?;
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| self.classify(e, FetchError::Connect))?;
         let status = response.status();
         if status == StatusCode::NOT_MODIFIED {
             return Ok(Fetched::NotModified);
@@ -204,7 +207,11 @@ impl Fetcher {
         let last_modified = header_text(response.headers(), header::LAST_MODIFIED);
 
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.classify_body(e))? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.classify(e, FetchError::Body))?
+        {
             if (body.len() + chunk.len()) as u64 > self.config.max_bytes {
                 return Err(FetchError::TooLarge {
                     limit: self.config.max_bytes,
@@ -228,22 +235,14 @@ impl Fetcher {
         }
     }
 
-    /// Errors never carry the request URL: its query may hold an API key.
-    fn classify(&self, e: reqwest::Error) -> FetchError {
+    /// A failed request (`Connect`) or a failed read of its body (`Body`), or a timeout. Errors
+    /// never carry the request URL: its query may hold an API key.
+    fn classify(&self, e: reqwest::Error, failed: fn(String) -> FetchError) -> FetchError {
         let e = e.without_url();
         if e.is_timeout() {
             FetchError::Timeout(self.config.timeout)
         } else {
-            FetchError::Connect(error_chain(&e))
-        }
-    }
-
-    fn classify_body(&self, e: reqwest::Error) -> FetchError {
-        let e = e.without_url();
-        if e.is_timeout() {
-            FetchError::Timeout(self.config.timeout)
-        } else {
-            FetchError::Body(error_chain(&e))
+            failed(error_chain(&e))
         }
     }
 }

@@ -457,8 +457,8 @@ pub fn request_url(config: &HttpSourceConfig) -> std::result::Result<String, Str
 impl Rebuild for Poller {
     type Body = BodyError;
 
-    fn outlet(&mut self) -> &mut Outlet {
-        &mut self.outlet
+    fn reset(&mut self) -> Result<()> {
+        self.outlet.reset()
     }
 
     async fn rebuild(&mut self) -> Result<()> {

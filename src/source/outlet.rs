@@ -194,8 +194,8 @@ pub async fn read_back(settings: &KafkaSettings, topic: &str) -> Result<HashSet<
 /// A polled source that remembers what it published, in a state it can rebuild from its topic.
 pub trait Rebuild: Send {
     type Body: BodyFailure + Send;
-    /// The source's outlet.
-    fn outlet(&mut self) -> &mut Outlet;
+    /// A new producer for every outlet of the source ([`Outlet::reset`]).
+    fn reset(&mut self) -> Result<()>;
     /// Reads back what the source already published.
     fn rebuild(&mut self) -> impl Future<Output = Result<()>> + Send;
     /// One poll: fetch, normalize, publish what is new.
@@ -231,7 +231,7 @@ impl<P: Rebuild> Resuming<P> {
         let result = self.source.poll_once().await;
         if matches!(result, Err(PollError::Publish(_))) {
             self.needs_rebuild = true;
-            self.source.outlet().reset().map_err(PollError::Publish)?;
+            self.source.reset().map_err(PollError::Publish)?;
         }
         result
     }

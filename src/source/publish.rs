@@ -37,7 +37,8 @@ pub enum Profile {
     #[default]
     Quakes,
     /// The course's Spanish layout `{id, magnitud, lugar, latitud, longitud, profundidad_km,
-    /// timestamp, tsunami}` (topic `sismos`).
+    /// timestamp, tsunami}`, plus the revision's `updated` and `status` (so that a consumer
+    /// can tell a revision, and a deletion, from a new event) (topic `sismos`).
     Sismos,
     /// Each polled FeatureCollection whole, one message per new feed (topic `earthquake`, as
     /// the Snowflake tutorial's producer writes it).
@@ -65,6 +66,8 @@ struct Sismo<'a> {
     profundidad_km: f64,
     timestamp: String,
     tsunami: bool,
+    updated: String,
+    status: &'a str,
 }
 
 /// One record to publish.
@@ -117,6 +120,8 @@ impl Publisher {
                 profundidad_km: quake.depth_km,
                 timestamp: quake.time.rfc3339().unwrap_or_default(),
                 tsunami: quake.tsunami,
+                updated: quake.updated.rfc3339().unwrap_or_default(),
+                status: &quake.status,
             }),
             Profile::Quakes | Profile::RawFeed => serde_json::to_vec(quake),
         };

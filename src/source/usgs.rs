@@ -62,11 +62,35 @@ pub struct UsgsConfig {
     pub profile: Profile,
     /// Topic to write; empty means the profile's (`earthquakes`, `sismos`, `earthquake`).
     pub topic: String,
+    /// More topics the same polls are written to, each under its own profile and exactly once:
+    /// `also = [{ profile = "sismos" }]` gives the course's topic beside the Quake records that
+    /// the windows, alerts and map read.
+    pub also: Vec<Output>,
     /// How long past the feed's window an event is remembered for dedupe.
     #[serde(with = "duration")]
     pub forget_margin: Duration,
     /// Timeouts, size cap and backoff.
     pub http: HttpConfig,
+}
+
+/// One more topic a source writes ([`UsgsConfig::also`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    pub profile: Profile,
+    /// Empty: the profile's topic.
+    #[serde(default)]
+    pub topic: String,
+}
+
+impl Output {
+    pub fn topic(&self) -> &str {
+        if self.topic.is_empty() {
+            self.profile.default_topic()
+        } else {
+            &self.topic
+        }
+    }
 }
 
 impl Default for UsgsConfig {
@@ -78,6 +102,7 @@ impl Default for UsgsConfig {
             interval: None,
             profile: Profile::Quakes,
             topic: String::new(),
+            also: Vec::new(),
             forget_margin: Duration::from_secs(3_600),
             http: HttpConfig::default(),
         }
@@ -106,6 +131,17 @@ impl UsgsConfig {
         } else {
             &self.topic
         }
+    }
+
+    /// Every topic written, with its profile: the main one first.
+    pub fn outputs(&self) -> Vec<Output> {
+        let main = Output {
+            profile: self.profile,
+            topic: self.topic().to_string(),
+        };
+        std::iter::once(main)
+            .chain(self.also.iter().cloned())
+            .collect()
     }
 
     /// How far back the polled feed reaches: the age in its name, or a month when unknown.
@@ -139,6 +175,18 @@ impl UsgsConfig {
         if self.interval() < Duration::from_millis(100) {
             return Err("usgs.interval must be at least 100ms".into());
         }
+        let mut topics = std::collections::BTreeSet::new();
+        for output in self.outputs() {
+            let topic = output.topic().to_string();
+            topic
+                .parse::<crate::kafka::TopicName>()
+                .map_err(|e| format!("usgs: {e}"))?;
+            if !topics.insert(topic.clone()) {
+                return Err(format!(
+                    "usgs.also: topic {topic:?} is written twice; give each output its own topic"
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -159,37 +207,49 @@ struct Poller {
     config: UsgsConfig,
     url: String,
     fetcher: Fetcher,
-    publisher: Publisher,
-    dedupe: Dedupe,
+    /// The main topic first.
+    outputs: Vec<Written>,
     /// `metadata.generated` of the newest feed handled.
     last_generated: Option<i64>,
     checks: Checks,
     metrics: Arc<SourceMetrics>,
 }
 
+/// A topic the source writes, and what is already in it.
+struct Written {
+    publisher: Publisher,
+    dedupe: Dedupe,
+}
+
 impl Rebuild for Poller {
     type Body = FeedError;
 
-    fn outlet(&mut self) -> &mut Outlet {
-        self.publisher.outlet_mut()
+    fn reset(&mut self) -> Result<()> {
+        for output in &mut self.outputs {
+            output.publisher.outlet_mut().reset()?;
+        }
+        Ok(())
     }
 
-    /// Reads back what the source already published.
+    /// Reads back what the source already published, topic by topic: each is exactly once on
+    /// its own.
     async fn rebuild(&mut self) -> Result<()> {
-        let topic = self.publisher.topic();
-        let settings = self.publisher.outlet().settings().clone();
-        let (mut dedupe, generated, read) = publish::rebuild_dedupe(&settings, topic).await?;
-        if let Some(g) = generated {
-            dedupe.forget_before(g - self.horizon_ms());
+        let horizon = self.horizon_ms();
+        for output in &mut self.outputs {
+            let topic = output.publisher.topic().to_string();
+            let settings = output.publisher.outlet().settings().clone();
+            let (mut dedupe, generated, read) = publish::rebuild_dedupe(&settings, &topic).await?;
+            if let Some(g) = generated {
+                dedupe.forget_before(g - horizon);
+            }
+            self.last_generated = generated.max(self.last_generated);
+            tracing::info!(
+                records = read,
+                events = dedupe.len(),
+                "usgs: dedupe state rebuilt from {topic}"
+            );
+            output.dedupe = dedupe;
         }
-        self.last_generated = generated.max(self.last_generated);
-        tracing::info!(
-            records = read,
-            events = dedupe.len(),
-            "usgs: dedupe state rebuilt from {}",
-            self.publisher.topic()
-        );
-        self.dedupe = dedupe;
         Ok(())
     }
 
@@ -226,14 +286,20 @@ impl Poller {
             self.metrics.feed_generated_ms.set(g);
         }
 
-        if self.config.profile == Profile::RawFeed {
-            self.publish_raw(&body, generated).await?;
-        } else {
-            self.publish_records(parsed, generated).await?;
+        self.dead_letters(&parsed).await?;
+        for k in 0..self.outputs.len() {
+            if self.outputs[k].publisher.profile() == Profile::RawFeed {
+                self.publish_raw(k, &body, generated).await?;
+            } else {
+                self.publish_records(k, &parsed, generated).await?;
+            }
         }
 
         if let Some(g) = generated {
-            self.dedupe.forget_before(g - self.horizon_ms());
+            let horizon = self.horizon_ms();
+            for output in &mut self.outputs {
+                output.dedupe.forget_before(g - horizon);
+            }
             self.last_generated = Some(g);
         }
         self.fetcher.accept();
@@ -243,6 +309,7 @@ impl Poller {
 
     async fn publish_raw(
         &mut self,
+        k: usize,
         body: &[u8],
         generated: Option<i64>,
     ) -> std::result::Result<(), PollError> {
@@ -252,7 +319,8 @@ impl Poller {
             return Ok(());
         }
         let key = self.config.feed.clone();
-        self.publisher
+        self.outputs[k]
+            .publisher
             .publish_raw(&key, body, generated)
             .await
             .map_err(PollError::Publish)?;
@@ -260,27 +328,35 @@ impl Poller {
         Ok(())
     }
 
-    async fn publish_records(
-        &mut self,
-        parsed: geojson::Parsed,
-        generated: Option<i64>,
-    ) -> std::result::Result<(), PollError> {
+    /// The features that could not be read, once (through the main topic's outlet).
+    async fn dead_letters(&self, parsed: &geojson::Parsed) -> std::result::Result<(), PollError> {
         for rejected in &parsed.rejected {
             let key = serde_json::from_str::<serde_json::Value>(&rejected.raw)
                 .ok()
                 .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_string));
-            self.publisher
+            self.outputs[0]
+                .publisher
                 .outlet()
                 .dead_letter(key.as_deref(), &rejected.reason, rejected.raw.as_bytes())
                 .await
                 .map_err(PollError::Publish)?;
         }
+        Ok(())
+    }
 
+    async fn publish_records(
+        &mut self,
+        k: usize,
+        parsed: &geojson::Parsed,
+        generated: Option<i64>,
+    ) -> std::result::Result<(), PollError> {
+        let output = &mut self.outputs[k];
         let features = parsed.quakes.len();
-        let plan = publish::plan(&mut self.dedupe, parsed.quakes, generated);
+        let plan = publish::plan(&mut output.dedupe, parsed.quakes.clone(), generated);
         self.metrics.duplicates.add(plan.duplicates);
         let outgoing = plan.outgoing;
-        self.publisher
+        output
+            .publisher
             .publish(&outgoing)
             .await
             .map_err(PollError::Publish)?;
@@ -290,7 +366,8 @@ impl Poller {
                 features,
                 published,
                 rejected = parsed.rejected.len(),
-                events = self.dedupe.len(),
+                events = output.dedupe.len(),
+                topic = output.publisher.topic(),
                 "usgs: poll published new revisions"
             );
         } else {
@@ -310,13 +387,20 @@ impl SourceSettings for UsgsConfig {
     }
 
     fn about(&self) -> About {
+        let topics: Vec<String> = self
+            .outputs()
+            .iter()
+            .map(|o| o.topic().to_string())
+            .collect();
         let line = format!(
             "{} every {} -> topic {}",
             self.url(),
             humantime::format_duration(self.interval()),
-            UsgsConfig::topic(self)
+            topics.join(", ")
         );
-        About::source("usgs", UsgsConfig::topic(self), line)
+        let mut about = About::source("usgs", UsgsConfig::topic(self), line);
+        about.writes = topics;
+        about
     }
 
     /// Runs the source until `shutdown` is cancelled.
@@ -328,20 +412,28 @@ impl SourceSettings for UsgsConfig {
             origin: "usgs.url".into(),
             message: e.to_string(),
         })?;
-        let outlet = Outlet::open(ctx, "usgs", config.topic(), &url, metrics.clone()).await?;
+        let mut outputs = Vec::new();
+        for output in config.outputs() {
+            let outlet = Outlet::open(ctx, "usgs", output.topic(), &url, metrics.clone()).await?;
+            outputs.push(Written {
+                publisher: Publisher::new(outlet, output.profile),
+                dedupe: Dedupe::new(),
+            });
+        }
+        let topics: Vec<&str> = outputs.iter().map(|o| o.publisher.topic()).collect();
+        let topics = topics.join(", ");
         let mut poller = Resuming::new(Poller {
             config: config.clone(),
             fetcher,
             url,
-            publisher: Publisher::new(outlet, config.profile),
-            dedupe: Dedupe::new(),
+            outputs,
             last_generated: None,
             checks: ctx.checks,
             metrics,
         });
         tracing::info!(
             url = %poller.source.url,
-            topic = %poller.source.publisher.topic(),
+            topics = %topics,
             profile = ?config.profile,
             interval = %humantime::format_duration(config.interval()),
             "usgs source started"
@@ -360,7 +452,9 @@ impl SourceSettings for UsgsConfig {
             &mut poller,
         )
         .await;
-        poller.source.publisher.outlet().flush()?;
+        for output in &poller.source.outputs {
+            output.publisher.outlet().flush()?;
+        }
         tracing::info!("usgs source stopped");
         Ok(())
     }

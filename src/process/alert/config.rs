@@ -28,6 +28,9 @@ pub struct AlertsConfig {
     pub log_file: PathBuf,
     /// Print every alert as a box on standard output.
     pub console: bool,
+    /// The language of the alert boxes and the log lines: `en`, or `es` (the course's
+    /// `ALERTA SÍSMICA`).
+    pub language: crate::process::console::Language,
     /// URLs to POST each alert to, as JSON with a `text` field (what Slack and Discord incoming
     /// webhooks accept). Retried with backoff; never holds up the stream.
     pub webhooks: Vec<String>,
@@ -81,6 +84,7 @@ impl Default for AlertsConfig {
             magnitude_step: 0.5,
             log_file: PathBuf::from("alerts.log"),
             console: false,
+            language: crate::process::console::Language::En,
             webhooks: Vec::new(),
             webhook_attempts: 6,
         }

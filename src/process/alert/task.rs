@@ -174,10 +174,15 @@ impl Alerts<'_> {
         }
         self.log.write(&event.key, alert)?;
         if self.config.console {
-            crate::process::console::print_out(&console::alert_box(alert, local_offset(alert)))?;
+            crate::process::console::print_out(&console::alert_box(
+                alert,
+                local_offset(alert),
+                self.config.language,
+            ))?;
         }
-        self.webhooks
-            .send(crate::text::chat(&console::alert_line(alert)).into_owned());
+        self.webhooks.send(
+            crate::text::chat(&console::alert_line(alert, self.config.language)).into_owned(),
+        );
         Ok(())
     }
 }
@@ -222,12 +227,16 @@ fn local_offset(alert: &Alert) -> chrono::FixedOffset {
 /// The append-only log: `emitted_at<TAB>kind<TAB>event key<TAB>the alert line`.
 struct AlertLog {
     file: Option<(PathBuf, std::fs::File)>,
+    language: console::Language,
 }
 
 impl AlertLog {
     fn open(config: &AlertsConfig, data_dir: &Path) -> Result<AlertLog> {
         if config.log_file.as_os_str().is_empty() {
-            return Ok(AlertLog { file: None });
+            return Ok(AlertLog {
+                file: None,
+                language: config.language,
+            });
         }
         let path = data_dir.join(&config.log_file);
         if let Some(dir) = path.parent() {
@@ -240,6 +249,7 @@ impl AlertLog {
             .map_err(Error::io(&path))?;
         Ok(AlertLog {
             file: Some((path, file)),
+            language: config.language,
         })
     }
 
@@ -254,7 +264,7 @@ impl AlertLog {
         let line = format!(
             "{}\t{kind}\t{key}\t{}\n",
             alert.emitted_at,
-            console::alert_line(alert)
+            console::alert_line(alert, self.language)
         );
         file.write_all(line.as_bytes())
             .and_then(|()| file.flush())
