@@ -461,9 +461,14 @@ impl Lake<'_> {
         let objects = std::mem::take(&mut segment.objects);
         let count = objects.len();
         let store = &self.store;
+        let at_root = self.config.object_at_root;
         futures::stream::iter(objects)
             .map(|(name, body)| {
-                let name = format!("{topic}/{name}");
+                let name = if at_root {
+                    name
+                } else {
+                    format!("{topic}/{name}")
+                };
                 async move { retry(|| store.put_object(&name, body.clone())).await }
             })
             .buffer_unordered(8)

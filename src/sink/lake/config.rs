@@ -58,6 +58,10 @@ pub struct LakeConfig {
     /// over the record's fields, like `"{date}.json"` (the APOD tutorial's layout).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub object_per_record: Option<String>,
+    /// `[object_store]` with `object_per_record`: objects named from the location itself
+    /// (`s3://bucket/{date}.json`, the APOD tutorial's layout) instead of from a folder per
+    /// topic (`s3://bucket/<topic>/{date}.json`).
+    pub object_at_root: bool,
     /// CSV only: write text cells exactly as they are. By default a text cell that begins with
     /// `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading `'`, so that a spreadsheet
     /// shows it instead of running it as a formula; set this when only programs read the files.
@@ -93,6 +97,7 @@ impl LakeConfig {
             roll_age: Duration::from_secs(60),
             endpoint: None,
             object_per_record: None,
+            object_at_root: false,
             csv_raw_text: false,
         }
     }
@@ -121,6 +126,9 @@ impl LakeConfig {
             return Err(
                 "endpoint and object_per_record apply to [object_store], not [files]".into(),
             );
+        }
+        if self.object_at_root && self.object_per_record.is_none() {
+            return Err("object_at_root applies to object_per_record, which is not set".into());
         }
         if self.topics.is_empty() {
             return Err("topics is empty: name at least one topic to land".into());
