@@ -273,43 +273,15 @@ impl Warehouse {
                 .map_err(write_error("adding dates"))?;
             self.keys.dates.extend(keys);
         }
-        let client = &self.client;
-        learn(
-            client,
-            "dim_network",
-            "network_key",
-            "code",
-            &mut self.keys.networks,
-            rows.iter().map(|r| Some(r.quake.net.as_str())),
-        )
-        .await?;
-        learn(
-            client,
-            "dim_magnitude_type",
-            "magnitude_type_key",
-            "code",
-            &mut self.keys.mag_types,
-            rows.iter().map(|r| r.quake.mag_type.as_deref()),
-        )
-        .await?;
-        learn(
-            client,
-            "dim_event_type",
-            "event_type_key",
-            "name",
-            &mut self.keys.event_types,
-            rows.iter().map(|r| Some(r.quake.event_type.as_str())),
-        )
-        .await?;
-        learn(
-            client,
-            "dim_region",
-            "region_key",
-            "name",
-            &mut self.keys.regions,
-            rows.iter().map(|r| r.region.as_deref()),
-        )
-        .await?;
+        let (client, keys) = (&self.client, &mut self.keys);
+        let nets = rows.iter().map(|r| Some(r.quake.net.as_str()));
+        learn(client, &NETWORK, &mut keys.networks, nets).await?;
+        let mag_types = rows.iter().map(|r| r.quake.mag_type.as_deref());
+        learn(client, &MAGNITUDE_TYPE, &mut keys.mag_types, mag_types).await?;
+        let event_types = rows.iter().map(|r| Some(r.quake.event_type.as_str()));
+        learn(client, &EVENT_TYPE, &mut keys.event_types, event_types).await?;
+        let regions = rows.iter().map(|r| r.region.as_deref());
+        learn(client, &REGION, &mut keys.regions, regions).await?;
         Ok(())
     }
 }
@@ -330,16 +302,34 @@ pub(super) fn date_key(d: chrono::NaiveDate) -> i32 {
     d.year() * 10_000 + d.month() as i32 * 100 + d.day() as i32
 }
 
-/// Inserts the values a dimension lacks and reads back the keys of all of them. Table and
-/// column names are constants of this file, never input.
+/// A dimension table: its name, its key column and its value column (constants of this file,
+/// never input).
+pub(super) struct Dimension {
+    table: &'static str,
+    key: &'static str,
+    column: &'static str,
+}
+
+impl Dimension {
+    const fn new(table: &'static str, key: &'static str, column: &'static str) -> Dimension {
+        Dimension { table, key, column }
+    }
+}
+
+const NETWORK: Dimension = Dimension::new("dim_network", "network_key", "code");
+const MAGNITUDE_TYPE: Dimension =
+    Dimension::new("dim_magnitude_type", "magnitude_type_key", "code");
+const EVENT_TYPE: Dimension = Dimension::new("dim_event_type", "event_type_key", "name");
+const REGION: Dimension = Dimension::new("dim_region", "region_key", "name");
+
+/// Inserts the values a dimension lacks and reads back the keys of all of them.
 pub(super) async fn learn<'a>(
     client: &Client,
-    table: &str,
-    key: &str,
-    column: &str,
+    dimension: &Dimension,
     known: &mut HashMap<String, i32>,
     values: impl Iterator<Item = Option<&'a str>>,
 ) -> Result<(), WriteError> {
+    let Dimension { table, key, column } = dimension;
     let mut new: Vec<String> = values
         .flatten()
         .filter(|v| !v.is_empty() && !known.contains_key(*v))
