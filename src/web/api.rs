@@ -2,16 +2,17 @@
 //!
 //! [`app`] builds the router from the shared state and nothing else, so tests call it with
 //! `Router::oneshot` and no server. Every response carries the security headers (a strict
-//! Content-Security-Policy: scripts, styles and data only from this server); query strings are
-//! bounded and checked, and errors are JSON `{"error": …}` naming what was wrong, never
-//! internals.
+//! Content-Security-Policy: scripts, styles and data only from this server); a request naming a
+//! host the server does not answer is refused before anything else (see [`super::limits`]);
+//! query strings are bounded and checked, and errors are JSON `{"error": …}` naming what was
+//! wrong, never internals.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{
@@ -20,12 +21,14 @@ use axum::response::{
 };
 use axum::routing::get;
 use futures::{Stream, StreamExt, stream};
+use serde::Serialize;
 use serde_json::json;
 use tokio::sync::{Semaphore, broadcast::error::RecvError};
 
 use super::assets;
+use super::limits::{Connections, Hosts, Peer, PerClient};
 use super::pipeline::{Pipeline, SourceView};
-use super::state::{Filter, Live, Update};
+use super::state::{Cursor, Filter, Live, QuakeList, Update};
 use crate::metrics::{Registry, Samples};
 use crate::record::parse_millis;
 
@@ -49,6 +52,14 @@ pub struct Web {
     pub page_config: serde_json::Value,
     pub live_clients: Arc<Semaphore>,
     pub max_live_clients: usize,
+    /// Live streams per client address (`web.max_live_per_client`).
+    pub live_per_client: Arc<PerClient>,
+    /// How often a live stream sends a keep-alive comment: well within `web.idle_timeout`.
+    pub keep_alive: Duration,
+    /// The host names answered (`web.allowed_hosts`).
+    pub hosts: Hosts,
+    /// The connection limits, for `/metrics`.
+    pub connections: Arc<Connections>,
     /// Ends live streams when the server stops.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -118,11 +129,25 @@ pub fn app(web: Arc<Web>) -> Router {
         .with_state(web)
 }
 
-/// Bounds the query string, counts requests and adds the security headers to every answer.
+/// Refuses hosts the server does not answer, bounds the query string, counts requests and
+/// adds the security headers to every answer.
 async fn guard(State(web): State<Arc<Web>>, request: Request, next: Next) -> Response {
     web.live.metrics.requests.inc();
     let too_long = request.uri().query().is_some_and(|q| q.len() > MAX_QUERY);
-    let mut response = if too_long {
+    let refused_host = request_host(&request)
+        .filter(|h| !web.hosts.allows(h))
+        .map(|h| h.chars().take(80).collect::<String>());
+    let mut response = if let Some(host) = refused_host {
+        web.live.metrics.hosts_refused.inc();
+        ApiError {
+            status: StatusCode::MISDIRECTED_REQUEST,
+            message: format!(
+                "this server does not answer to the host {host:?}; if that is its name, add it \
+                 to web.allowed_hosts"
+            ),
+        }
+        .into_response()
+    } else if too_long {
         ApiError {
             status: StatusCode::URI_TOO_LONG,
             message: format!("query string longer than {MAX_QUERY} bytes"),
@@ -149,6 +174,16 @@ async fn guard(State(web): State<Arc<Web>>, request: Request, next: Next) -> Res
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     response
+}
+
+/// The host a request names: its `Host` header (HTTP/1), else its URI's authority (HTTP/2);
+/// `None` when it names none, which no browser does (so no page can use that to read the API).
+fn request_host(request: &Request) -> Option<&str> {
+    match request.headers().get(header::HOST) {
+        // Not text: no host we answer.
+        Some(host) => Some(host.to_str().unwrap_or("")),
+        None => request.uri().authority().map(|a| a.host()),
+    }
 }
 
 async fn own_asset(Path(file): Path<String>) -> Response {
@@ -254,7 +289,7 @@ pub fn filter(query: Option<&str>, now_ms: i64) -> Result<Filter, ApiError> {
         limit: DEFAULT_LIMIT,
         ..Filter::default()
     };
-    for (k, v) in params(query, &["min_mag", "since", "bbox", "limit"])? {
+    for (k, v) in params(query, &["min_mag", "since", "bbox", "limit", "cursor"])? {
         match k.as_str() {
             "min_mag" => f.min_mag = Some(number("min_mag", &v, -5.0..=12.0)?),
             "since" => f.since_ms = Some(since(&v, now_ms)?),
@@ -274,6 +309,15 @@ pub fn filter(query: Option<&str>, now_ms: i64) -> Result<Filter, ApiError> {
                 }
                 f.bbox = Some([w, s, e, n]);
             }
+            "cursor" => {
+                let cursor = v.parse::<Cursor>().map_err(|()| {
+                    let shown: String = v.chars().take(40).collect();
+                    ApiError::bad(format!(
+                        "cursor={shown:?}: expected the cursor of a `next` link"
+                    ))
+                })?;
+                f.after = Some(cursor);
+            }
             _ => {
                 f.limit = number("limit", &v, 1.0..=MAX_LIMIT as f64)? as usize;
             }
@@ -286,9 +330,40 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// One page of `/api/quakes`: the list, and the URL of the next page.
+#[derive(Serialize)]
+struct QuakePage {
+    #[serde(flatten)]
+    list: QuakeList,
+    /// `/api/quakes?…&cursor=…`: the same filter and limit, from where this page ended;
+    /// `null` on the last page.
+    next: Option<String>,
+}
+
 async fn quakes(State(web): State<Arc<Web>>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     let f = filter(q.as_deref(), now_ms())?;
-    Ok(Json(web.live.quakes(&f)).into_response())
+    let list = web.live.quakes(&f);
+    let next = list.rest.as_ref().map(|cursor| next_page(&f, cursor));
+    Ok(Json(QuakePage { list, next }).into_response())
+}
+
+/// The URL of the page after `cursor` with the filter `f`. A relative `since` (`1h`) is
+/// written as the time it meant, so that every page of one listing has the same bounds.
+fn next_page(f: &Filter, cursor: &Cursor) -> String {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    if let Some(min_mag) = f.min_mag {
+        query.append_pair("min_mag", &min_mag.to_string());
+    }
+    // A time too far back to write is before every event: leaving it out changes nothing.
+    if let Some(since) = f.since_ms.and_then(crate::record::format_millis) {
+        query.append_pair("since", &since);
+    }
+    if let Some([w, s, e, n]) = f.bbox {
+        query.append_pair("bbox", &format!("{w},{s},{e},{n}"));
+    }
+    query.append_pair("limit", &f.limit.to_string());
+    query.append_pair("cursor", &cursor.to_string());
+    format!("/api/quakes?{}", query.finish())
 }
 
 async fn stats(State(web): State<Arc<Web>>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
@@ -312,6 +387,7 @@ fn samples(web: &Web) -> Samples {
     web.registry.observe(&mut samples);
     crate::metrics::Observe::observe(web.live.as_ref(), &mut samples);
     crate::metrics::Observe::observe(web.pipeline.as_ref(), &mut samples);
+    crate::metrics::Observe::observe(web.connections.as_ref(), &mut samples);
     samples
 }
 
@@ -423,9 +499,13 @@ async fn health(State(web): State<Arc<Web>>) -> Response {
 
 /// Live updates as Server-Sent Events: `quake`, `remove`, `window`, `alert`, and `resync` when
 /// the browser must reload its lists. `?since=N` replays the changes after sequence `N`.
+///
+/// Each stream holds a slot of its client's address (429 past `web.max_live_per_client`) and
+/// one of the server's (503 past `web.max_live_clients`) until it ends.
 async fn events(
     State(web): State<Arc<Web>>,
     headers: axum::http::HeaderMap,
+    extensions: axum::http::Extensions,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     // A browser reconnecting on its own says the last event it got; that beats the URL.
@@ -440,6 +520,22 @@ async fn events(
             .map_err(|_| ApiError::bad(format!("since={shown:?}: expected a sequence number")))?;
         since = Some(since.map_or(asked, |s| s.max(asked)));
     }
+    // Served by `run`, every request knows its client; a router driven without a server (a
+    // benchmark) counts its requests as one client's.
+    let ip = extensions
+        .get::<ConnectInfo<Peer>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.0.ip());
+    let Some(client) = web.live_per_client.try_take(ip) else {
+        web.live.metrics.live_rejected_per_client.inc();
+        return Err(ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: format!(
+                "{ip} already follows live updates {} times (web.max_live_per_client); close a \
+                 tab or try again later",
+                web.live_per_client.max()
+            ),
+        });
+    };
     let Ok(permit) = web.live_clients.clone().try_acquire_owned() else {
         web.live.metrics.live_rejected.inc();
         return Err(ApiError {
@@ -461,12 +557,12 @@ async fn events(
         .unwrap_or(since);
     // The stream holds the client's slot until the browser goes away, and ends at shutdown
     // so that the server can stop.
-    let tail = follow(receiver, last, permit);
+    let tail = follow(receiver, last, (permit, client));
     let body = stream::iter(first)
         .chain(tail)
         .take_until(web.shutdown.clone().cancelled_owned());
     let mut response = Sse::new(body)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .keep_alive(KeepAlive::new().interval(web.keep_alive))
         .into_response();
     response
         .headers_mut()
@@ -481,13 +577,15 @@ fn event(u: &Update) -> Event {
         .data(u.data.as_ref())
 }
 
-fn follow(
+/// The changes after `after`; `slots` (the client's places under the limits) are held until
+/// the stream is dropped.
+fn follow<T: Send>(
     receiver: tokio::sync::broadcast::Receiver<Update>,
     after: u64,
-    client: tokio::sync::OwnedSemaphorePermit,
+    slots: T,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     stream::unfold(
-        (receiver, after, client, false),
+        (receiver, after, slots, false),
         |(mut rx, after, client, done)| async move {
             if done {
                 return None;

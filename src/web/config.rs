@@ -30,6 +30,29 @@ pub struct WebConfig {
     /// Browsers that may hold a live connection (Server-Sent Events) at once; more are answered
     /// 503 until one leaves.
     pub max_live_clients: usize,
+    /// Live connections one address (one IP) may hold at once; more are answered 429, so that
+    /// one client cannot take every slot. Behind a reverse proxy every browser has the proxy's
+    /// address: raise this to `max_live_clients` there.
+    pub max_live_per_client: usize,
+    /// Connections held open at once (pages, API calls and live streams together). Past this,
+    /// new connections wait in the operating system's queue until one closes; each live stream
+    /// holds one, so it must be above `max_live_clients`.
+    pub max_connections: usize,
+    /// Time a client has to send a request's line and headers, counted from the connection (or
+    /// from the first byte of a later request on it). A client slower than that is disconnected
+    /// without an answer: trickling a byte at a time does not extend it.
+    #[serde(with = "crate::config::duration")]
+    pub header_read_timeout: Duration,
+    /// A connection that sends and receives nothing for this long is closed (keep-alive between
+    /// requests, a stalled reader). Live streams send a keep-alive comment at least every half
+    /// of it, so open maps stay connected.
+    #[serde(with = "crate::config::duration")]
+    pub idle_timeout: Duration,
+    /// Host names the server answers besides loopback (`localhost`, `127.0.0.1`, `[::1]`), IP
+    /// addresses and the host of `listen`, with any port: `["map.example.org"]`. A request
+    /// naming another host gets 421: a web page whose name was made to point at this machine
+    /// (DNS rebinding) cannot read the API from a browser. `"*"` answers any name.
+    pub allowed_hosts: Vec<String>,
     /// How often the pipeline monitor reads offsets and consumer lag from Kafka.
     #[serde(with = "crate::config::duration")]
     pub refresh: Duration,
@@ -53,6 +76,11 @@ impl Default for WebConfig {
             max_windows: 288,
             max_alerts: 200,
             max_live_clients: 64,
+            max_live_per_client: 8,
+            max_connections: 512,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            allowed_hosts: Vec::new(),
             refresh: Duration::from_secs(5),
             tiles: String::new(),
             tiles_attribution: String::new(),
@@ -87,6 +115,38 @@ impl WebConfig {
                 "max_live_clients = {}: expected 1 to 10000",
                 self.max_live_clients
             ));
+        }
+        if self.max_live_per_client == 0 || self.max_live_per_client > 10_000 {
+            return Err(format!(
+                "max_live_per_client = {}: expected 1 to 10000",
+                self.max_live_per_client
+            ));
+        }
+        if self.max_connections <= self.max_live_clients || self.max_connections > 100_000 {
+            return Err(format!(
+                "max_connections = {}: expected more than max_live_clients ({}: each live stream \
+                 holds a connection) and at most 100000",
+                self.max_connections, self.max_live_clients
+            ));
+        }
+        for (name, value, least) in [
+            (
+                "header_read_timeout",
+                self.header_read_timeout,
+                Duration::from_millis(100),
+            ),
+            ("idle_timeout", self.idle_timeout, Duration::from_secs(1)),
+        ] {
+            if value < least {
+                return Err(format!(
+                    "{name} = {:?}: at least {}",
+                    humantime::format_duration(value).to_string(),
+                    humantime::format_duration(least)
+                ));
+            }
+        }
+        for host in &self.allowed_hosts {
+            allowed_host(host)?;
         }
         if self.refresh < Duration::from_millis(500) {
             return Err(format!(
@@ -127,6 +187,14 @@ impl WebConfig {
         Ok(Some(format!("{}://{host}{port}", url.scheme())))
     }
 
+    /// The host part of [`WebConfig::listen`]: `map.local` of `map.local:8080`, `[::1]` of
+    /// `[::1]:8080`.
+    pub fn listen_host(&self) -> &str {
+        self.listen
+            .rsplit_once(':')
+            .map_or(self.listen.as_str(), |(host, _)| host)
+    }
+
     /// Whether [`WebConfig::listen`] is a loopback address.
     pub fn is_loopback(&self) -> bool {
         match self.listen.parse::<SocketAddr>() {
@@ -134,6 +202,42 @@ impl WebConfig {
             Err(_) => self.listen.starts_with("localhost:"),
         }
     }
+}
+
+/// Checks one `allowed_hosts` entry: `"*"`, a host name or an IP address, with no scheme and
+/// no port (any port is answered).
+fn allowed_host(host: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "allowed_hosts: {host:?}: {why} (a name like \"map.example.org\", \
+             or \"*\" for any)"
+        ))
+    };
+    if host == "*" || host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Ok(());
+    }
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return match v6.parse::<std::net::Ipv6Addr>() {
+            Ok(_) => Ok(()),
+            Err(_) => bad("not an IPv6 address"),
+        };
+    }
+    if host.contains("://") || host.contains('/') {
+        return bad("a host, not a URL");
+    }
+    if host.contains(':') {
+        return bad("no port: every port is answered");
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if host.len() > 253 || !host.trim_end_matches('.').split('.').all(label_ok) {
+        return bad("not a host name");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -185,5 +289,53 @@ mod tests {
             ..WebConfig::default()
         };
         assert!(!c.is_loopback());
+        let c = WebConfig {
+            max_connections: 64,
+            ..WebConfig::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .contains("more than max_live_clients (64")
+        );
+        let c = WebConfig {
+            max_live_per_client: 0,
+            ..WebConfig::default()
+        };
+        assert!(c.validate().unwrap_err().starts_with("max_live_per_client"));
+        let c = WebConfig {
+            header_read_timeout: Duration::ZERO,
+            ..WebConfig::default()
+        };
+        assert!(c.validate().unwrap_err().starts_with("header_read_timeout"));
+    }
+
+    #[test]
+    fn allowed_hosts_are_names_without_port() {
+        for good in [
+            "*",
+            "map.example.org",
+            "MAP.Example.org.",
+            "10.0.0.7",
+            "[::1]",
+        ] {
+            assert_eq!(allowed_host(good), Ok(()), "{good}");
+        }
+        for (bad, says) in [
+            ("https://map.example.org", "a host, not a URL"),
+            ("map.example.org:8080", "no port"),
+            ("", "not a host name"),
+            ("a..b", "not a host name"),
+            ("*.example.org", "not a host name"),
+            ("[zz]", "not an IPv6 address"),
+        ] {
+            let error = allowed_host(bad).unwrap_err();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+        let c = WebConfig {
+            allowed_hosts: vec!["map.example.org:443".into()],
+            ..WebConfig::default()
+        };
+        assert!(c.validate().unwrap_err().starts_with("allowed_hosts"));
     }
 }

@@ -7,11 +7,14 @@
 //! - [`feed`]: the Kafka reader that fills the state.
 //! - [`pipeline`]: offsets, lag and throughput sampled from Kafka for the monitor.
 //! - [`api`]: the router; [`assets`]: the pages and the bundled front-end libraries.
+//! - [`limits`]: connections (a cap, a header-read and an idle timeout), live streams per
+//!   client, and the host names answered.
 
 pub mod api;
 pub mod assets;
 pub mod config;
 pub mod feed;
+pub mod limits;
 pub mod pipeline;
 pub mod state;
 
@@ -50,7 +53,7 @@ pub async fn bind_metrics(listen: &str) -> Result<TcpListener> {
 }
 
 /// `/metrics` (every component in `registry`) and `/health` for a component run alone, until
-/// `shutdown`.
+/// `shutdown`; with the connection limits of a default `[web]` (cap and timeouts).
 pub async fn serve_metrics(
     listener: TcpListener,
     registry: Arc<Registry>,
@@ -77,6 +80,15 @@ pub async fn serve_metrics(
             }),
         )
         .route("/health", get(|| async { "ok\n" }));
+    let defaults = WebConfig::default();
+    let listener = limits::Limited::new(
+        listener,
+        Arc::new(limits::Connections::new(
+            defaults.max_connections,
+            defaults.header_read_timeout,
+            defaults.idle_timeout,
+        )),
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
@@ -94,8 +106,9 @@ pub struct Settings {
     pub checks: crate::record::Checks,
 }
 
-/// Serves until `shutdown`. The feed and the monitor's sampler retry on their own while Kafka
-/// is away; the pages keep answering meanwhile (`/health` says 503).
+/// Serves until `shutdown`, within the limits of `[web]` ([`limits`]). The feed and the
+/// monitor's sampler retry on their own while Kafka is away; the pages keep answering meanwhile
+/// (`/health` says 503).
 pub async fn run(
     listener: TcpListener,
     settings: Settings,
@@ -121,6 +134,11 @@ pub async fn run(
              the map page says how to get it"
         );
     }
+    let connections = Arc::new(limits::Connections::new(
+        c.max_connections,
+        c.header_read_timeout,
+        c.idle_timeout,
+    ));
     let web = Arc::new(api::Web {
         live: live.clone(),
         pipeline: pipeline.clone(),
@@ -142,6 +160,10 @@ pub async fn run(
         }),
         live_clients: Arc::new(tokio::sync::Semaphore::new(c.max_live_clients)),
         max_live_clients: c.max_live_clients,
+        live_per_client: Arc::new(limits::PerClient::new(c.max_live_per_client)),
+        keep_alive: keep_alive(c.idle_timeout),
+        hosts: limits::Hosts::new(&c.allowed_hosts, c.listen_host()),
+        connections: connections.clone(),
         shutdown: shutdown.clone(),
     });
 
@@ -172,13 +194,21 @@ pub async fn run(
     }
 
     let stop = shutdown.clone();
-    let served = axum::serve(listener, api::app(web))
+    let listener = limits::Limited::new(listener, connections);
+    let app = api::app(web).into_make_service_with_connect_info::<limits::Peer>();
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
         .map_err(Error::io("<web server>"));
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     served
+}
+
+/// How often a live stream sends a keep-alive comment: every 15 s, or more often when the idle
+/// timeout would otherwise close a quiet stream.
+fn keep_alive(idle_timeout: Duration) -> Duration {
+    Duration::from_secs(15).min(idle_timeout / 2)
 }
 
 /// The web server as a pipeline component. Its address is bound before anything starts (a

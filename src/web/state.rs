@@ -57,6 +57,10 @@ pub struct WebMetrics {
     pub evicted: Counter,
     pub live_clients: Gauge,
     pub live_rejected: Counter,
+    /// Live connections refused because their address held `max_live_per_client`.
+    pub live_rejected_per_client: Counter,
+    /// Requests refused because their `Host` is not one the server answers.
+    pub hosts_refused: Counter,
     pub requests: Counter,
     pub bad_requests: Counter,
 }
@@ -105,6 +109,39 @@ pub struct Filter {
     /// `[min_lon, min_lat, max_lon, max_lat]`; `min_lon > max_lon` crosses the antimeridian.
     pub bbox: Option<[f64; 4]>,
     pub limit: usize,
+    /// List only events after this one in the newest-first order (the next page).
+    pub after: Option<Cursor>,
+}
+
+/// Where a page of `/api/quakes` ended: the origin time and id of its last (oldest) event.
+/// The next page starts just after it in the order of the list, so events that arrive between
+/// two pages (newer ones) do not shift the pages: none is listed twice or skipped. Written
+/// `<ms>_<id>`; clients take it from `next` and need not read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub time_ms: i64,
+    pub id: String,
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}_{}", self.time_ms, self.id)
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Cursor, ()> {
+        let (time, id) = text.split_once('_').ok_or(())?;
+        if id.is_empty() {
+            return Err(());
+        }
+        Ok(Cursor {
+            time_ms: time.parse().map_err(|_| ())?,
+            id: id.to_string(),
+        })
+    }
 }
 
 impl Filter {
@@ -139,9 +176,13 @@ impl Filter {
 pub struct QuakeList {
     /// The change sequence this list reflects: follow `/api/events?since=` it.
     pub seq: u64,
-    /// Events matching the filter (the list holds at most `limit` of them, newest first).
+    /// Events matching the filter, on every page (the list holds at most `limit` of them,
+    /// newest first).
     pub matched: usize,
     pub quakes: Vec<Arc<Quake>>,
+    /// Where the next page starts; `None` on the last page.
+    #[serde(skip)]
+    pub rest: Option<Cursor>,
 }
 
 /// The answer to `/api/stats`.
@@ -366,22 +407,39 @@ impl Live {
         let inner = self.read();
         let mut matched = 0;
         let mut quakes = Vec::new();
+        let mut last: Option<(i64, &str)> = None;
+        let mut rest = None;
         // Newest first: walk the time index backwards.
-        for (_, id) in inner.by_time.iter().rev() {
+        for (time_ms, id) in inner.by_time.iter().rev() {
             let Some(e) = inner.quakes.get(id) else {
                 continue;
             };
-            if filter.matches(e) {
-                matched += 1;
-                if quakes.len() < filter.limit {
-                    quakes.push(e.quake.clone());
-                }
+            if !filter.matches(e) {
+                continue;
+            }
+            matched += 1;
+            let on_page = filter
+                .after
+                .as_ref()
+                .is_none_or(|c| (*time_ms, id.as_str()) < (c.time_ms, c.id.as_str()));
+            if !on_page {
+                continue;
+            }
+            if quakes.len() < filter.limit {
+                quakes.push(e.quake.clone());
+                last = Some((*time_ms, id));
+            } else if rest.is_none() {
+                rest = last.map(|(time_ms, id)| Cursor {
+                    time_ms,
+                    id: id.to_string(),
+                });
             }
         }
         QuakeList {
             seq: inner.seq,
             matched,
             quakes,
+            rest,
         }
     }
 
@@ -485,6 +543,16 @@ impl Observe for Live {
                 "quakestream_web_live_rejected_total",
                 "Live connections refused (web.max_live_clients reached).",
                 &m.live_rejected,
+            ),
+            (
+                "quakestream_web_live_rejected_per_client_total",
+                "Live connections refused (web.max_live_per_client reached by their address).",
+                &m.live_rejected_per_client,
+            ),
+            (
+                "quakestream_web_hosts_refused_total",
+                "Requests refused for a Host not in web.allowed_hosts.",
+                &m.hosts_refused,
             ),
             (
                 "quakestream_web_requests_total",
@@ -627,6 +695,7 @@ mod tests {
             since_ms,
             bbox,
             limit: 10,
+            after: None,
         };
         assert_eq!(l.quakes(&f(Some(2.0), None, None)).matched, 1);
         let since = parse_millis("2025-05-04T13:02:00Z");

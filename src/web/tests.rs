@@ -1,20 +1,33 @@
-//! The router without a server (`Router::oneshot`): headers, parameter checks, the live-client
-//! limit, replay after `since`, `/metrics` and `/health`.
+//! The router without a server (`Router::oneshot`): headers, parameter checks, pages of
+//! `/api/quakes`, the host names answered, the live-client limits, replay after `since`,
+//! `/metrics` and `/health`.
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
+use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode, header};
 use futures::StreamExt;
 use tower::ServiceExt;
 
 use super::api::{self, Web};
+use super::limits::{Connections, Hosts, Peer, PerClient};
 use super::pipeline::Pipeline;
 use super::state::{Limits, Live};
 use crate::metrics::{Registry, SourceMetrics};
 
 fn web(max_live_clients: usize) -> (Arc<Web>, Router) {
+    // Every request here comes from one address: no per-client limit unless a test sets one.
+    limited(max_live_clients, 1000, &[])
+}
+
+/// A router with `max_live_per_client` and `allowed_hosts` as `[web]` would set them.
+fn limited(
+    max_live_clients: usize,
+    max_live_per_client: usize,
+    allowed_hosts: &[&str],
+) -> (Arc<Web>, Router) {
     let live = Arc::new(Live::new(Limits {
         max_events: 100,
         max_windows: 10,
@@ -32,6 +45,20 @@ fn web(max_live_clients: usize) -> (Arc<Web>, Router) {
         page_config: serde_json::json!({ "topics": { "dlq": "quakestream-dlq" } }),
         live_clients: Arc::new(tokio::sync::Semaphore::new(max_live_clients)),
         max_live_clients,
+        live_per_client: Arc::new(PerClient::new(max_live_per_client)),
+        keep_alive: Duration::from_secs(15),
+        hosts: Hosts::new(
+            &allowed_hosts
+                .iter()
+                .map(|h| h.to_string())
+                .collect::<Vec<_>>(),
+            "127.0.0.1",
+        ),
+        connections: Arc::new(Connections::new(
+            512,
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+        )),
         shutdown: tokio_util::sync::CancellationToken::new(),
     });
     (web.clone(), api::app(web))
@@ -43,9 +70,14 @@ fn add(live: &Live, id: &str, mag: f64, lon: f64) {
 }
 
 fn quake(id: &str, mag: f64, lon: f64) -> Vec<u8> {
+    quake_at(id, mag, lon, "2025-05-04T13:40:00.000Z")
+}
+
+/// A quake record with origin time `time`.
+fn quake_at(id: &str, mag: f64, lon: f64, time: &str) -> Vec<u8> {
     serde_json::json!({
         "id": id, "ids": [id], "source": "usgs",
-        "time": "2025-05-04T13:40:00.000Z", "updated": "2025-05-04T13:50:00.000Z",
+        "time": time, "updated": "2025-05-04T13:50:00.000Z",
         "mag": mag, "mag_type": "ml", "place": "<script>alert(1)</script>", "lat": 10.0, "lon": lon,
         "depth_km": 5.0, "status": "automatic", "tsunami": false, "alert": null, "sig": 1,
         "felt": null, "cdi": null, "mmi": null, "net": "us", "code": id,
@@ -176,9 +208,14 @@ async fn quakes_are_filtered_and_parameters_checked() {
         ("since=yesterday", "since=\"yesterday\""),
         (
             "minmag=2",
-            "unknown parameter \"minmag\"; known: min_mag, since, bbox, limit",
+            "unknown parameter \"minmag\"; known: min_mag, since, bbox, limit, cursor",
         ),
         ("min_mag=1&min_mag=2", "min_mag given twice"),
+        (
+            "cursor=abc",
+            "cursor=\"abc\": expected the cursor of a `next` link",
+        ),
+        ("cursor=12_", "expected the cursor of a `next` link"),
     ] {
         let (status, _, body) = get(&app, &format!("/api/quakes?{query}")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
@@ -306,4 +343,215 @@ async fn metrics_and_health() {
     assert_eq!(p["sources"][0]["polls"], 7);
     assert_eq!(p["map"]["events"], 1);
     assert_eq!(p["dlq"], "quakestream-dlq");
+}
+
+/// A GET from `client` naming `host`, as a browser sends it.
+fn request(uri: &str, host: Option<&str>, client: &str) -> Request<Body> {
+    let mut r = Request::get(uri);
+    if let Some(host) = host {
+        r = r.header(header::HOST, host);
+    }
+    let mut r = r.body(Body::empty()).unwrap();
+    let addr: SocketAddr = format!("{client}:50000").parse().unwrap();
+    r.extensions_mut().insert(ConnectInfo(Peer(addr)));
+    r
+}
+
+async fn send(app: &Router, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = to_bytes(body, 1024 * 1024).await.unwrap();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// DNS rebinding: a page at `http://rebind.attacker.example:8080/` whose name now resolves to
+/// 127.0.0.1 is same-origin with this server in the browser, but its requests still say
+/// `Host: rebind.attacker.example:8080`. Those are refused, whatever the path.
+#[tokio::test]
+async fn requests_for_other_host_names_are_refused() {
+    let (web, app) = limited(4, 4, &[]);
+    for path in ["/api/pipeline", "/metrics", "/api/quakes", "/", "/health"] {
+        let (status, headers, body) = send(
+            &app,
+            request(path, Some("rebind.attacker.example:8080"), "127.0.0.1"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{path}: {body}");
+        let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let error = error["error"].as_str().unwrap();
+        assert!(
+            error.contains("\"rebind.attacker.example:8080\""),
+            "{error}"
+        );
+        assert!(error.contains("web.allowed_hosts"), "{error}");
+        assert!(
+            !body.contains("quakestream_"),
+            "{path}: nothing of the answer leaks"
+        );
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    }
+    assert_eq!(web.live.metrics.hosts_refused.get(), 5);
+    // The names of this machine and addresses are answered, with any port; so are clients that
+    // name no host (no browser does that).
+    for host in [
+        Some("localhost:8080"),
+        Some("127.0.0.1:8080"),
+        Some("[::1]:8080"),
+        Some("192.168.1.20:8080"),
+        None,
+    ] {
+        let (status, _, body) = send(&app, request("/api/pipeline", host, "127.0.0.1")).await;
+        assert_eq!(status, StatusCode::OK, "{host:?}: {body}");
+    }
+    // A Host that is not text names nothing answered.
+    let mut garbled = request("/", None, "127.0.0.1");
+    garbled.headers_mut().insert(
+        header::HOST,
+        axum::http::HeaderValue::from_bytes(b"\xfflocalhost").unwrap(),
+    );
+    assert_eq!(send(&app, garbled).await.0, StatusCode::MISDIRECTED_REQUEST);
+
+    // A name set in `web.allowed_hosts` is answered; "*" answers any.
+    let (_, app) = limited(4, 4, &["map.example.org"]);
+    let (status, _, _) = send(
+        &app,
+        request("/metrics", Some("Map.Example.org:443"), "10.0.0.1"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = send(
+        &app,
+        request("/metrics", Some("other.example.org"), "10.0.0.1"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::MISDIRECTED_REQUEST);
+    let (_, app) = limited(4, 4, &["*"]);
+    let (status, _, _) = send(
+        &app,
+        request("/metrics", Some("other.example.org"), "10.0.0.1"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// Ids of a `/api/quakes` answer, in order.
+fn ids(list: &serde_json::Value) -> Vec<String> {
+    list["quakes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn quakes_come_in_pages_that_follow_next() {
+    let (web, app) = web(1);
+    // Seven events at five origin times, two pairs sharing one (pages may end inside a pair).
+    for (id, minute) in [
+        ("e1", 1),
+        ("e2", 2),
+        ("e3a", 3),
+        ("e3b", 3),
+        ("e4", 4),
+        ("e5a", 5),
+        ("e5b", 5),
+    ] {
+        let time = format!("2025-05-04T13:{minute:02}:00.000Z");
+        web.live
+            .apply_quake(Some(id), &quake_at(id, 2.0, 10.0, &time), 1)
+            .unwrap();
+    }
+    let newest_first = ["e5b", "e5a", "e4", "e3b", "e3a", "e2", "e1"];
+
+    // The whole list fits the default page: no next page, as the map has always loaded it.
+    let (_, _, body) = get(&app, "/api/quakes").await;
+    let all: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ids(&all), newest_first);
+    assert_eq!(all["next"], serde_json::Value::Null);
+
+    // Pages of two: each `next` carries the filter on, and the pages add up to the list.
+    let mut uri = "/api/quakes?limit=2&min_mag=1.5&since=2025-05-04".to_string();
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (status, _, body) = get(&app, &uri).await;
+        assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+        let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+        // `matched` counts every event the filter takes now, whatever the page.
+        let matched = if pages == 0 { 7 } else { 8 };
+        assert_eq!(page["matched"], matched, "{uri}: {body}");
+        let got = ids(&page);
+        assert!(got.len() <= 2, "{uri}: {got:?}");
+        seen.extend(got);
+        pages += 1;
+        if pages == 1 {
+            // A newer event arriving between two pages shifts nothing.
+            add(&web.live, "newer", 2.0, 10.0);
+        }
+        match page["next"].as_str() {
+            Some(next) => {
+                assert!(next.starts_with("/api/quakes?"), "{next}");
+                assert!(
+                    next.contains("min_mag=1.5") && next.contains("limit=2"),
+                    "{next}"
+                );
+                uri = next.to_string();
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, newest_first, "no event twice, none skipped");
+    assert_eq!(pages, 4);
+
+    // A duration back from now is written into `next` as the time it meant.
+    let (_, _, body) = get(&app, "/api/quakes?limit=1&since=100000d").await;
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let next = page["next"].as_str().unwrap();
+    assert!(!next.contains("100000d"), "{next}");
+    let (status, _, body) = get(&app, next).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["quakes"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn one_client_cannot_take_every_live_slot() {
+    let (web, app) = limited(4, 2, &[]);
+    let follow = |client: &str| request("/api/events", Some("localhost:8080"), client);
+    let first = app.clone().oneshot(follow("10.0.0.1")).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let second = app.clone().oneshot(follow("10.0.0.1")).await.unwrap();
+    assert_eq!(second.status(), StatusCode::OK);
+
+    // A third from the same address: 429, naming the limit; the server still has room.
+    let (status, _, body) = send(&app, follow("10.0.0.1")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let error = error["error"].as_str().unwrap();
+    assert!(error.contains("web.max_live_per_client"), "{error}");
+    assert!(error.contains("10.0.0.1"), "{error}");
+    assert_eq!(web.live.metrics.live_rejected_per_client.get(), 1);
+    assert_eq!(web.live.metrics.live_rejected.get(), 0);
+
+    // Another address is served.
+    let other = app.clone().oneshot(follow("10.0.0.2")).await.unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+
+    // The first client's slot comes back when one of its streams ends.
+    drop(first);
+    let again = app.clone().oneshot(follow("10.0.0.1")).await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+
+    // The server's own limit still holds over all addresses: 503 past it.
+    let fourth = app.clone().oneshot(follow("10.0.0.3")).await.unwrap();
+    assert_eq!(fourth.status(), StatusCode::OK);
+    let (status, _, body) = send(&app, follow("10.0.0.4")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("web.max_live_clients"), "{body}");
+    drop((second, other, again, fourth));
 }
