@@ -24,8 +24,10 @@ as_root() {
 # crate, linked to the system OpenSSL and zlib) and SQLite (built by libsql); the PostgreSQL
 # server the warehouse tests start (privately, on a free port); Python's venv for the test
 # helpers below; npm, through which build.rs bundles the map's front-end libraries from
-# web/package-lock.json; Chromium, which the dashboard test drives headless.
-packages=(build-essential pkg-config libssl-dev zlib1g-dev perl make postgresql python3-venv chromium)
+# web/package-lock.json; Chromium, which the dashboard test drives headless; kcat, which
+# tests/kcat.rs runs against the embedded broker; openssl, which makes the certificates of the
+# PostgreSQL TLS test.
+packages=(build-essential pkg-config libssl-dev zlib1g-dev perl make postgresql python3-venv chromium kcat openssl)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

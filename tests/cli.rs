@@ -212,6 +212,26 @@ fn config_prints_layers_with_secrets_redacted() {
     assert!(!out.contains("hunter2"), "{out}");
 }
 
+/// The embedded broker has no authentication: listening beyond loopback says so, once, at
+/// start; on loopback it says nothing of the kind.
+#[test]
+fn the_broker_warns_when_it_listens_beyond_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for (host, warned) in [("0.0.0.0", true), ("127.0.0.1", false)] {
+        let listen = format!("{host}:{}", free_port());
+        let mut broker = Spawned::start(quakestream(&data).args(["broker", "--listen", &listen]));
+        let said = broker.wait_for(|l| l.contains("Press Ctrl+C"), Duration::from_secs(60));
+        let said = [said, broker.drain_stderr()].concat();
+        let warning = said
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("listens beyond this machine"));
+        assert_eq!(warning, warned, "{listen}: {said:#?}");
+        broker.signal("INT");
+        assert!(broker.wait(Duration::from_secs(30)).success());
+    }
+}
+
 /// The tutorial's first steps: produce ten messages, read them back; the broker keeps them
 /// across a restart and stops cleanly on SIGTERM and SIGINT.
 #[test]

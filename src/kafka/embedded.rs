@@ -1,9 +1,11 @@
 //! The embedded Kafka-compatible broker: tansu, in-process, with SQLite storage.
 //!
 //! It speaks the real Kafka protocol on a TCP port, so quakestream's own components and any
-//! other Kafka client (Spark, confluent-kafka, kcat with a recent librdkafka) talk to it as to a
-//! cluster of one. Messages live in `<data_dir>/broker/tansu.db` and survive restarts. tansu's
-//! memory engine is not used: it reports wrong high watermarks.
+//! other Kafka client (Spark, confluent-kafka, kcat) talk to it as to a cluster of one. Clients
+//! connect to a thin relay, [`super::front`], which mends the one tansu answer that older
+//! librdkafka versions (Debian 12's kcat) cannot read; tansu itself listens on a loopback port
+//! of its own and advertises the relay's address. Messages live in `<data_dir>/broker/tansu.db`
+//! and survive restarts. tansu's memory engine is not used: it reports wrong high watermarks.
 //!
 //! We drive tansu's `serve` ourselves instead of its `main`, which installs its own signal
 //! handlers and clears the terminal: the broker stops when our shutdown token is cancelled.
@@ -16,10 +18,15 @@ use std::{
 
 use tansu_broker::{NODE_ID, broker::Broker, coordinator::group::administrator::Controller};
 use tansu_storage::StorageContainer;
-use tokio::{net::TcpStream, task::JoinHandle, time::Instant};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use super::front;
 use crate::{
     config::BrokerConfig,
     error::{Error, Result},
@@ -33,10 +40,13 @@ pub const DB_FILE: &str = "tansu.db";
 
 /// A running embedded broker.
 pub struct EmbeddedBroker {
+    /// Where clients connect: the front.
     addr: SocketAddr,
     advertised: String,
     db: PathBuf,
+    /// tansu, on a loopback port of its own.
     task: JoinHandle<Result<()>>,
+    front: JoinHandle<()>,
 }
 
 impl EmbeddedBroker {
@@ -48,13 +58,28 @@ impl EmbeddedBroker {
         shutdown: CancellationToken,
     ) -> Result<EmbeddedBroker> {
         let addr = resolve(&config.listen)?;
-        // tansu binds the port itself and only logs a failure; check first for a clear error.
-        drop(StdListener::bind(addr).map_err(|e| {
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
             Error::Broker(format!(
                 "cannot listen on {addr}: {e} (is another broker running there? choose another \
                  address with --listen)"
             ))
-        })?);
+        })?;
+        // With port 0 in `listen`, the port the system chose.
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::Broker(format!("cannot listen on {addr}: {e}")))?;
+        let internal = internal_addr()?;
+        if !addr.ip().is_loopback() {
+            // No authentication and no TLS: anyone who can reach the port can read and write
+            // every topic.
+            tracing::warn!(
+                %addr,
+                "the embedded broker listens beyond this machine, with no authentication and no \
+                 encryption: any host that reaches {addr} can read and write every topic (listen \
+                 on 127.0.0.1 unless other machines must connect, and then only on a trusted \
+                 network)"
+            );
+        }
 
         let dir = absolute(&data_dir.join("broker"))?;
         std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
@@ -64,10 +89,10 @@ impl EmbeddedBroker {
             .clone()
             .unwrap_or_else(|| addr.to_string());
 
-        let listener = tcp_url(&addr.to_string())?;
+        let internal_url = tcp_url(&internal.to_string())?;
         let advertised_url = tcp_url(&advertised)?;
         let storage = storage_url(&db)?;
-        tracing::debug!(%listener, %advertised_url, %storage, "starting embedded broker");
+        tracing::debug!(%addr, %internal_url, %advertised_url, %storage, "starting embedded broker");
 
         let mut broker = TansuBroker::builder()
             .node_id(NODE_ID)
@@ -75,7 +100,7 @@ impl EmbeddedBroker {
             .incarnation_id(uuid::Uuid::new_v4())
             .advertised_listener(advertised_url)
             .storage(storage)
-            .listener(listener)
+            .listener(internal_url)
             .silent(true)
             .build()
             .await
@@ -83,51 +108,31 @@ impl EmbeddedBroker {
 
         prepare_storage(&db).await?;
 
-        let task = tokio::spawn(async move {
-            tokio::select! {
-                result = broker.serve(Instant::now()) => {
-                    result.map_err(|e| Error::Broker(e.to_string()))
+        let mut task = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                tokio::select! {
+                    result = broker.serve(Instant::now()) => {
+                        result.map_err(|e| Error::Broker(e.to_string()))
+                    }
+                    () = shutdown.cancelled() => Ok(()),
                 }
-                () = shutdown.cancelled() => Ok(()),
             }
         });
 
-        let mut running = EmbeddedBroker {
+        wait_listening(&mut task, internal).await?;
+        // Connections made meanwhile waited in the listener's backlog.
+        let front = tokio::spawn(front::serve(listener, internal, shutdown));
+        Ok(EmbeddedBroker {
             addr,
             advertised,
             db,
             task,
-        };
-        running.wait_listening().await?;
-        Ok(running)
+            front,
+        })
     }
 
-    /// Polls the port until it accepts a connection, or reports why the broker stopped.
-    async fn wait_listening(&mut self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if self.task.is_finished() {
-                let result = (&mut self.task)
-                    .await
-                    .map_err(|e| Error::Broker(e.to_string()))?;
-                return Err(result.err().unwrap_or_else(|| {
-                    Error::Broker("stopped before it started listening".into())
-                }));
-            }
-            if TcpStream::connect(self.addr).await.is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(Error::Broker(format!(
-                    "not listening on {} after 30s",
-                    self.addr
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The address it listens on.
+    /// The address clients connect to (the front; tansu's own port is private).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -145,9 +150,17 @@ impl EmbeddedBroker {
     /// Waits until the broker has stopped (after the shutdown token is cancelled, or on a
     /// failure).
     pub async fn stopped(self) -> Result<()> {
-        self.task
+        let result = self
+            .task
             .await
-            .map_err(|e| Error::Broker(format!("broker task failed: {e}")))?
+            .map_err(|e| Error::Broker(format!("broker task failed: {e}")))
+            .and_then(|r| r);
+        if result.is_err() {
+            // tansu failed without a shutdown: nothing is left to relay to.
+            self.front.abort();
+        }
+        let _ = self.front.await;
+        result
     }
 }
 
@@ -181,6 +194,37 @@ async fn prepare_storage(db: &Path) -> Result<()> {
         connection.execute(statement, ()).await.map_err(failed)?;
     }
     Ok(())
+}
+
+/// Polls tansu's port until it accepts a connection, or reports why the broker stopped.
+async fn wait_listening(task: &mut JoinHandle<Result<()>>, internal: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if task.is_finished() {
+            let result = task.await.map_err(|e| Error::Broker(e.to_string()))?;
+            return Err(result
+                .err()
+                .unwrap_or_else(|| Error::Broker("stopped before it started listening".into())));
+        }
+        if TcpStream::connect(internal).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Broker(format!(
+                "not listening on {internal} after 30s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free loopback port for tansu. tansu binds its listener itself from a URL, so the port is
+/// chosen here and released; [`wait_listening`] reports the rare case of another
+/// process taking it in between.
+fn internal_addr() -> Result<SocketAddr> {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| Error::Broker(format!("cannot find a free loopback port: {e}")))
 }
 
 fn resolve(listen: &str) -> Result<SocketAddr> {

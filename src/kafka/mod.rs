@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod consumer;
 pub mod embedded;
+pub mod front;
 pub mod producer;
 pub mod reader;
 pub mod topic;
