@@ -270,6 +270,20 @@ fn assert_outlines_unbroken(steps: &Value) {
     );
 }
 
+/// Loads the map and waits until it is ready and shows `markers` events.
+async fn open_map(browser: &Browser, base: &str, markers: usize) {
+    browser.goto(&format!("{base}/")).await;
+    browser
+        .wait_for(
+            "document.body.dataset.ready === 'true'",
+            Duration::from_secs(30),
+        )
+        .await;
+    browser
+        .wait_for(&format!("{MARKERS} === {markers}"), Duration::from_secs(30))
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn live_map_in_headless_chromium() {
     let dir = tempfile::tempdir().unwrap();
@@ -326,19 +340,7 @@ async fn live_map_in_headless_chromium() {
 
     // ---- the map, as a person sees it -------------------------------------------------
     let browser = Browser::start(1280, 860).await;
-    browser.goto(&format!("{base}/")).await;
-    browser
-        .wait_for(
-            "document.body.dataset.ready === 'true'",
-            Duration::from_secs(30),
-        )
-        .await;
-    browser
-        .wait_for(
-            &format!("{MARKERS} === {}", first_events.len()),
-            Duration::from_secs(30),
-        )
-        .await;
+    open_map(&browser, &base, first_events.len()).await;
     // The offline basemap: country outlines drawn from the bundled world-atlas.
     let countries = browser
         .eval("document.querySelectorAll('path.country').length")
@@ -681,19 +683,7 @@ async fn live_map_in_headless_chromium() {
     // ---- a phone, from a fresh load --------------------------------------------------------
     let phone = Browser::start(390, 844).await;
     phone.viewport(390, 844, true).await;
-    phone.goto(&format!("{base}/")).await;
-    phone
-        .wait_for(
-            "document.body.dataset.ready === 'true'",
-            Duration::from_secs(30),
-        )
-        .await;
-    phone
-        .wait_for(
-            &format!("{MARKERS} === {}", all_events.len()),
-            Duration::from_secs(30),
-        )
-        .await;
+    open_map(&phone, &base, all_events.len()).await;
     // The first view shows where the events are: most of them on the small map.
     let in_view = phone.eval(MARKERS_IN_VIEW).await.as_u64().unwrap() as usize;
     assert!(

@@ -332,27 +332,38 @@ impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
     }
 }
 
+impl<S: AsyncWrite + Unpin> Conn<S> {
+    /// One write (plain or vectored), timed: bytes sent count as activity, and a client that
+    /// stops reading stalls the answer until the idle timeout ends it.
+    fn write_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(&mut S, &mut Context<'_>) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if self.expired.is_some() {
+            return self.poll_deadline(cx).map(Err);
+        }
+        match write(&mut self.io, cx) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.sent();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => self.poll_deadline(cx).map(Err),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.expired.is_some() {
-            return this.poll_deadline(cx).map(Err);
-        }
-        match Pin::new(&mut this.io).poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.sent();
-                }
-                Poll::Ready(Ok(n))
-            }
-            // A client that stops reading stalls the answer: the idle timeout ends it.
-            Poll::Pending => this.poll_deadline(cx).map(Err),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-        }
+        self.get_mut()
+            .write_with(cx, |io, cx| Pin::new(io).poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -360,20 +371,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.expired.is_some() {
-            return this.poll_deadline(cx).map(Err);
-        }
-        match Pin::new(&mut this.io).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.sent();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending => this.poll_deadline(cx).map(Err),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-        }
+        self.get_mut()
+            .write_with(cx, |io, cx| Pin::new(io).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
