@@ -249,52 +249,64 @@ impl Admin {
     }
 
     /// The consumer groups the cluster knows.
+    ///
+    /// librdkafka's group listing sends ListGroups v0 and then DescribeGroups for every group.
+    /// The embedded broker (tansu 0.6) answers v0 wrongly and fails every DescribeGroups with
+    /// an ERROR in its log (it cannot read back the group state it stored), so against it
+    /// the listing asks each broker with ListGroups v1 directly; elsewhere that is the
+    /// fallback when the library call fails.
     pub async fn group_names(&self) -> Result<Vec<String>> {
-        let listed = self
-            .blocking(|client, settings| {
-                client
-                    .inner()
-                    .fetch_group_list(None, settings.timeout)
-                    .map(|list| list.groups().iter().map(|g| g.name().to_string()).collect())
-                    .map_err(Error::kafka("listing consumer groups"))
-            })
-            .await;
-        let mut names: Vec<String> = match listed {
-            Ok(names) => names,
-            // The embedded broker answers librdkafka's ListGroups v0 wrongly; ask each broker
-            // with v1 ourselves.
-            Err(first) => {
-                let brokers = self
-                    .blocking(|client, settings| {
-                        let metadata = client
-                            .inner()
-                            .fetch_metadata(None, settings.timeout)
-                            .map_err(Error::kafka("reading cluster metadata"))?;
-                        Ok(metadata
-                            .brokers()
-                            .iter()
-                            .map(|b| format!("{}:{}", b.host(), b.port()))
-                            .collect::<Vec<_>>())
-                    })
-                    .await?;
-                let mut names = Vec::new();
-                for broker in brokers {
-                    let listed = super::wire::list_groups(
-                        &broker,
-                        &self.settings.client_id,
-                        self.settings.timeout,
-                    )
-                    .await
-                    .map_err(|e| {
-                        Error::Broker(format!("listing consumer groups ({first}; then {e})"))
-                    })?;
-                    names.extend(listed);
-                }
-                names
+        let mut names = if self.settings.embedded {
+            self.list_groups_v1(None).await?
+        } else {
+            let listed = self
+                .blocking(|client, settings| {
+                    client
+                        .inner()
+                        .fetch_group_list(None, settings.timeout)
+                        .map(|list| list.groups().iter().map(|g| g.name().to_string()).collect())
+                        .map_err(Error::kafka("listing consumer groups"))
+                })
+                .await;
+            match listed {
+                Ok(names) => names,
+                Err(first) => self.list_groups_v1(Some(first)).await?,
             }
         };
         names.sort();
         names.dedup();
+        Ok(names)
+    }
+
+    /// Every broker's groups by ListGroups v1 over plain TCP. `earlier` is the library
+    /// call's failure, named in the error when this fails too.
+    async fn list_groups_v1(&self, earlier: Option<Error>) -> Result<Vec<String>> {
+        let brokers = self
+            .blocking(|client, settings| {
+                let metadata = client
+                    .inner()
+                    .fetch_metadata(None, settings.timeout)
+                    .map_err(Error::kafka("reading cluster metadata"))?;
+                Ok(metadata
+                    .brokers()
+                    .iter()
+                    .map(|b| format!("{}:{}", b.host(), b.port()))
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+        let mut names = Vec::new();
+        for broker in brokers {
+            let listed =
+                super::wire::list_groups(&broker, &self.settings.client_id, self.settings.timeout)
+                    .await
+                    .map_err(|e| match &earlier {
+                        Some(first) => {
+                            Error::Broker(format!("listing consumer groups ({first}; then {e})"))
+                        }
+                        None => Error::Broker(format!("listing consumer groups: {e}")),
+                    })?;
+            names.extend(listed);
+        }
         Ok(names)
     }
 

@@ -153,7 +153,7 @@ impl Consumer {
         if !self.commits {
             return Ok(());
         }
-        match self.raw().commit_consumer_state(CommitMode::Sync) {
+        match super::off_worker(|| self.raw().commit_consumer_state(CommitMode::Sync)) {
             Ok(()) => Ok(()),
             Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => Ok(()),
             // A rebalance took the partitions first (another member left or joined as this
@@ -207,9 +207,14 @@ impl Consumer {
 }
 
 /// librdkafka's close leaves the group and waits for the group's answer; a coordinator that
-/// never answers (seen with the embedded broker when two members leave at once) would hang the
-/// shutdown. The close runs on its own thread and is abandoned after [`CLOSE_TIMEOUT`]: the
-/// group then drops the member when its session times out. Offsets were committed before.
+/// never answers would hang the shutdown. The close runs on its own thread and is abandoned
+/// after [`CLOSE_TIMEOUT`]: the group then drops the member when its session times out.
+/// Offsets were committed before.
+///
+/// The wait must not hold a runtime worker: with the embedded broker in the same runtime, two
+/// consumers dropped at once on a two-worker runtime left no thread to answer their
+/// LeaveGroup, and every `up` took 10 s to stop with a warning. The wait therefore runs
+/// [`off_worker`](super::off_worker).
 impl Drop for Consumer {
     fn drop(&mut self) {
         let Some(inner) = self.inner.take() else {
@@ -222,7 +227,10 @@ impl Drop for Consumer {
                 drop(inner);
                 let _ = done.send(());
             });
-        if spawned.is_ok() && closed.recv_timeout(CLOSE_TIMEOUT).is_err() {
+        if spawned.is_err() {
+            return;
+        }
+        if !super::off_worker(|| closed.recv_timeout(CLOSE_TIMEOUT).is_ok()) {
             tracing::warn!(
                 "the consumer did not leave its group within {CLOSE_TIMEOUT:?}; abandoned (the \
                  group drops it when its session times out)"

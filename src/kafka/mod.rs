@@ -37,7 +37,7 @@ use crate::{config::Config, error::Error};
 pub struct KafkaSettings {
     /// `bootstrap.servers`.
     pub bootstrap: String,
-    /// Whether `bootstrap` is quakestream's embedded broker (for error messages).
+    /// Whether `bootstrap` is quakestream's embedded broker (error messages; group listing).
     pub embedded: bool,
     /// Whether that broker runs in this very process (`up`): it starts and dies with its
     /// clients, so group members join dynamically (see `Consumer::with_properties`).
@@ -220,12 +220,27 @@ impl ConsumerContext for Context {
                         .map(|e| (e.topic().to_string(), e.partition())),
                 );
             }
-            match consumer.commit_consumer_state(CommitMode::Sync) {
+            match off_worker(|| consumer.commit_consumer_state(CommitMode::Sync)) {
                 Ok(()) => tracing::debug!("committed stored offsets before a rebalance"),
                 // Nothing stored since the last commit.
                 Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => {}
                 Err(e) => tracing::warn!(error = %e, "commit before a rebalance failed"),
             }
         }
+    }
+}
+
+/// Runs a blocking Kafka call (a synchronous commit, a consumer's close) that may be made from
+/// async code. On a multi-thread runtime it goes through `block_in_place`, so the worker's
+/// other tasks move to another thread meanwhile: the embedded broker runs in the same runtime,
+/// and a wait for its answer that held a worker could leave no thread to give that answer
+/// (on this two-core machine, two such waits at once did). Elsewhere it simply runs.
+pub(crate) fn off_worker<T>(call: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|handle| handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(call)
+    } else {
+        call()
     }
 }

@@ -172,8 +172,7 @@ impl Producer {
 
     /// Waits until every queued message is delivered (or the timeout passes).
     pub fn flush(&self) -> Result<()> {
-        self.inner
-            .flush(self.settings.timeout)
+        super::off_worker(|| self.inner.flush(self.settings.timeout))
             .map_err(Error::kafka("flushing the producer"))
     }
 }

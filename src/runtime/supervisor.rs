@@ -15,6 +15,7 @@ use std::{
 };
 
 use tokio::task::JoinSet;
+use tracing::field::display;
 
 use super::{Backoff, Component, ComponentStatus, Context, State};
 use crate::{
@@ -112,19 +113,16 @@ async fn supervise(
     let mut backoff = Backoff::new(policy.initial, policy.max);
     let mut first = true;
     loop {
-        status.set(State::Running);
-        if !first {
-            tracing::info!(component = %name, "component restarted");
-        }
+        enter(&status, State::Running, None, None);
         let started = Instant::now();
         let error = match tokio::spawn(component.run(ctx.clone())).await {
             Ok(Ok(())) => {
-                if ctx.shutdown.is_cancelled() {
-                    status.set(State::Stopped);
+                let done = if ctx.shutdown.is_cancelled() {
+                    State::Stopped
                 } else {
-                    status.set(State::Finished);
-                    tracing::info!(component = %name, "component finished its work");
-                }
+                    State::Finished
+                };
+                enter(&status, done, None, None);
                 summary(component.as_ref());
                 return Ok(());
             }
@@ -134,14 +132,13 @@ async fn supervise(
         };
         let message = error.to_string();
         if ctx.shutdown.is_cancelled() {
-            status.failed(State::Stopped, &message);
+            enter(&status, State::Stopped, Some(&message), None);
             summary(component.as_ref());
             return Err(error);
         }
         let early = started.elapsed() < policy.healthy_after;
         if first && (error.fault() == Fault::User || (policy.fail_fast && early)) {
-            status.failed(State::Failed, &message);
-            tracing::error!(component = %name, error = %message, "component cannot start");
+            enter(&status, State::Failed, Some(&message), None);
             summary(component.as_ref());
             return Err(error);
         }
@@ -149,16 +146,10 @@ async fn supervise(
             backoff.reset();
         }
         let wait = backoff.next(None);
-        status.failed(State::Restarting, &message);
-        tracing::warn!(
-            component = %name,
-            error = %message,
-            retry_in = %humantime::format_duration(round(wait)),
-            "component failed; restarting it (the others run on)"
-        );
+        enter(&status, State::Restarting, Some(&message), Some(wait));
         tokio::select! {
             () = ctx.shutdown.cancelled() => {
-                status.set(State::Stopped);
+                enter(&status, State::Stopped, None, None);
                 summary(component.as_ref());
                 return Ok(());
             }
@@ -166,6 +157,31 @@ async fn supervise(
         }
         status.restarts.inc();
         first = false;
+    }
+}
+
+/// Moves a component to `state` and says so in one line that names it (`component running
+/// component="usgs"`). The supervisor changes states only here, so that every change is one
+/// line and a restart loop prints two per round (restarting, running), never more. The level
+/// is what a person should make of it: INFO while all is well, WARN while the component
+/// restarts (with the `error` and the pause before the next start) or when it stopped on an
+/// error, ERROR when it failed for good. A healthy `up` prints no WARN or ERROR line at all
+/// (tests/terminal.rs).
+fn enter(status: &ComponentStatus, state: State, error: Option<&str>, retry_in: Option<Duration>) {
+    match error {
+        Some(message) => status.failed(state, message),
+        None => status.set(state),
+    }
+    let component = status.name.as_str();
+    let restarts = Some(status.restarts.get()).filter(|n| state == State::Running && *n > 0);
+    let error = error.map(display);
+    let retry_in = retry_in.map(|d| display(humantime::format_duration(round(d))));
+    let what = state.as_str();
+    match state {
+        State::Failed => tracing::error!(component, error, "component {what}"),
+        State::Restarting => tracing::warn!(component, error, retry_in, "component {what}"),
+        _ if error.is_some() => tracing::warn!(component, error, "component {what}"),
+        _ => tracing::info!(component, restarts, "component {what}"),
     }
 }
 
@@ -309,6 +325,107 @@ mod tests {
         running.await.unwrap().unwrap();
         let states: Vec<_> = registry.components().iter().map(|c| c.state()).collect();
         assert_eq!(states, [State::Stopped, State::Stopped]);
+    }
+
+    /// Log lines written while it lives, without times or colours.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        /// (level, message) of each state line about `component`, in order.
+        fn states(&self, component: &str) -> Vec<(String, String)> {
+            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+            let field = format!("component=\"{component}\"");
+            text.lines()
+                .filter(|l| l.split_whitespace().any(|w| w == field))
+                .filter_map(|l| {
+                    let (level, rest) = l.trim_start().split_once(' ')?;
+                    let (_, message) = rest.split_once(": ")?;
+                    let state = message.strip_prefix("component ")?.split(' ').next()?;
+                    (state != "summary").then(|| (level.to_string(), state.to_string()))
+                })
+                .collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn each_change_of_state_is_one_line_naming_the_component() {
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer({
+                let captured = captured.clone();
+                move || captured.clone()
+            })
+            .with_ansi(false)
+            .without_time()
+            .finish();
+        // The tests' runtime has one thread: every task logs through this subscriber.
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let registry = Registry::default();
+        let runs = Arc::new(AtomicU32::new(0));
+        let supervisor = Supervisor::new(
+            vec![
+                Arc::new(Flaky {
+                    about: about("flaky"),
+                    failures: 2,
+                    runs: runs.clone(),
+                    fault: Fault::External,
+                }),
+                Arc::new(Flaky {
+                    about: about("steady"),
+                    failures: 0,
+                    runs: Arc::default(),
+                    fault: Fault::External,
+                }),
+            ],
+            &registry,
+        )
+        .with_policy(quick());
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(supervisor.run(context(stop.clone())));
+        while runs.load(Ordering::SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.cancel();
+        running.await.unwrap().unwrap();
+
+        let line = |level: &str, state: &str| (level.to_string(), state.to_string());
+        assert_eq!(
+            captured.states("flaky"),
+            [
+                line("INFO", "running"),
+                line("WARN", "restarting"),
+                line("INFO", "running"),
+                line("WARN", "restarting"),
+                line("INFO", "running"),
+                line("INFO", "stopped"),
+            ]
+        );
+        assert_eq!(
+            captured.states("steady"),
+            [line("INFO", "running"), line("INFO", "stopped")]
+        );
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains(
+                "component restarting component=\"flaky\" error=flaky: endpoint down retry_in="
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("component running component=\"flaky\" restarts=2"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
