@@ -265,8 +265,11 @@ fn course_prints_windows_and_alerts_and_serves_the_map() {
     assert!(!data.join("alerts.log").exists());
 }
 
+/// The randomuser tutorial writes its users as JSON, CSV and Parquet side by side: one files
+/// sink with `format = ["jsonl", "csv", "parquet"]` does the same, each file set in each format
+/// under one name.
 #[test]
-fn randomuser_lands_users_in_json_lines_files() {
+fn randomuser_lands_users_in_json_lines_csv_and_parquet_side_by_side() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let steps = [
         "randomuser/results200_nat-us_v1.3_seed-624b47c9006a7219.json",
@@ -281,6 +284,7 @@ fn randomuser_lands_users_in_json_lines_files() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    let lake = data.join("lake/users_created");
     let flag = format!("randomuser={}", api.url("/api/"));
     let up = up(
         "randomuser-files",
@@ -288,9 +292,11 @@ fn randomuser_lands_users_in_json_lines_files() {
         &["--http-url", &flag],
         &[("QUAKESTREAM_FILES_ROLL_AGE", "1s".into())],
     );
-    let users = eventually("202 users in the lake", || {
+    // Every file set is finished in all three formats before its offsets are committed, so
+    // once the JSON Lines files hold every user, so do the others.
+    let users = eventually("202 users in the JSON Lines files", || {
         let mut users = BTreeMap::new();
-        for f in files_under(&data.join("lake/users_created"), ".jsonl") {
+        for f in files_under(&lake, ".jsonl") {
             for line in std::fs::read_to_string(&f).unwrap().lines() {
                 let v: serde_json::Value = serde_json::from_str(line).unwrap();
                 users.insert(v["id"].as_str().unwrap().to_string(), v);
@@ -315,10 +321,73 @@ fn randomuser_lands_users_in_json_lines_files() {
     );
     assert_eq!(dk["post_code"], "62067");
     stop(up);
+
+    // The same names, one per format.
+    let stems = |suffix: &str| -> Vec<String> {
+        files_under(&lake, suffix)
+            .iter()
+            .map(|f| {
+                let name = f
+                    .strip_prefix(&lake)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                name.strip_suffix(suffix).unwrap().to_string()
+            })
+            .collect()
+    };
+    assert!(!stems(".jsonl").is_empty());
+    assert_eq!(stems(".jsonl"), stems(".csv"));
+    assert_eq!(stems(".jsonl"), stems(".parquet"));
+
+    // The CSV files: one row per user, the Danish one as the JSON has it.
+    let mut csv_users = BTreeMap::new();
+    for f in files_under(&lake, ".csv") {
+        let mut reader = csv::Reader::from_path(&f).unwrap();
+        let header = reader.headers().unwrap().clone();
+        let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+        let (id, address) = (col("id"), col("address"));
+        for row in reader.records() {
+            let row = row.unwrap();
+            csv_users.insert(row[id].to_string(), row[address].to_string());
+        }
+    }
+    assert_eq!(csv_users.len(), 202);
+    assert_eq!(
+        csv_users["c38f4a89-31ac-4cae-84b8-e2fc84a0abc6"],
+        "9508 Grønnegade, Ryslinge, Nordjylland, Denmark"
+    );
+
+    // The Parquet files, read by DuckDB: the same users, snappy-compressed.
+    let glob = format!("{}/**/*.parquet", lake.display());
+    let out = common::python(
+        "import duckdb, sys\n\
+         con = duckdb.connect()\n\
+         q = \"select count(*), count(distinct id), max(case when id = \
+         'c38f4a89-31ac-4cae-84b8-e2fc84a0abc6' then address end) from read_parquet(?)\"\n\
+         print(*con.execute(q, [sys.argv[1]]).fetchone(), sep='|')\n\
+         c = con.execute(\"select distinct compression from parquet_metadata(?)\", \
+         [sys.argv[1]]).fetchall()\n\
+         print(*sorted(r[0] for r in c), sep=',')",
+        &[&glob],
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "202|202|9508 Grønnegade, Ryslinge, Nordjylland, Denmark",
+            "SNAPPY"
+        ],
+        "{out}"
+    );
 }
 
+/// The MTA tutorial writes completed windows: the example's files sink writes only final
+/// results (`finals_only`), and its window processor closes the replayed week's last windows
+/// once the input is quiet (`close_after_idle`). Each (window, station) is then in the lake
+/// exactly once, final, and the finals add up to the week's totals.
 #[test]
-fn turnstile_sums_per_station_per_five_minutes_in_gzip_csv() {
+fn turnstile_writes_each_final_five_minute_window_once_in_gzip_csv() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let up = up(
@@ -327,9 +396,12 @@ fn turnstile_sums_per_station_per_five_minutes_in_gzip_csv() {
         &[],
         &[("QUAKESTREAM_FILES_ROLL_AGE", "1s".into())],
     );
-    // The newest result of each (window, station); their sums are the week's totals.
-    let totals = eventually("every window's result in the lake", || {
-        let mut latest: BTreeMap<(String, String), (String, i64, i64)> = BTreeMap::new();
+    let want = BTreeMap::from([
+        ("14 ST-UNION SQ".to_string(), (4_484, 14_826)),
+        ("59 ST".to_string(), (17_594, 33_298)),
+    ]);
+    let rows = eventually("every window's final result in the lake", || {
+        let mut rows: Vec<(String, String, String, i64, i64)> = Vec::new();
         for f in files_under(&data.join("lake/mta-turnstile-stats"), ".csv.gz") {
             let mut text = String::new();
             flate2::read::GzDecoder::new(std::fs::File::open(&f).unwrap())
@@ -338,45 +410,47 @@ fn turnstile_sums_per_station_per_five_minutes_in_gzip_csv() {
             let mut reader = csv::Reader::from_reader(text.as_bytes());
             let header = reader.headers().unwrap().clone();
             let col = |name: &str| header.iter().position(|h| h == name).unwrap();
-            let (ws, st, en, ex, at) = (
+            let (ws, st, en, ex, fin) = (
                 col("window_start"),
                 col("STATION"),
                 col("ENTRIES"),
                 col("EXITS"),
-                col("emitted_at"),
+                col("final"),
             );
             for row in reader.records() {
                 let row = row.unwrap();
-                let key = (row[ws].to_string(), row[st].to_string());
-                let value = (
-                    row[at].to_string(),
+                rows.push((
+                    row[ws].to_string(),
+                    row[st].to_string(),
+                    row[fin].to_string(),
                     row[en].parse::<f64>().unwrap() as i64,
                     row[ex].parse::<f64>().unwrap() as i64,
-                );
-                let newer = latest.get(&key).is_none_or(|old| old.0 <= value.0);
-                if newer {
-                    latest.insert(key, value);
-                }
+                ));
             }
         }
         let mut totals: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-        for ((_, station), (_, e, x)) in &latest {
+        for (_, station, _, e, x) in &rows {
             let t = totals.entry(station.clone()).or_default();
             t.0 += e;
             t.1 += x;
         }
-        let want = BTreeMap::from([
-            ("14 ST-UNION SQ".to_string(), (4_484, 14_826)),
-            ("59 ST".to_string(), (17_594, 33_298)),
-        ]);
         if totals == want {
-            Ok(totals)
+            Ok(rows)
         } else {
-            Err(format!("{totals:?}"))
+            Err(format!("{totals:?} from {} rows", rows.len()))
         }
     });
-    assert_eq!(totals.len(), 2);
     stop(up);
+    assert!(
+        rows.iter().all(|r| r.2 == "true"),
+        "an update that is not final reached the lake: {:?}",
+        rows.iter().find(|r| r.2 != "true")
+    );
+    let cells: std::collections::BTreeSet<(&String, &String)> =
+        rows.iter().map(|r| (&r.0, &r.1)).collect();
+    assert_eq!(cells.len(), rows.len(), "a (window, station) written twice");
+    // The slice's readings fall in 82 distinct (5-minute window, station) cells.
+    assert_eq!(rows.len(), 82);
 }
 
 #[test]

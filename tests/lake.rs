@@ -493,7 +493,7 @@ async fn parquet_types_csv_headers_and_bad_records() {
         location: "csv".into(),
         topics: vec!["quakes-a".into(), "users-b".into()],
         group_id: "lake-csv".into(),
-        format: Format::Csv,
+        format: Format::Csv.into(),
         compression: Compression::Gzip,
         partition_by: "date=%Y-%m-%d".into(),
         roll_age: Duration::from_millis(500),

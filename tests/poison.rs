@@ -396,7 +396,7 @@ async fn an_integer_above_i64_in_an_inferred_topic_is_dead_lettered_and_the_file
             location: location.into(),
             topics: vec!["readings".into()],
             group_id: format!("poison-{location}"),
-            format,
+            format: format.into(),
             compression,
             schemas: [("readings".to_string(), "infer".to_string())]
                 .into_iter()

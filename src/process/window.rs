@@ -741,6 +741,20 @@ impl Combiner {
         }
     }
 
+    /// Closes every open cell at the next [`Combiner::end_batch`]: the watermark moves to the
+    /// end of the last open window (and never back). The input has gone quiet (a replayed file
+    /// came to its end): what is open is all there will be.
+    pub fn close_open(&mut self) {
+        let spec = self.spec;
+        if let Some(end) = self
+            .cells
+            .last_key_value()
+            .map(|(start, _)| spec.end(*start))
+        {
+            self.watermark = self.watermark.max(Some(end));
+        }
+    }
+
     /// Whether changed cells are waiting for their coalescing interval.
     pub fn pending(&self) -> bool {
         self.cells

@@ -30,7 +30,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart, path::Path as Key};
 
 pub use self::config::LakeConfig;
-use self::encode::{FileEncoder, FileSchema};
+use self::encode::{FileEncoder, FileSchema, Format};
 use self::partition::Partitioner;
 use self::schema::parse_time;
 use self::template::Template;
@@ -277,7 +277,8 @@ struct Segment {
     partition: i32,
     staging: PathBuf,
     schema: FileSchema,
-    files: BTreeMap<String, OpenFile>,
+    /// The open files by partition directory and format.
+    files: BTreeMap<(String, Format), OpenFile>,
     objects: Vec<(String, Vec<u8>)>,
     first_offset: Option<i64>,
     next_offset: i64,
@@ -389,32 +390,42 @@ impl Lake<'_> {
                 .map_err(|e| format!("not JSON: {e}"))
                 .and_then(|v| template.render(&v))
                 .map(|name| segment.objects.push((name, payload.to_vec()))),
+            None if self.config.finals_only && !is_final(payload) => Ok(()),
             None => {
                 let time = match &self.config.time_field {
                     None => timestamp,
                     Some(field) => event_time(payload, field),
                 };
                 let dir = self.partitioner.dir(time);
-                if !segment.files.contains_key(dir) {
-                    let ext = self.config.format.extension(self.config.compression);
-                    let temp = segment.staging.join(format!("{offset:020}.{ext}.tmp"));
-                    let encoder = FileEncoder::create(
-                        &temp,
-                        self.config.format,
-                        self.config.compression,
-                        &segment.schema,
-                    )?
-                    .keep_raw_text(self.config.csv_raw_text);
-                    segment.files.insert(
-                        dir.to_string(),
-                        OpenFile {
-                            encoder,
-                            first_offset: offset,
-                        },
-                    );
+                let mut outcome = Ok(());
+                for format in self.config.format.iter() {
+                    let slot = (dir.to_string(), format);
+                    if !segment.files.contains_key(&slot) {
+                        let compression = self
+                            .config
+                            .format
+                            .compression(format, self.config.compression);
+                        let ext = format.extension(compression);
+                        let temp = segment.staging.join(format!("{offset:020}.{ext}.tmp"));
+                        let encoder =
+                            FileEncoder::create(&temp, format, compression, &segment.schema)?
+                                .keep_raw_text(self.config.csv_raw_text);
+                        segment.files.insert(
+                            slot.clone(),
+                            OpenFile {
+                                encoder,
+                                first_offset: offset,
+                            },
+                        );
+                    }
+                    let file = segment.files.get_mut(&slot).expect("just inserted");
+                    // A record one format cannot hold (a CSV or Parquet column type it does
+                    // not fit) is refused; the formats that could hold it keep it.
+                    if let Err(reason) = file.encoder.push(payload)? {
+                        outcome = Err(reason);
+                    }
                 }
-                let file = segment.files.get_mut(dir).expect("just inserted");
-                file.encoder.push(payload)?
+                outcome
             }
         };
         if let Err(reason) = outcome {
@@ -440,16 +451,20 @@ impl Lake<'_> {
         if segment.first_offset.is_none() {
             return Ok(());
         }
-        let ext = self.config.format.extension(self.config.compression);
         let (topic, partition) = (segment.topic.clone(), segment.partition);
         let mut files = 0;
-        for (dir, file) in std::mem::take(&mut segment.files) {
+        for ((dir, format), file) in std::mem::take(&mut segment.files) {
             if file.encoder.records() == 0 {
                 let temp = file.encoder.finish()?;
                 let _ = std::fs::remove_file(temp);
                 continue;
             }
             let temp = file.encoder.finish()?;
+            let ext = format.extension(
+                self.config
+                    .format
+                    .compression(format, self.config.compression),
+            );
             let name = format!(
                 "{topic}/{dir}/{topic}-{partition}-{:020}.{ext}",
                 file.first_offset
@@ -488,6 +503,17 @@ impl Lake<'_> {
             next_offset = next, "segment written");
         Ok(())
     }
+}
+
+/// Whether a record is a final result, or no window result at all (no `final` field): what a
+/// `finals_only` sink writes. A window update (`"final": false`) is not.
+fn is_final(payload: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Flag {
+        #[serde(rename = "final")]
+        is_final: Option<bool>,
+    }
+    serde_json::from_slice::<Flag>(payload).map_or(true, |flag| flag.is_final != Some(false))
 }
 
 /// Retries a store write a few times with growing pauses; a store down for longer fails the
@@ -565,7 +591,20 @@ impl StageSettings for LakeSettings {
         };
         let what = match &c.object_per_record {
             Some(template) => format!("one object per record ({template})"),
-            None => format!("{:?} {}", c.format, c.partition_by.replace('%', "")).to_lowercase(),
+            None => {
+                let formats: Vec<String> = c.format.iter().map(|f| format!("{f:?}")).collect();
+                let finals = if c.finals_only {
+                    ", final windows only"
+                } else {
+                    ""
+                };
+                format!(
+                    "{} {}{finals}",
+                    formats.join(" + "),
+                    c.partition_by.replace('%', "")
+                )
+                .to_lowercase()
+            }
         };
         About {
             name: self.name().into(),

@@ -49,6 +49,13 @@ pub struct WindowConfig {
     /// watermark back: the watermark follows the partitions that are still receiving.
     #[serde(with = "duration")]
     pub idle_after: Duration,
+    /// When no change has reached a window processor for this long, every window it holds
+    /// open closes and its final result is written, however far the lateness would have kept
+    /// it open. For finite inputs (a replayed file) whose last windows would otherwise wait for
+    /// events that never come. A record that arrives afterwards for a closed window is late.
+    /// Unset: windows close only as event time passes them.
+    #[serde(with = "duration::option", skip_serializing_if = "Option::is_none")]
+    pub close_after_idle: Option<Duration>,
     /// At most one update per window (and group) per this interval; `0s` writes every change.
     #[serde(with = "duration")]
     pub emit_interval: Duration,
@@ -93,6 +100,7 @@ impl Default for WindowConfig {
             slide: None,
             lateness: Duration::from_secs(2 * 3600),
             idle_after: Duration::from_secs(30),
+            close_after_idle: None,
             emit_interval: Duration::from_secs(5),
             group_by: Vec::new(),
             aggregates: vec![
@@ -139,6 +147,13 @@ impl WindowConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.spec()?;
         self.extractor()?;
+        if self.close_after_idle.is_some_and(|d| d.is_zero()) {
+            return Err(
+                "close_after_idle must be longer than 0s (unset it to keep windows open \
+                        until event time passes them)"
+                    .into(),
+            );
+        }
         for topic in [&self.input, &self.output, &self.repartition_topic()] {
             topic
                 .parse::<crate::kafka::TopicName>()

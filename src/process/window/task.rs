@@ -167,6 +167,8 @@ struct Processor {
     last_record: HashMap<i32, std::time::Instant>,
     assigned_at: HashMap<i32, std::time::Instant>,
     announced_empty: std::collections::HashSet<i32>,
+    /// When each repartition partition last brought a change here (`close_after_idle`).
+    last_change: HashMap<i32, std::time::Instant>,
     /// Partitions of the input topic.
     inputs: i32,
     metrics: Arc<WindowMetrics>,
@@ -287,6 +289,7 @@ impl Processor {
                 self.announced_empty.remove(partition);
             } else {
                 self.combiners.remove(partition);
+                self.last_change.remove(partition);
             }
         }
         self.metrics.open_cells.set(self.open_cells());
@@ -373,6 +376,15 @@ impl Processor {
         let mut watermark = None;
         for q in partitions {
             let combiner = self.combiners.get_mut(&q).expect("listed above");
+            if let Some(idle) = self.config.close_after_idle
+                && combiner.open_cells() > 0
+                && self
+                    .last_change
+                    .get(&q)
+                    .is_some_and(|t| t.elapsed() >= idle)
+            {
+                combiner.close_open();
+            }
             combiner.end_batch(now, every, &mut results);
             watermark = watermark.max(combiner.watermark());
         }
@@ -525,6 +537,9 @@ impl Processor {
                 .rebuild_combiner(message.partition, message.offset)
                 .await?;
             self.combiners.insert(message.partition, combiner);
+            // A rebuilt combiner's quiet time counts from now, not from before a restart.
+            self.last_change
+                .insert(message.partition, std::time::Instant::now());
         }
         let combiner = self
             .combiners
@@ -552,6 +567,8 @@ impl Processor {
             Decoded::Change(change, raw) => (change, raw),
         };
         self.metrics.combined.inc();
+        self.last_change
+            .insert(message.partition, std::time::Instant::now());
         if combiner.apply(message.offset, &change) == Outcome::Late {
             self.metrics.late.inc();
             let watermark = combiner
@@ -775,6 +792,7 @@ impl StageSettings for WindowConfig {
             last_record: HashMap::new(),
             assigned_at: HashMap::new(),
             announced_empty: std::collections::HashSet::new(),
+            last_change: HashMap::new(),
             inputs,
             metrics,
             batch_no: 0,

@@ -246,6 +246,38 @@ fn a_batch_is_not_late_against_itself_but_the_next_one_is() {
 }
 
 #[test]
+fn closing_open_windows_on_a_quiet_input_emits_every_final_once() {
+    // A lateness far beyond the data: nothing would ever close on event time.
+    let mut pipe = Pipe::new(1_000_000);
+    pipe.batch(vec![
+        input("a", 1.0, 1, false, "[]", Some(1.0)),
+        input("b", 1.0, 15, false, "[]", Some(2.0)),
+        input("c", 1.0, 27, false, "[]", Some(3.0)),
+    ]);
+    assert!(pipe.out.iter().all(|r| !r.is_final));
+    pipe.combiner.close_open();
+    pipe.combiner.end_batch(pipe.offset, 0, &mut pipe.out);
+    let finals: Vec<(i64, Option<f64>)> = pipe
+        .out
+        .iter()
+        .filter(|r| r.is_final)
+        .map(|r| (r.start, r.values[1]))
+        .collect();
+    assert_eq!(
+        finals,
+        vec![(0, Some(1.0)), (10, Some(2.0)), (20, Some(3.0))]
+    );
+    assert_eq!(pipe.combiner.open_cells(), 0);
+    assert_eq!(pipe.combiner.watermark(), Some(30));
+    // Closing again, with nothing open, changes nothing; a record for a closed window is late.
+    pipe.combiner.close_open();
+    assert_eq!(pipe.combiner.watermark(), Some(30));
+    pipe.batch(vec![input("d", 1.0, 21, false, "[]", Some(4.0))]);
+    assert_eq!(pipe.late, 1);
+    assert_eq!(pipe.out.iter().filter(|r| r.is_final).count(), 3);
+}
+
+#[test]
 fn a_partition_behind_holds_the_watermark_until_it_is_idle() {
     let spec = Spec::new(Duration::from_millis(10), None, Duration::ZERO).unwrap();
     let mut combiner = Combiner::new(spec, layout(), 3);

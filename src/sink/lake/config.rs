@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::duration,
-    sink::lake::encode::{Compression, Format},
+    sink::lake::encode::{Compression, Format, Formats},
 };
 
 /// One lake writer's settings. `[files]` writes under a local directory, `[object_store]` to a
@@ -30,9 +30,12 @@ pub struct LakeConfig {
     /// data directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
-    /// `jsonl`, `csv` or `parquet`.
-    pub format: Format,
-    /// `none` or `gzip` for jsonl and csv; `none`, `snappy` or `zstd` for parquet.
+    /// `jsonl`, `csv` or `parquet`, or a list of them written side by side
+    /// (`["jsonl", "csv", "parquet"]`).
+    pub format: Formats,
+    /// `none` or `gzip` for jsonl and csv; `none`, `snappy` or `zstd` for parquet. With several
+    /// formats it applies to those it fits; the others are written uncompressed (jsonl, csv)
+    /// or with snappy (parquet).
     pub compression: Compression,
     /// The Hive-style partition directories, as a strftime pattern over the event time (UTC).
     pub partition_by: String,
@@ -66,6 +69,10 @@ pub struct LakeConfig {
     /// `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading `'`, so that a spreadsheet
     /// shows it instead of running it as a formula; set this when only programs read the files.
     pub csv_raw_text: bool,
+    /// Window results: write only the final result of each window (`"final": true`), not the
+    /// updates before it, as a Spark job in append mode does. Records without a `final`
+    /// field are written as usual.
+    pub finals_only: bool,
 }
 
 impl Default for LakeConfig {
@@ -87,7 +94,7 @@ impl LakeConfig {
             ],
             group_id: "quakestream-files".into(),
             instance_id: None,
-            format: Format::Parquet,
+            format: Formats::one(Format::Parquet),
             compression: Compression::Snappy,
             partition_by: "dt=%Y-%m-%d/hour=%H".into(),
             time_field: None,
@@ -99,6 +106,7 @@ impl LakeConfig {
             object_per_record: None,
             object_at_root: false,
             csv_raw_text: false,
+            finals_only: false,
         }
     }
 

@@ -25,7 +25,7 @@ use super::schema::{Cell, ColType, Columns, check_inferable, read_row};
 use crate::error::{Error, Result};
 
 /// The lake's file formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     Jsonl,
@@ -66,6 +66,99 @@ impl Format {
                  Parquet: none, snappy or zstd)",
                 format!("{compression:?}").to_lowercase(),
                 format!("{format:?}").to_lowercase()
+            )),
+        }
+    }
+}
+
+/// The formats one lake sink writes side by side: `format = "csv"`, or a list,
+/// `format = ["jsonl", "csv", "parquet"]` (the randomuser tutorial's three outputs), each file
+/// set then written once in every format, under the same names with their own extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Formats(Vec<Format>);
+
+impl Formats {
+    pub fn one(format: Format) -> Formats {
+        Formats(vec![format])
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Format> + '_ {
+        self.0.iter().copied()
+    }
+
+    /// The compression `format` is written with. One format takes `compression` as it is
+    /// ([`Formats::check`] refuses a mismatch). Among several, `compression` applies to the
+    /// formats it fits, and the others keep their usual default: none for JSON Lines and CSV,
+    /// snappy for Parquet.
+    pub fn compression(&self, format: Format, compression: Compression) -> Compression {
+        if self.0.len() == 1 || format.check(compression).is_ok() {
+            compression
+        } else if format == Format::Parquet {
+            Compression::Snappy
+        } else {
+            Compression::None
+        }
+    }
+
+    pub fn check(&self, compression: Compression) -> std::result::Result<(), String> {
+        let Some(first) = self.0.first() else {
+            return Err("format is an empty list: name at least one of jsonl, csv, parquet".into());
+        };
+        if self
+            .0
+            .iter()
+            .enumerate()
+            .any(|(i, f)| self.0[..i].contains(f))
+        {
+            return Err("format lists a format twice".into());
+        }
+        if self.0.len() == 1 {
+            return first.check(compression);
+        }
+        if self.0.iter().all(|f| f.check(compression).is_err()) {
+            return Err(format!(
+                "compression {} fits none of the formats (JSON Lines and CSV: none or gzip; \
+                 Parquet: none, snappy or zstd)",
+                format!("{compression:?}").to_lowercase()
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl From<Format> for Formats {
+    fn from(format: Format) -> Formats {
+        Formats::one(format)
+    }
+}
+
+impl Serialize for Formats {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => one.serialize(serializer),
+            many => many.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Formats {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(Format),
+            Many(Vec<Format>),
+        }
+        match OneOrMany::deserialize(deserializer) {
+            Ok(OneOrMany::One(format)) => Ok(Formats(vec![format])),
+            Ok(OneOrMany::Many(formats)) => Ok(Formats(formats)),
+            Err(_) => Err(serde::de::Error::custom(
+                "expected \"jsonl\", \"csv\" or \"parquet\", or a list of them",
             )),
         }
     }
@@ -579,6 +672,64 @@ mod tests {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Only {
+        format: Formats,
+    }
+
+    fn formats(toml_value: &str) -> std::result::Result<Formats, String> {
+        toml::from_str::<Only>(&format!("format = {toml_value}"))
+            .map(|o| o.format)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn formats_are_one_or_a_list_and_bad_ones_say_what_is_expected() {
+        assert_eq!(formats(r#""csv""#).unwrap(), Formats::one(Format::Csv));
+        let three = formats(r#"["jsonl", "csv", "parquet"]"#).unwrap();
+        assert_eq!(
+            three.iter().collect::<Vec<_>>(),
+            [Format::Jsonl, Format::Csv, Format::Parquet]
+        );
+        for bad in [r#""xlsx""#, "3", r#"["csv", 1]"#, r#"{ a = "csv" }"#] {
+            let error = formats(bad).unwrap_err();
+            assert!(error.contains("a list of them"), "{bad}: {error}");
+        }
+        // Written back as it was given: a string for one, a list for several.
+        let back = |f: &Formats| serde_json::to_string(f).unwrap();
+        assert_eq!(back(&Formats::one(Format::Csv)), r#""csv""#);
+        assert_eq!(back(&three), r#"["jsonl","csv","parquet"]"#);
+    }
+
+    #[test]
+    fn several_formats_take_the_compression_where_it_fits() {
+        let three = formats(r#"["jsonl", "csv", "parquet"]"#).unwrap();
+        let of = |c| {
+            three
+                .iter()
+                .map(|f| three.compression(f, c))
+                .collect::<Vec<_>>()
+        };
+        use Compression::*;
+        assert_eq!(of(Gzip), [Gzip, Gzip, Snappy]);
+        assert_eq!(of(Zstd), [None, None, Zstd]);
+        assert_eq!(of(None), [None, None, None]);
+        assert!(three.check(Gzip).is_ok());
+        // One format keeps the strict rule; a compression no listed format takes is refused.
+        assert!(Formats::one(Format::Csv).check(Snappy).is_err());
+        let text = formats(r#"["jsonl", "csv"]"#).unwrap();
+        assert!(text.check(Zstd).unwrap_err().contains("fits none"));
+        assert!(
+            formats("[]")
+                .unwrap()
+                .check(None)
+                .unwrap_err()
+                .contains("empty")
+        );
+        let twice = formats(r#"["csv", "csv"]"#).unwrap();
+        assert!(twice.check(None).unwrap_err().contains("twice"));
+    }
 
     /// Regression: an integer above i64::MAX in a topic with inferred columns failed the whole
     /// file when it was finished, and the segment was replayed into the same failure forever.
