@@ -19,20 +19,15 @@ use crate::record::{Checks, Millis, Quake};
 
 /// The parts of a FeatureCollection's `metadata` quakestream uses.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
 pub struct Metadata {
     /// When the feed was generated (epoch ms).
-    #[serde(default)]
     pub generated: Option<i64>,
-    #[serde(default)]
     pub url: Option<String>,
-    #[serde(default)]
     pub title: Option<String>,
-    #[serde(default)]
     pub count: Option<u64>,
-    #[serde(default)]
     pub status: Option<u16>,
     /// Present on FDSN errors requested with `jsonerror=true`.
-    #[serde(default)]
     pub error: Option<String>,
 }
 
