@@ -579,11 +579,14 @@ mod tests {
         config.validate().unwrap();
     }
 
+    /// The error loading `text` with `env`, as the user reads it.
+    fn load_error(text: &str, env: &[(&str, &str)]) -> String {
+        load_text(text, env).unwrap_err().to_string()
+    }
+
     #[test]
     fn unknown_key_names_the_key_the_file_and_the_line() {
-        let err = load_text("data_dir = \"x\"\n\n[broker]\nlisten_addr = \"1\"\n", &[])
-            .unwrap_err()
-            .to_string();
+        let err = load_error("data_dir = \"x\"\n\n[broker]\nlisten_addr = \"1\"\n", &[]);
         assert!(err.contains("listen_addr"), "{err}");
         assert!(err.contains("q.toml:4"), "{err}");
         assert!(!err.contains('\n'), "one line: {err}");
@@ -625,23 +628,27 @@ mod tests {
 
     #[test]
     fn bad_values_are_clear_errors() {
-        let err = load_text("[client]\ntimeout = \"soon\"\n", &[])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("invalid duration \"soon\""), "{err}");
-        let err = load_text("", &[("QUAKESTREAM_TOPICS_PARTITIONS", "many")])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("QUAKESTREAM_TOPICS_PARTITIONS"), "{err}");
-        let err = load_text("", &[("QUAKESTREAM_BROKER_LISTN", "x")])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("unknown variable QUAKESTREAM_BROKER_LISTN"),
-            "{err}"
-        );
-        let err = load_text("data_dir = [1]\n", &[]).unwrap_err().to_string();
-        assert!(err.contains("q.toml:1"), "{err}");
+        for (text, env, says) in [
+            (
+                "[client]\ntimeout = \"soon\"\n",
+                &[][..],
+                "invalid duration \"soon\"",
+            ),
+            (
+                "",
+                &[("QUAKESTREAM_TOPICS_PARTITIONS", "many")],
+                "QUAKESTREAM_TOPICS_PARTITIONS",
+            ),
+            (
+                "",
+                &[("QUAKESTREAM_BROKER_LISTN", "x")],
+                "unknown variable QUAKESTREAM_BROKER_LISTN",
+            ),
+            ("data_dir = [1]\n", &[], "q.toml:1"),
+        ] {
+            let err = load_error(text, env);
+            assert!(err.contains(says), "{err}");
+        }
         let err = load_text("[topics]\npartitions = 0\n", &[])
             .unwrap()
             .validate()

@@ -29,6 +29,7 @@ pub mod error;
 pub mod fake;
 pub mod fields;
 pub mod kafka;
+mod macros;
 pub mod metrics;
 pub mod process;
 pub mod record;

@@ -137,15 +137,7 @@ async fn requests(
 ) -> io::Result<()> {
     // size, api_key, api_version, correlation_id
     let mut head = [0u8; 12];
-    while let Some(size) = read_size(&mut from, &mut head).await? {
-        if size > MAX_REQUEST {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("request of {size} bytes, over the {MAX_REQUEST}-byte limit"),
-            ));
-        }
-        let header = size.min(8);
-        from.read_exact(&mut head[4..4 + header]).await?;
+    while let Some((size, header)) = read_head(&mut from, &mut head, MAX_REQUEST).await? {
         if header == 8 {
             let key = i16::from_be_bytes([head[4], head[5]]);
             let version = i16::from_be_bytes([head[6], head[7]]);
@@ -154,8 +146,7 @@ async fn requests(
                 lock(pending).insert(correlation);
             }
         }
-        to.write_all(&head[..4 + header]).await?;
-        copy_exact(&mut from, &mut to, size - header).await?;
+        forward(&mut from, &mut to, &head[..4 + header], size - header).await?;
     }
     to.shutdown().await
 }
@@ -169,9 +160,8 @@ async fn responses(
 ) -> io::Result<()> {
     // size, correlation_id
     let mut head = [0u8; 8];
-    while let Some(size) = read_size(&mut from, &mut head).await? {
-        let header = size.min(4);
-        from.read_exact(&mut head[4..4 + header]).await?;
+    // The broker's answers are not capped.
+    while let Some((size, header)) = read_head(&mut from, &mut head, usize::MAX).await? {
         let remembered = header == 4 && {
             let correlation = i32::from_be_bytes([head[4], head[5], head[6], head[7]]);
             lock(pending).remove(&correlation)
@@ -193,39 +183,52 @@ async fn responses(
             }
             to.flush().await?;
         } else {
-            to.write_all(&head[..4 + header]).await?;
-            copy_exact(&mut from, &mut to, size - header).await?;
+            forward(&mut from, &mut to, &head[..4 + header], size - header).await?;
         }
     }
     to.shutdown().await
 }
 
-/// Reads a frame's size prefix into `head[..4]`: `None` at a clean end of stream (between
-/// frames), an error for a negative size or a stream cut inside the prefix.
-async fn read_size(
+/// Reads a frame's size prefix into `head[..4]`, then as much of its header as `head` has room
+/// for (less when the frame is shorter): the frame's size and the header bytes read. `None` at
+/// a clean end of stream (between frames); an error for a negative size, a size over `max`
+/// (before any more is waited for), or a stream cut inside the prefix or the header.
+async fn read_head(
     from: &mut (impl AsyncBufRead + Unpin),
     head: &mut [u8],
-) -> io::Result<Option<usize>> {
+    max: usize,
+) -> io::Result<Option<(usize, usize)>> {
     if from.fill_buf().await?.is_empty() {
         return Ok(None);
     }
     from.read_exact(&mut head[..4]).await?;
     let size = i32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-    usize::try_from(size).map(Some).map_err(|_| {
+    let size = usize::try_from(size).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!("negative frame size {size}"),
         )
-    })
+    })?;
+    if size > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {size} bytes, over the {max}-byte limit"),
+        ));
+    }
+    let header = size.min(head.len() - 4);
+    from.read_exact(&mut head[4..4 + header]).await?;
+    Ok(Some((size, header)))
 }
 
-/// Copies exactly `n` bytes through `from`'s buffer, then flushes `to` so that the frame leaves
-/// whole and at once.
-async fn copy_exact(
+/// Forwards a frame unchanged: writes `head` (what was read of it), then copies the `n` bytes
+/// left through `from`'s buffer and flushes `to`, so that the frame leaves whole and at once.
+async fn forward(
     from: &mut (impl AsyncBufRead + Unpin),
     to: &mut (impl AsyncWrite + Unpin),
+    head: &[u8],
     n: usize,
 ) -> io::Result<()> {
+    to.write_all(head).await?;
     let n = n as u64;
     // `copy_buf` flushes `to` when it reaches the end of the frame.
     let copied = tokio::io::copy_buf(&mut from.take(n), to).await?;
@@ -550,13 +553,30 @@ mod tests {
         addr
     }
 
+    /// A client of a front before a [`fake_broker`] answering [`tansu_frame`].
+    async fn client(shutdown: &CancellationToken) -> TcpStream {
+        let upstream = fake_broker(tansu_frame()).await;
+        TcpStream::connect(front(upstream, shutdown).await)
+            .await
+            .unwrap()
+    }
+
+    /// The front closes `client`'s connection within 5 s, answering nothing more.
+    async fn assert_closed(client: &mut TcpStream) {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.read_to_end(&mut rest),
+        )
+        .await
+        .expect("closed");
+        assert!(read.is_err() || rest.is_empty(), "{read:?} {rest:?}");
+    }
+
     #[tokio::test]
     async fn only_answers_to_api_versions_v3_are_rewritten() {
         let shutdown = CancellationToken::new();
-        let upstream = fake_broker(tansu_frame()).await;
-        let mut client = TcpStream::connect(front(upstream, &shutdown).await)
-            .await
-            .unwrap();
+        let mut client = client(&shutdown).await;
 
         let mut expected = strip_default_tags(&tansu_frame()).unwrap();
         for (key, version, correlation, rewritten) in [
@@ -591,32 +611,15 @@ mod tests {
 
         // Shutdown closes the connection.
         shutdown.cancel();
-        let mut rest = Vec::new();
-        let read = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            client.read_to_end(&mut rest),
-        )
-        .await
-        .expect("closed at shutdown");
-        assert!(read.is_err() || rest.is_empty(), "{read:?} {rest:?}");
+        assert_closed(&mut client).await;
     }
 
     #[tokio::test]
     async fn an_oversized_request_closes_the_connection() {
         let shutdown = CancellationToken::new();
-        let upstream = fake_broker(tansu_frame()).await;
-        let mut client = TcpStream::connect(front(upstream, &shutdown).await)
-            .await
-            .unwrap();
+        let mut client = client(&shutdown).await;
         client.write_all(&(i32::MAX).to_be_bytes()).await.unwrap();
-        let mut rest = Vec::new();
-        let read = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            client.read_to_end(&mut rest),
-        )
-        .await
-        .expect("closed");
-        assert!(read.is_err() || rest.is_empty(), "{read:?} {rest:?}");
+        assert_closed(&mut client).await;
         shutdown.cancel();
     }
 }

@@ -61,8 +61,8 @@ impl Event {
                 .filter(|x| x.is_finite())
         };
         let time = |name: &str| q.get(name).and_then(Value::as_str).and_then(parse_millis);
-        let lat = number("lat").filter(|x| (-90.0..=90.0).contains(x));
-        let lon = number("lon").filter(|x| (-180.0..=180.0).contains(x));
+        let lat = number("lat").filter(|x| crate::record::LAT_RANGE.contains(x));
+        let lon = number("lon").filter(|x| crate::record::LON_RANGE.contains(x));
         let deleted = q
             .get("status")
             .and_then(Value::as_str)

@@ -47,7 +47,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     error::{Error, Result},
-    metrics::{Counter, Observe, Samples},
     record::Checks,
     runtime::{
         About, Context, Kind, StageSettings,
@@ -55,58 +54,29 @@ use crate::{
     },
 };
 
-#[derive(Debug, Default)]
-pub struct PostgresMetrics {
-    pub records: Counter,
-    pub bad: Counter,
-    pub batches: Counter,
-    pub revisions_inserted: Counter,
-    pub events_upserted: Counter,
-    pub windows_upserted: Counter,
-    pub retries: Counter,
-}
-
-impl Observe for PostgresMetrics {
-    fn observe(&self, out: &mut Samples) {
-        for (name, help, c) in [
-            (
-                "quakestream_postgres_records_total",
-                "Records read by the PostgreSQL sink.",
-                &self.records,
-            ),
-            (
-                "quakestream_postgres_bad_records_total",
-                "Records dead-lettered by the PostgreSQL sink.",
-                &self.bad,
-            ),
-            (
-                "quakestream_postgres_batches_total",
-                "Batches committed to the warehouse.",
-                &self.batches,
-            ),
-            (
-                "quakestream_postgres_revisions_inserted_total",
-                "Rows inserted into fact_earthquake_revision.",
-                &self.revisions_inserted,
-            ),
-            (
-                "quakestream_postgres_events_upserted_total",
-                "Rows inserted or updated in fact_earthquake.",
-                &self.events_upserted,
-            ),
-            (
-                "quakestream_postgres_windows_upserted_total",
-                "Rows inserted or updated in agg_window.",
-                &self.windows_upserted,
-            ),
-            (
-                "quakestream_postgres_retries_total",
-                "Batches retried after a database error.",
-                &self.retries,
-            ),
-        ] {
-            out.counter(name, help, &[], c.get());
-        }
+crate::macros::counters! {
+    pub struct PostgresMetrics {
+        records:
+            "quakestream_postgres_records_total",
+            "Records read by the PostgreSQL sink.";
+        bad:
+            "quakestream_postgres_bad_records_total",
+            "Records dead-lettered by the PostgreSQL sink.";
+        batches:
+            "quakestream_postgres_batches_total",
+            "Batches committed to the warehouse.";
+        revisions_inserted:
+            "quakestream_postgres_revisions_inserted_total",
+            "Rows inserted into fact_earthquake_revision.";
+        events_upserted:
+            "quakestream_postgres_events_upserted_total",
+            "Rows inserted or updated in fact_earthquake.";
+        windows_upserted:
+            "quakestream_postgres_windows_upserted_total",
+            "Rows inserted or updated in agg_window.";
+        retries:
+            "quakestream_postgres_retries_total",
+            "Batches retried after a database error.";
     }
 }
 

@@ -19,20 +19,15 @@ use crate::record::{Checks, Millis, Quake};
 
 /// The parts of a FeatureCollection's `metadata` quakestream uses.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
 pub struct Metadata {
     /// When the feed was generated (epoch ms).
-    #[serde(default)]
     pub generated: Option<i64>,
-    #[serde(default)]
     pub url: Option<String>,
-    #[serde(default)]
     pub title: Option<String>,
-    #[serde(default)]
     pub count: Option<u64>,
-    #[serde(default)]
     pub status: Option<u16>,
     /// Present on FDSN errors requested with `jsonerror=true`.
-    #[serde(default)]
     pub error: Option<String>,
 }
 
@@ -163,43 +158,37 @@ struct Geometry {
     coordinates: Option<Vec<Lenient>>,
 }
 
-#[derive(Deserialize)]
+/// Every property may be missing: a missing one reads as absent.
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct Properties<'a> {
-    #[serde(default)]
     mag: Lenient,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     place: Option<Cow<'a, str>>,
-    #[serde(default)]
     time: Lenient,
-    #[serde(default)]
     updated: Lenient,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     url: Option<Cow<'a, str>>,
-    #[serde(default)]
     felt: Lenient,
-    #[serde(default)]
     cdi: Lenient,
-    #[serde(default)]
     mmi: Lenient,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     alert: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     status: Option<Cow<'a, str>>,
-    #[serde(default)]
     tsunami: Lenient,
-    #[serde(default)]
     sig: Lenient,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     net: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     code: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     ids: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "magType")]
+    #[serde(borrow, rename = "magType")]
     mag_type: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "type")]
+    #[serde(borrow, rename = "type")]
     event_type: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     title: Option<Cow<'a, str>>,
 }
 

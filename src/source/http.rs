@@ -137,13 +137,16 @@ impl HttpSourceConfig {
                 *value = default.to_string();
             }
         };
+        let query_or = |query: &mut BTreeMap<String, String>, name: &str, default: &str| {
+            query
+                .entry(name.to_string())
+                .or_insert_with(|| default.to_string());
+        };
         match self.preset {
             Some(Preset::Randomuser) => {
                 or(&mut c.name, "randomuser");
                 or(&mut c.url, "https://randomuser.me/api/");
-                c.query
-                    .entry("results".into())
-                    .or_insert_with(|| "1".into());
+                query_or(&mut c.query, "results", "1");
                 c.interval.get_or_insert(Duration::from_secs(1));
                 c.records.get_or_insert_with(|| "/results".into());
                 or(&mut c.key, "login.uuid");
@@ -171,12 +174,8 @@ impl HttpSourceConfig {
             Some(Preset::NasaApod) => {
                 or(&mut c.name, "nasa-apod");
                 or(&mut c.url, "https://api.nasa.gov/planetary/apod");
-                c.query
-                    .entry("api_key".into())
-                    .or_insert_with(|| "env:NASA_API_KEY:-DEMO_KEY".into());
-                c.query
-                    .entry("thumbs".into())
-                    .or_insert_with(|| "true".into());
+                query_or(&mut c.query, "api_key", "env:NASA_API_KEY:-DEMO_KEY");
+                query_or(&mut c.query, "thumbs", "true");
                 // One picture a day; DEMO_KEY allows 30 requests an hour.
                 c.interval.get_or_insert(Duration::from_secs(3600));
                 c.records.get_or_insert_with(String::new);
@@ -537,10 +536,7 @@ impl SourceSettings for HttpSourceConfig {
             origin: format!("[[http]] {}", c.name),
             message,
         };
-        config.validate().map_err(|m| Error::Config {
-            origin: "config".into(),
-            message: m,
-        })?;
+        config.check()?;
         if c.preset == Some(Preset::NasaApod)
             && c.query.get("api_key").map(String::as_str) == Some("env:NASA_API_KEY:-DEMO_KEY")
             && std::env::var("NASA_API_KEY").map_or(true, |v| v.is_empty())

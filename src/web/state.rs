@@ -340,11 +340,7 @@ impl Live {
         payload: &[u8],
         now_ms: i64,
     ) -> Result<(), Rejected> {
-        let value: Value = match serde_json::from_slice(payload) {
-            Ok(v @ Value::Object(_)) => v,
-            Ok(_) => return self.bad("a window result is a JSON object"),
-            Err(e) => return self.bad(&format!("not JSON: {e}")),
-        };
+        let value = self.object(payload, "a window result")?;
         let Some(start) = value
             .get("window_start")
             .and_then(Value::as_str)
@@ -353,43 +349,72 @@ impl Live {
             return self.bad("window_start is missing or not RFC 3339");
         };
         let key = key.unwrap_or_default().to_string();
-        let data = value.to_string();
-        let mut inner = self.write();
-        inner.last_record_ms = now_ms;
-        inner.windows.insert((start, key), Arc::new(value));
-        while inner.windows.len() > self.limits.max_windows {
-            inner.windows.pop_first();
-        }
-        self.publish(&mut inner, "window", data);
-        drop(inner);
-        self.metrics.windows.inc();
-        Ok(())
+        let max = self.limits.max_windows;
+        self.take(
+            now_ms,
+            "window",
+            value,
+            &self.metrics.windows,
+            |inner, value| {
+                inner.windows.insert((start, key), value);
+                while inner.windows.len() > max {
+                    inner.windows.pop_first();
+                }
+            },
+        )
     }
 
     /// An alert from the alerts topic.
     pub fn apply_alert(&self, payload: &[u8], now_ms: i64) -> Result<(), Rejected> {
-        let value: Value = match serde_json::from_slice(payload) {
-            Ok(v @ Value::Object(_)) => v,
-            Ok(_) => return self.bad("an alert is a JSON object"),
-            Err(e) => return self.bad(&format!("not JSON: {e}")),
-        };
+        let value = self.object(payload, "an alert")?;
         if !value.get("kind").is_some_and(Value::is_string)
             || !value.get("quake").is_some_and(Value::is_object)
         {
             return self.bad("an alert has a kind and a quake");
         }
+        let max = self.limits.max_alerts;
+        self.take(
+            now_ms,
+            "alert",
+            value,
+            &self.metrics.alerts,
+            |inner, value| {
+                inner.alerts.push_front(value);
+                inner.alerts.truncate(max);
+            },
+        )
+    }
+
+    /// `payload` as a JSON object, or a bad record; `what` names what it should be.
+    fn object(&self, payload: &[u8], what: &str) -> Result<Value, Rejected> {
+        match serde_json::from_slice(payload) {
+            Ok(v @ Value::Object(_)) => Ok(v),
+            Ok(_) => self.bad(&format!("{what} is a JSON object")),
+            Err(e) => self.bad(&format!("not JSON: {e}")),
+        }
+    }
+
+    /// Takes in a checked record: `store` keeps it (under the write lock), live browsers are
+    /// told as `event`, and `counter` counts it.
+    fn take(
+        &self,
+        now_ms: i64,
+        event: &'static str,
+        value: Value,
+        counter: &Counter,
+        store: impl FnOnce(&mut Inner, Arc<Value>),
+    ) -> Result<(), Rejected> {
         let data = value.to_string();
         let mut inner = self.write();
         inner.last_record_ms = now_ms;
-        inner.alerts.push_front(Arc::new(value));
-        inner.alerts.truncate(self.limits.max_alerts);
-        self.publish(&mut inner, "alert", data);
+        store(&mut inner, Arc::new(value));
+        self.publish(&mut inner, event, data);
         drop(inner);
-        self.metrics.alerts.inc();
+        counter.inc();
         Ok(())
     }
 
-    fn bad(&self, why: &str) -> Result<(), Rejected> {
+    fn bad<T>(&self, why: &str) -> Result<T, Rejected> {
         self.metrics.bad.inc();
         Err(Rejected::Bad(why.to_string()))
     }

@@ -87,19 +87,34 @@ fn quake_at(id: &str, mag: f64, lon: f64, time: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A plain GET of `uri`: no `Host`, no client address.
+fn plain(uri: impl AsRef<str>) -> Request<Body> {
+    Request::get(uri.as_ref()).body(Body::empty()).unwrap()
+}
+
 async fn get(app: &Router, uri: &str) -> (StatusCode, axum::http::HeaderMap, String) {
-    let response = app
-        .clone()
-        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let (parts, body) = response.into_parts();
-    let body = to_bytes(body, 16 * 1024 * 1024).await.unwrap();
-    (
-        parts.status,
-        parts.headers,
-        String::from_utf8_lossy(&body).into_owned(),
-    )
+    send(app, plain(uri)).await
+}
+
+/// The `Content-Type` of an answer.
+fn content_type(headers: &axum::http::HeaderMap) -> &str {
+    headers[header::CONTENT_TYPE].to_str().unwrap()
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap()
+}
+
+/// The text of a JSON error answer (`{"error": …}`).
+fn error_text(body: &str) -> String {
+    json(body)["error"].as_str().unwrap().to_string()
+}
+
+/// Opens a live stream (`/api/events`) and holds it: it must be accepted.
+async fn open(app: &Router, request: Request<Body>) -> axum::response::Response {
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response
 }
 
 #[tokio::test]
@@ -116,12 +131,7 @@ async fn pages_carry_the_security_headers() {
     }
     let (status, headers, body) = get(&app, "/").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(
-        headers[header::CONTENT_TYPE]
-            .to_str()
-            .unwrap()
-            .starts_with("text/html")
-    );
+    assert!(content_type(&headers).starts_with("text/html"));
     assert!(body.contains("id=\"map\""));
     // No inline script: everything the page runs comes from /assets or /vendor.
     assert!(!body.contains("<script>"));
@@ -144,16 +154,11 @@ async fn the_map_libraries_are_bundled() {
     let (_, app) = web(1);
     let (status, headers, body) = get(&app, "/vendor/leaflet.js").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(
-        headers[header::CONTENT_TYPE]
-            .to_str()
-            .unwrap()
-            .starts_with("text/javascript")
-    );
+    assert!(content_type(&headers).starts_with("text/javascript"));
     assert!(body.contains("Leaflet"));
     let (status, _, body) = get(&app, "/vendor/countries-50m.json").await;
     assert_eq!(status, StatusCode::OK);
-    let topo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let topo = json(&body);
     assert_eq!(topo["type"], "Topology");
     for path in [
         "/vendor/../Cargo.toml",
@@ -175,13 +180,13 @@ async fn quakes_are_filtered_and_parameters_checked() {
     let (status, headers, body) = get(&app, "/api/quakes?min_mag=4&bbox=0,0,20,20").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(headers[header::CACHE_CONTROL], "no-store");
-    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let list = json(&body);
     assert_eq!(list["matched"], 1);
     assert_eq!(list["quakes"][0]["id"], "b");
     // Text from the feed stays data: JSON-escaped, never rendered here.
     assert_eq!(list["quakes"][0]["place"], "<script>alert(1)</script>");
     let (_, _, body) = get(&app, "/api/quakes?since=2025-05-04&limit=2").await;
-    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let list = json(&body);
     assert_eq!(
         (
             list["matched"].as_u64(),
@@ -219,11 +224,7 @@ async fn quakes_are_filtered_and_parameters_checked() {
     ] {
         let (status, _, body) = get(&app, &format!("/api/quakes?{query}")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
-        let error: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert!(
-            error["error"].as_str().unwrap().contains(says),
-            "{query}: {body}"
-        );
+        assert!(error_text(&body).contains(says), "{query}: {body}");
     }
     let long = format!("/api/quakes?min_mag={}", "1".repeat(2000));
     assert_eq!(get(&app, &long).await.0, StatusCode::URI_TOO_LONG);
@@ -254,16 +255,7 @@ async fn live_updates_replay_and_are_limited() {
     let seq = web.live.seq();
     add(&web.live, "b", 2.0, 10.0);
 
-    let first = app
-        .clone()
-        .oneshot(
-            Request::get(format!("/api/events?since={seq}"))
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(first.status(), StatusCode::OK);
+    let first = open(&app, plain(format!("/api/events?since={seq}"))).await;
     assert_eq!(first.headers()[header::CONTENT_TYPE], "text/event-stream");
     // The change after `since` is replayed, with its sequence as the event id.
     let (seen, rest) = read_until(first.into_body(), "\"id\":\"b\"").await;
@@ -283,16 +275,7 @@ async fn live_updates_replay_and_are_limited() {
     assert!(seen.contains("event: quake"));
     drop(rest);
     // Its slot is free again once it left.
-    let again = app
-        .clone()
-        .oneshot(
-            Request::get("/api/events?since=9999")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(again.status(), StatusCode::OK);
+    let again = open(&app, plain("/api/events?since=9999")).await;
     // A sequence from another server life asks the browser to reload its lists.
     let (seen, _) = read_until(again.into_body(), "event: resync").await;
     assert!(seen.contains("event: resync"));
@@ -308,12 +291,7 @@ async fn metrics_and_health() {
     let _ = web.live.apply_quake(Some("x"), b"garbage", 1);
     let (status, headers, body) = get(&app, "/metrics").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(
-        headers[header::CONTENT_TYPE]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain; version=0.0.4")
-    );
+    assert!(content_type(&headers).starts_with("text/plain; version=0.0.4"));
     assert!(
         body.contains("quakestream_source_polls_total{source=\"usgs\"} 7\n"),
         "{body}"
@@ -338,7 +316,7 @@ async fn metrics_and_health() {
 
     let (status, _, body) = get(&app, "/api/pipeline").await;
     assert_eq!(status, StatusCode::OK);
-    let p: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let p = json(&body);
     assert_eq!(p["sources"][0]["source"], "usgs");
     assert_eq!(p["sources"][0]["polls"], 7);
     assert_eq!(p["map"]["events"], 1);
@@ -360,7 +338,7 @@ fn request(uri: &str, host: Option<&str>, client: &str) -> Request<Body> {
 async fn send(app: &Router, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
     let response = app.clone().oneshot(request).await.unwrap();
     let (parts, body) = response.into_parts();
-    let body = to_bytes(body, 1024 * 1024).await.unwrap();
+    let body = to_bytes(body, 16 * 1024 * 1024).await.unwrap();
     (
         parts.status,
         parts.headers,
@@ -381,8 +359,7 @@ async fn requests_for_other_host_names_are_refused() {
         )
         .await;
         assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{path}: {body}");
-        let error: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let error = error["error"].as_str().unwrap();
+        let error = error_text(&body);
         assert!(
             error.contains("\"rebind.attacker.example:8080\""),
             "{error}"
@@ -416,26 +393,22 @@ async fn requests_for_other_host_names_are_refused() {
     assert_eq!(send(&app, garbled).await.0, StatusCode::MISDIRECTED_REQUEST);
 
     // A name set in `web.allowed_hosts` is answered; "*" answers any.
-    let (_, app) = limited(4, 4, &["map.example.org"]);
-    let (status, _, _) = send(
-        &app,
-        request("/metrics", Some("Map.Example.org:443"), "10.0.0.1"),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
-    let (status, _, _) = send(
-        &app,
-        request("/metrics", Some("other.example.org"), "10.0.0.1"),
-    )
-    .await;
-    assert_eq!(status, StatusCode::MISDIRECTED_REQUEST);
-    let (_, app) = limited(4, 4, &["*"]);
-    let (status, _, _) = send(
-        &app,
-        request("/metrics", Some("other.example.org"), "10.0.0.1"),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
+    for (allowed, host, answer) in [
+        ("map.example.org", "Map.Example.org:443", StatusCode::OK),
+        (
+            "map.example.org",
+            "other.example.org",
+            StatusCode::MISDIRECTED_REQUEST,
+        ),
+        ("*", "other.example.org", StatusCode::OK),
+    ] {
+        let (_, app) = limited(4, 4, &[allowed]);
+        let (status, _, _) = send(&app, request("/metrics", Some(host), "10.0.0.1")).await;
+        assert_eq!(
+            status, answer,
+            "allowed_hosts = [{allowed:?}], Host: {host}"
+        );
+    }
 }
 
 /// Ids of a `/api/quakes` answer, in order.
@@ -470,7 +443,7 @@ async fn quakes_come_in_pages_that_follow_next() {
 
     // The whole list fits the default page: no next page, as the map has always loaded it.
     let (_, _, body) = get(&app, "/api/quakes").await;
-    let all: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let all = json(&body);
     assert_eq!(ids(&all), newest_first);
     assert_eq!(all["next"], serde_json::Value::Null);
 
@@ -481,7 +454,7 @@ async fn quakes_come_in_pages_that_follow_next() {
     loop {
         let (status, _, body) = get(&app, &uri).await;
         assert_eq!(status, StatusCode::OK, "{uri}: {body}");
-        let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let page = json(&body);
         // `matched` counts every event the filter takes now, whatever the page.
         let matched = if pages == 0 { 7 } else { 8 };
         assert_eq!(page["matched"], matched, "{uri}: {body}");
@@ -510,12 +483,12 @@ async fn quakes_come_in_pages_that_follow_next() {
 
     // A duration back from now is written into `next` as the time it meant.
     let (_, _, body) = get(&app, "/api/quakes?limit=1&since=100000d").await;
-    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let page = json(&body);
     let next = page["next"].as_str().unwrap();
     assert!(!next.contains("100000d"), "{next}");
     let (status, _, body) = get(&app, next).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let page = json(&body);
     assert_eq!(page["quakes"].as_array().unwrap().len(), 1);
 }
 
@@ -523,33 +496,27 @@ async fn quakes_come_in_pages_that_follow_next() {
 async fn one_client_cannot_take_every_live_slot() {
     let (web, app) = limited(4, 2, &[]);
     let follow = |client: &str| request("/api/events", Some("localhost:8080"), client);
-    let first = app.clone().oneshot(follow("10.0.0.1")).await.unwrap();
-    assert_eq!(first.status(), StatusCode::OK);
-    let second = app.clone().oneshot(follow("10.0.0.1")).await.unwrap();
-    assert_eq!(second.status(), StatusCode::OK);
+    let first = open(&app, follow("10.0.0.1")).await;
+    let second = open(&app, follow("10.0.0.1")).await;
 
     // A third from the same address: 429, naming the limit; the server still has room.
     let (status, _, body) = send(&app, follow("10.0.0.1")).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
-    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let error = error["error"].as_str().unwrap();
+    let error = error_text(&body);
     assert!(error.contains("web.max_live_per_client"), "{error}");
     assert!(error.contains("10.0.0.1"), "{error}");
     assert_eq!(web.live.metrics.live_rejected_per_client.get(), 1);
     assert_eq!(web.live.metrics.live_rejected.get(), 0);
 
     // Another address is served.
-    let other = app.clone().oneshot(follow("10.0.0.2")).await.unwrap();
-    assert_eq!(other.status(), StatusCode::OK);
+    let other = open(&app, follow("10.0.0.2")).await;
 
     // The first client's slot comes back when one of its streams ends.
     drop(first);
-    let again = app.clone().oneshot(follow("10.0.0.1")).await.unwrap();
-    assert_eq!(again.status(), StatusCode::OK);
+    let again = open(&app, follow("10.0.0.1")).await;
 
     // The server's own limit still holds over all addresses: 503 past it.
-    let fourth = app.clone().oneshot(follow("10.0.0.3")).await.unwrap();
-    assert_eq!(fourth.status(), StatusCode::OK);
+    let fourth = open(&app, follow("10.0.0.3")).await;
     let (status, _, body) = send(&app, follow("10.0.0.4")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body.contains("web.max_live_clients"), "{body}");

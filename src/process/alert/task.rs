@@ -313,12 +313,8 @@ impl StageSettings for AlertsConfig {
     async fn run(&self, ctx: &Context, metrics: Arc<AlertMetrics>) -> Result<()> {
         let config = self;
         let settings = &ctx.kafka;
-        let invalid = |message: String| Error::Config {
-            origin: "[alerts]".into(),
-            message,
-        };
-        config.validate().map_err(invalid)?;
-        let rules = config.compiled_rules().map_err(invalid)?;
+        config.check()?;
+        let rules = config.compiled_rules().map_err(Error::config("[alerts]"))?;
         consume::ensure_topics(ctx, &[config.input.clone(), config.output.clone()]).await?;
         let mut alerter = Alerter::new(rules, config.magnitude_step);
         rebuild(&mut alerter, settings, &config.output).await?;

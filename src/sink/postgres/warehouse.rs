@@ -362,123 +362,68 @@ pub(super) async fn learn<'a>(
     Ok(())
 }
 
-/// The columns shared by both fact tables, as parallel arrays.
-pub(super) struct Columns {
-    event_id: Vec<String>,
-    updated: Vec<DateTime<Utc>>,
-    time: Vec<DateTime<Utc>>,
-    date_key: Vec<i32>,
-    network: Vec<Option<i32>>,
-    mag_type: Vec<Option<i32>>,
-    event_type: Vec<Option<i32>>,
-    region: Vec<Option<i32>>,
-    mag: Vec<Option<f64>>,
-    lat: Vec<f64>,
-    lon: Vec<f64>,
-    depth: Vec<f64>,
-    status: Vec<String>,
-    tsunami: Vec<bool>,
-    alert: Vec<Option<String>>,
-    sig: Vec<Option<i64>>,
-    felt: Vec<Option<i64>>,
-    cdi: Vec<Option<f64>>,
-    mmi: Vec<Option<f64>>,
-    place: Vec<Option<String>>,
-    title: Vec<String>,
-    url: Vec<String>,
-    /// `ids` as JSON arrays: unnest cannot take an array of arrays of different lengths.
-    ids: Vec<String>,
-    source: Vec<String>,
+/// Declares [`Columns`] from one table of the fact columns, in [`FACT_COLUMNS`] order: each
+/// column's element type and what a row puts in it, given the row, its quake and its dimension
+/// keys. The struct, its statement parameters and the filling of its arrays come from that
+/// table, so that they cannot fall out of order with one another.
+macro_rules! columns {
+    (
+        |$row:ident, $q:ident, $keys:pat_param| {
+            $( $(#[$doc:meta])* $field:ident: $ty:ty = $value:expr, )*
+        }
+    ) => {
+        /// The columns shared by both fact tables, as parallel arrays.
+        #[derive(Default)]
+        pub(super) struct Columns {
+            $( $(#[$doc])* $field: Vec<$ty>, )*
+        }
+
+        impl Columns {
+            /// The arrays as statement parameters `$1`…`$24`, in [`FACT_COLUMNS`] order.
+            fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+                vec![$( &self.$field ),*]
+            }
+
+            fn of<'r>(rows: impl Iterator<Item = &'r Row>, keys: &Keys) -> Columns {
+                let mut c = Columns::default();
+                for $row in rows {
+                    let $q = &$row.quake;
+                    let $keys = keys.of($row);
+                    $( c.$field.push($value); )*
+                }
+                c
+            }
+        }
+    };
 }
 
-impl Columns {
-    /// The arrays as statement parameters `$1`…`$24`, in [`FACT_COLUMNS`] order.
-    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        vec![
-            &self.event_id,
-            &self.updated,
-            &self.time,
-            &self.date_key,
-            &self.network,
-            &self.mag_type,
-            &self.event_type,
-            &self.region,
-            &self.mag,
-            &self.lat,
-            &self.lon,
-            &self.depth,
-            &self.status,
-            &self.tsunami,
-            &self.alert,
-            &self.sig,
-            &self.felt,
-            &self.cdi,
-            &self.mmi,
-            &self.place,
-            &self.title,
-            &self.url,
-            &self.ids,
-            &self.source,
-        ]
-    }
-
-    fn of<'r>(rows: impl Iterator<Item = &'r Row>, keys: &Keys) -> Columns {
-        let mut c = Columns {
-            event_id: vec![],
-            updated: vec![],
-            time: vec![],
-            date_key: vec![],
-            network: vec![],
-            mag_type: vec![],
-            event_type: vec![],
-            region: vec![],
-            mag: vec![],
-            lat: vec![],
-            lon: vec![],
-            depth: vec![],
-            status: vec![],
-            tsunami: vec![],
-            alert: vec![],
-            sig: vec![],
-            felt: vec![],
-            cdi: vec![],
-            mmi: vec![],
-            place: vec![],
-            title: vec![],
-            url: vec![],
-            ids: vec![],
-            source: vec![],
-        };
-        for row in rows {
-            let q = &row.quake;
-            let (network, mag_type, event_type, region) = keys.of(row);
-            c.event_id.push(q.id.clone());
-            c.updated.push(row.updated);
-            c.time.push(row.time);
-            c.date_key.push(date_key(row.time.date_naive()));
-            c.network.push(network);
-            c.mag_type.push(mag_type);
-            c.event_type.push(event_type);
-            c.region.push(region);
-            c.mag.push(q.mag);
-            c.lat.push(q.lat);
-            c.lon.push(q.lon);
-            c.depth.push(q.depth_km);
-            c.status.push(q.status.clone());
-            c.tsunami.push(q.tsunami);
-            c.alert.push(q.alert.clone());
-            c.sig.push(q.sig);
-            c.felt.push(q.felt);
-            c.cdi.push(q.cdi);
-            c.mmi.push(q.mmi);
-            c.place.push(q.place.clone());
-            c.title.push(q.title.clone());
-            c.url.push(q.url.clone());
-            c.ids
-                .push(serde_json::to_string(&q.ids).unwrap_or_else(|_| "[]".into()));
-            c.source.push(q.source.clone());
-        }
-        c
+columns! {
+    |row, q, (network, mag_type, event_type, region)| {
+        event_id: String = q.id.clone(),
+        updated: DateTime<Utc> = row.updated,
+        time: DateTime<Utc> = row.time,
+        date_key: i32 = date_key(row.time.date_naive()),
+        network: Option<i32> = network,
+        mag_type: Option<i32> = mag_type,
+        event_type: Option<i32> = event_type,
+        region: Option<i32> = region,
+        mag: Option<f64> = q.mag,
+        lat: f64 = q.lat,
+        lon: f64 = q.lon,
+        depth: f64 = q.depth_km,
+        status: String = q.status.clone(),
+        tsunami: bool = q.tsunami,
+        alert: Option<String> = q.alert.clone(),
+        sig: Option<i64> = q.sig,
+        felt: Option<i64> = q.felt,
+        cdi: Option<f64> = q.cdi,
+        mmi: Option<f64> = q.mmi,
+        place: Option<String> = q.place.clone(),
+        title: String = q.title.clone(),
+        url: String = q.url.clone(),
+        /// `ids` as JSON arrays: unnest cannot take an array of arrays of different lengths.
+        ids: String = serde_json::to_string(&q.ids).unwrap_or_else(|_| "[]".into()),
+        source: String = q.source.clone(),
     }
 }
 
