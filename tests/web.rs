@@ -250,6 +250,18 @@ const OUTLINE_STEPS: &str = "(() => { let widest = 0; for (const path of documen
 /// Markers drawn inside the map's area.
 const MARKERS_IN_VIEW: &str = "(() => { const m = document.getElementById('map').getBoundingClientRect(); return [...document.querySelectorAll('path.quake-marker')].filter(p => { const r = p.getBoundingClientRect(); return r.width > 0 && r.right > m.left && r.left < m.right && r.bottom > m.top && r.top < m.bottom; }).length; })()";
 
+/// Waits until the open popup has faded in and the map has panned to show it whole, so that a
+/// screenshot shows what a person sees (Leaflet animates both for a quarter of a second).
+async fn popup_settled(browser: &Browser) {
+    browser
+        .wait_for(
+            "(() => { const p = document.querySelector('.leaflet-popup'); return !!p && getComputedStyle(p).opacity === '1'; })()",
+            Duration::from_secs(5),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
 /// Clicks a marker where it is drawn, as a person would (the popup opens at the click).
 fn click_marker(selector: &str) -> String {
     format!(
@@ -437,6 +449,7 @@ async fn live_map_in_headless_chromium() {
         false,
         "no [object …] on the page"
     );
+    popup_settled(&browser).await;
     browser.screenshot(&out.join("map-popup.png")).await;
     assert_eq!(
         browser
@@ -726,6 +739,7 @@ async fn live_map_in_headless_chromium() {
         false,
         "no [object …] on the phone"
     );
+    popup_settled(&phone).await;
     phone.screenshot(&out.join("map-phone-popup.png")).await;
     assert_eq!(phone.dialogs(), Vec::<String>::new(), "no dialog opened");
     assert_eq!(phone.problems(), Vec::<String>::new());
@@ -752,6 +766,14 @@ async fn live_map_in_headless_chromium() {
             .await,
         "up"
     );
+    // The throughput chart draws once the page has two samples (one every 2 s).
+    let chart = browser
+        .wait_for(
+            "!!document.querySelector('#rate-chart polyline')",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(chart, true, "the throughput chart is drawn");
     browser.screenshot(&out.join("pipeline.png")).await;
 
     // ---- nothing left the machine, nothing broke -------------------------------------------

@@ -11,11 +11,7 @@ use crate::{
     cli::ConsumeArgs,
     config::Config,
     error::{Error, Result},
-    kafka::{
-        KafkaSettings, TopicName,
-        admin::Admin,
-        consumer::{Consumer, StartFrom},
-    },
+    kafka::consumer::{Consumer, StartFrom},
 };
 use rdkafka::Message;
 
@@ -24,9 +20,7 @@ pub async fn consume(
     args: ConsumeArgs,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let topic: TopicName = args.topic.parse()?;
-    let settings = KafkaSettings::from_config(config);
-    let admin = Admin::connect(&settings).await?;
+    let (topic, settings, admin) = super::topic_admin(config, &args.topic).await?;
     if !admin.exists(&topic).await? {
         return Err(Error::UnknownTopic(topic.to_string()));
     }

@@ -15,6 +15,7 @@ use crate::{
     cli::{Cli, Command, ListenArgs, ProcessArgs, SourceArgs, WebArgs},
     config::Config,
     error::{Error, Result},
+    kafka::{KafkaSettings, TopicName, admin::Admin},
 };
 
 pub use backfill::backfill;
@@ -137,3 +138,12 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> Result<()> {
 }
 
 pub(crate) use crate::process::console::print_out;
+
+/// What `produce` and `consume` start from: the topic named on the command line (checked),
+/// the cluster's settings and an admin connection to it.
+async fn topic_admin(config: &Config, topic: &str) -> Result<(TopicName, KafkaSettings, Admin)> {
+    let topic: TopicName = topic.parse()?;
+    let settings = KafkaSettings::from_config(config);
+    let admin = Admin::connect(&settings).await?;
+    Ok((topic, settings, admin))
+}

@@ -11,7 +11,7 @@ use crate::{
     cli::ProduceArgs,
     config::Config,
     error::{Error, Result},
-    kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer},
+    kafka::producer::Producer,
 };
 
 /// How many sends may be in flight at once when no interval is set.
@@ -31,9 +31,7 @@ pub async fn produce(
     args: ProduceArgs,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let topic: TopicName = args.topic.parse()?;
-    let settings = KafkaSettings::from_config(config);
-    let admin = Admin::connect(&settings).await?;
+    let (topic, settings, admin) = super::topic_admin(config, &args.topic).await?;
     admin.ensure_topics(std::slice::from_ref(&topic)).await?;
     let producer = Producer::new(&settings)?;
 

@@ -287,30 +287,40 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_failing_component_is_restarted_while_the_others_run_on() {
-        let registry = Registry::default();
-        let (flaky_runs, steady_runs) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    /// Supervises a component that fails `failures` times with an external fault next to one
+    /// that never fails, each counting its runs; returns the stop token and the running task.
+    fn flaky_and_steady(
+        registry: &Registry,
+        failures: u32,
+        flaky_runs: &Arc<AtomicU32>,
+        steady_runs: &Arc<AtomicU32>,
+    ) -> (CancellationToken, tokio::task::JoinHandle<Result<()>>) {
+        let component = |name, failures, runs: &Arc<AtomicU32>| -> Arc<dyn Component> {
+            Arc::new(Flaky {
+                about: about(name),
+                failures,
+                runs: runs.clone(),
+                fault: Fault::External,
+            })
+        };
         let supervisor = Supervisor::new(
             vec![
-                Arc::new(Flaky {
-                    about: about("flaky"),
-                    failures: 3,
-                    runs: flaky_runs.clone(),
-                    fault: Fault::External,
-                }),
-                Arc::new(Flaky {
-                    about: about("steady"),
-                    failures: 0,
-                    runs: steady_runs.clone(),
-                    fault: Fault::External,
-                }),
+                component("flaky", failures, flaky_runs),
+                component("steady", 0, steady_runs),
             ],
-            &registry,
+            registry,
         )
         .with_policy(quick());
         let stop = CancellationToken::new();
         let running = tokio::spawn(supervisor.run(context(stop.clone())));
+        (stop, running)
+    }
+
+    #[tokio::test]
+    async fn a_failing_component_is_restarted_while_the_others_run_on() {
+        let registry = Registry::default();
+        let (flaky_runs, steady_runs) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let (stop, running) = flaky_and_steady(&registry, 3, &flaky_runs, &steady_runs);
         while flaky_runs.load(Ordering::SeqCst) < 4 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -373,26 +383,7 @@ mod tests {
         let _guard = tracing::subscriber::set_default(subscriber);
         let registry = Registry::default();
         let runs = Arc::new(AtomicU32::new(0));
-        let supervisor = Supervisor::new(
-            vec![
-                Arc::new(Flaky {
-                    about: about("flaky"),
-                    failures: 2,
-                    runs: runs.clone(),
-                    fault: Fault::External,
-                }),
-                Arc::new(Flaky {
-                    about: about("steady"),
-                    failures: 0,
-                    runs: Arc::default(),
-                    fault: Fault::External,
-                }),
-            ],
-            &registry,
-        )
-        .with_policy(quick());
-        let stop = CancellationToken::new();
-        let running = tokio::spawn(supervisor.run(context(stop.clone())));
+        let (stop, running) = flaky_and_steady(&registry, 2, &runs, &Arc::default());
         while runs.load(Ordering::SeqCst) < 3 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
