@@ -134,7 +134,7 @@ fn bad_sink_settings_are_refused_with_the_reason() {
         (
             "[files]\nformat = \"xml\"\n",
             "files",
-            "unknown variant `xml`",
+            "unknown format \"xml\": expected \"jsonl\", \"csv\" or \"parquet\"",
         ),
         (
             "[files]\npartition_by = \"dt=%Q\"\n",

@@ -151,16 +151,27 @@ impl<'de> Deserialize<'de> for Formats {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum OneOrMany {
-            One(Format),
-            Many(Vec<Format>),
+            One(String),
+            Many(Vec<String>),
         }
-        match OneOrMany::deserialize(deserializer) {
-            Ok(OneOrMany::One(format)) => Ok(Formats(vec![format])),
-            Ok(OneOrMany::Many(formats)) => Ok(Formats(formats)),
-            Err(_) => Err(serde::de::Error::custom(
-                "expected \"jsonl\", \"csv\" or \"parquet\", or a list of them",
-            )),
-        }
+        const EXPECTED: &str = "expected \"jsonl\", \"csv\" or \"parquet\", or a list of them";
+        let names = match OneOrMany::deserialize(deserializer) {
+            Ok(OneOrMany::One(name)) => vec![name],
+            Ok(OneOrMany::Many(names)) => names,
+            Err(_) => return Err(serde::de::Error::custom(EXPECTED)),
+        };
+        names
+            .iter()
+            .map(|name| match name.as_str() {
+                "jsonl" => Ok(Format::Jsonl),
+                "csv" => Ok(Format::Csv),
+                "parquet" => Ok(Format::Parquet),
+                other => Err(serde::de::Error::custom(format!(
+                    "unknown format {other:?}: {EXPECTED}"
+                ))),
+            })
+            .collect::<std::result::Result<Vec<Format>, D::Error>>()
+            .map(Formats)
     }
 }
 
@@ -696,6 +707,11 @@ mod tests {
             let error = formats(bad).unwrap_err();
             assert!(error.contains("a list of them"), "{bad}: {error}");
         }
+        assert!(
+            formats(r#"["csv", "xml"]"#)
+                .unwrap_err()
+                .contains(r#"unknown format "xml""#)
+        );
         // Written back as it was given: a string for one, a list for several.
         let back = |f: &Formats| serde_json::to_string(f).unwrap();
         assert_eq!(back(&Formats::one(Format::Csv)), r#""csv""#);
