@@ -30,7 +30,7 @@ use rdkafka::Message;
 use super::{
     Applied, Assigner, Change, Combiner, Extractor, Layout, Op, Outcome, Spec, WindowConfig,
     checkpoint::{Checkpoint, Checkpoints},
-    wire::{Decoded, Wire, decode, render, route},
+    wire::{Decoded, Packer, Wire, render, route, unpack},
 };
 use crate::{
     error::{Error, Result},
@@ -167,6 +167,8 @@ struct Processor {
     last_record: HashMap<i32, std::time::Instant>,
     assigned_at: HashMap<i32, std::time::Instant>,
     announced_empty: std::collections::HashSet<i32>,
+    /// The changes of the batch being handled, by repartition partition.
+    packer: Packer,
     /// When each repartition partition last brought a change here (`close_after_idle`).
     last_change: HashMap<i32, std::time::Instant>,
     /// Partitions of the input topic.
@@ -361,6 +363,10 @@ impl Processor {
                 self.on_change(message, &mut sends).await?;
             }
         }
+        // The batch's changes, before the announcements that may close their windows.
+        for (q, pack) in self.packer.finish() {
+            sends.push(self.send_pack(q, &pack).await?);
+        }
         if announce {
             self.announce(assigned, &mut sends).await?;
         }
@@ -518,14 +524,10 @@ impl Processor {
                     k: change.key.to_string(),
                 },
             };
-            let body = serde_json::to_vec(&wire).unwrap_or_default();
             let q = route(change.start, &change.group, self.repartitions);
-            let cell_key = format!("{}|{}", change.start, change.group);
-            sends.push(Box::pin(
-                self.producer
-                    .enqueue(&self.repartition, Some(q), Some(&cell_key), &body, None)
-                    .await?,
-            ));
+            if let Some(full) = self.packer.add(q, &wire) {
+                sends.push(self.send_pack(q, &full).await?);
+            }
         }
         self.changes = changes;
         Ok(())
@@ -555,42 +557,55 @@ impl Processor {
                 return Ok(());
             }
         };
-        let (change, raw) = match decode(wire) {
+        let mut late = Vec::new();
+        let mut changed = false;
+        unpack(wire, &mut |decoded| match decoded {
             Decoded::Time {
                 src,
                 max_time,
                 idle,
-            } => {
-                combiner.source_time(src, max_time, idle);
-                return Ok(());
+            } => combiner.source_time(src, max_time, idle),
+            Decoded::Change(change, raw) => {
+                changed = true;
+                self.metrics.combined.inc();
+                if combiner.apply(message.offset, &change) == Outcome::Late {
+                    self.metrics.late.inc();
+                    if let Op::Upsert { time, .. } = change.op {
+                        let watermark = combiner
+                            .watermark()
+                            .and_then(format_millis)
+                            .unwrap_or_default();
+                        let reason = format!(
+                            "late: event time {} is behind the watermark {watermark} by more \
+                             than the allowed lateness",
+                            format_millis(time).unwrap_or_default()
+                        );
+                        late.push((change, reason, raw.unwrap_or_default()));
+                    }
+                }
             }
-            Decoded::Change(change, raw) => (change, raw),
-        };
-        self.metrics.combined.inc();
-        self.last_change
-            .insert(message.partition, std::time::Instant::now());
-        if combiner.apply(message.offset, &change) == Outcome::Late {
-            self.metrics.late.inc();
-            let watermark = combiner
-                .watermark()
-                .and_then(format_millis)
-                .unwrap_or_default();
-            let Op::Upsert { time, .. } = change.op else {
-                return Ok(());
-            };
-            let reason = format!(
-                "late: event time {} is behind the watermark {watermark} by more than the \
-                 allowed lateness",
-                format_millis(time).unwrap_or_default()
-            );
+        });
+        if changed {
+            self.last_change
+                .insert(message.partition, std::time::Instant::now());
+        }
+        for (change, reason, payload) in late {
             let at = (change.src, change.offset);
-            let payload = raw.unwrap_or_default();
             sends.push(
                 self.dead_letter(Some(&change.key), reason, at, payload)
                     .await?,
             );
         }
         Ok(())
+    }
+
+    /// Queues one pack of changes for repartition partition `q`.
+    async fn send_pack(&self, q: i32, pack: &[u8]) -> Result<Pending> {
+        Ok(Box::pin(
+            self.producer
+                .enqueue(&self.repartition, Some(q), None, pack, None)
+                .await?,
+        ))
     }
 
     /// Queues a dead letter for the input record at `(partition, offset)`.
@@ -682,7 +697,7 @@ impl Processor {
                     else {
                         return;
                     };
-                    match decode(wire) {
+                    unpack(wire, &mut |decoded| match decoded {
                         Decoded::Time {
                             src,
                             max_time,
@@ -691,7 +706,7 @@ impl Processor {
                         Decoded::Change(change, _) => {
                             combiner.apply(m.offset(), &change);
                         }
-                    }
+                    });
                 })?;
             Ok::<_, Error>((combiner, read))
         })
@@ -793,6 +808,7 @@ impl StageSettings for WindowConfig {
             assigned_at: HashMap::new(),
             announced_empty: std::collections::HashSet::new(),
             last_change: HashMap::new(),
+            packer: Packer::default(),
             inputs,
             metrics,
             batch_no: 0,
@@ -863,18 +879,71 @@ mod tests {
         );
     }
 
+    /// The one change or announcement a message carries.
+    fn decode(text: &str) -> Decoded {
+        let mut all = Vec::new();
+        unpack(serde_json::from_str(text).unwrap(), &mut |d| all.push(d));
+        assert_eq!(all.len(), 1);
+        all.pop().unwrap()
+    }
+
     #[test]
     fn wire_messages_round_trip() {
         let text = r#"{"op":"upsert","src":1,"off":5,"seq":0,"w":0,"g":"[]","k":"us1","t":7,"v":[4.5,null],"last":true}"#;
-        let Decoded::Change(change, raw) = decode(serde_json::from_str(text).unwrap()) else {
+        let Decoded::Change(change, raw) = decode(text) else {
             panic!("a change");
         };
         assert_eq!((change.src, change.offset, &*change.key), (1, 5, "us1"));
         assert_eq!(raw, None);
         assert!(serde_json::from_str::<Wire>(r#"{"op":"upsert"}"#).is_err());
         assert!(matches!(
-            decode(serde_json::from_str(r#"{"op":"time","src":0,"max_time":1}"#).unwrap()),
+            decode(r#"{"op":"time","src":0,"max_time":1}"#),
             Decoded::Time { idle: false, .. }
         ));
+    }
+
+    #[test]
+    fn a_pack_carries_its_changes_in_order_and_splits_when_large() {
+        let upsert = |off: i64| Wire::Upsert {
+            src: 0,
+            off,
+            seq: 0,
+            w: 0,
+            g: "[]".into(),
+            k: format!("k{off}"),
+            t: 1,
+            v: vec![Some(1.0)],
+            last: true,
+            raw: Some("x".repeat(1000)),
+        };
+        let mut packer = Packer::default();
+        let mut sent = Vec::new();
+        for off in 0..600 {
+            // Two partitions, interleaved.
+            if let Some(full) = packer.add((off % 2) as i32, &upsert(off)) {
+                sent.push(full);
+            }
+        }
+        sent.extend(packer.finish().into_iter().map(|(_, pack)| pack));
+        assert!(packer.finish().is_empty());
+        // About 1.1 kB a change: 600 changes do not fit in one pack per partition.
+        assert!(sent.len() > 2, "{} packs", sent.len());
+        let mut offsets: [Vec<i64>; 2] = Default::default();
+        for pack in &sent {
+            assert!(pack.len() < Packer::MAX_BYTES + 2048);
+            let wire: Wire = serde_json::from_slice(pack).unwrap();
+            unpack(wire, &mut |d| {
+                let Decoded::Change(change, raw) = d else {
+                    panic!("only changes");
+                };
+                assert_eq!(raw.map(|r| r.len()), Some(1000));
+                offsets[(change.offset % 2) as usize].push(change.offset);
+            });
+        }
+        // Every change once, each partition's in the order they were made.
+        for (p, got) in offsets.iter().enumerate() {
+            let want: Vec<i64> = (0..600).filter(|o| o % 2 == p as i64).collect();
+            assert_eq!(got, &want);
+        }
     }
 }

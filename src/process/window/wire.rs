@@ -35,6 +35,9 @@ pub(super) enum Wire {
         g: String,
         k: String,
     },
+    /// The changes one batch sends to one repartition partition, in order, as one message:
+    /// the broker then carries one message per partition and batch instead of one per change.
+    Pack { changes: Vec<Wire> },
     /// An input partition's largest event time so far, and whether it is idle.
     Time {
         src: i32,
@@ -53,8 +56,55 @@ pub(super) enum Decoded {
     },
 }
 
-pub(super) fn decode(wire: Wire) -> Decoded {
-    match wire {
+/// Builds the packs of one batch: one per repartition partition, in the order the changes were
+/// made. A pack that grows past [`Packer::MAX_BYTES`] is handed out at once and a new one begun,
+/// keeping every message far below the broker's size limit.
+#[derive(Default)]
+pub(super) struct Packer {
+    /// Per partition, the changes so far as JSON objects joined by commas.
+    open: std::collections::BTreeMap<i32, Vec<u8>>,
+}
+
+impl Packer {
+    pub(super) const MAX_BYTES: usize = 256 << 10;
+
+    /// Adds one change for partition `q`; returns a full pack to send now, if any.
+    pub(super) fn add(&mut self, q: i32, change: &Wire) -> Option<Vec<u8>> {
+        let body = self.open.entry(q).or_default();
+        body.push(if body.is_empty() { b'[' } else { b',' });
+        // A `Wire` always serializes: its fields are numbers, strings and lists of numbers.
+        let _ = serde_json::to_writer(&mut *body, change);
+        (body.len() >= Self::MAX_BYTES).then(|| pack(std::mem::take(body)))
+    }
+
+    /// The packs still open, by partition, leaving the packer empty.
+    pub(super) fn finish(&mut self) -> Vec<(i32, Vec<u8>)> {
+        std::mem::take(&mut self.open)
+            .into_iter()
+            .filter(|(_, body)| !body.is_empty())
+            .map(|(q, body)| (q, pack(body)))
+            .collect()
+    }
+}
+
+/// `{"op":"pack","changes":[…]}` around the joined changes (which begin with `[`).
+fn pack(mut joined: Vec<u8>) -> Vec<u8> {
+    joined.extend_from_slice(b"]}");
+    let mut message = br#"{"op":"pack","changes":"#.to_vec();
+    message.append(&mut joined);
+    message
+}
+
+/// Every change and announcement a repartition message carries, in order: the message itself,
+/// or the contents of a pack.
+pub(super) fn unpack(wire: Wire, each: &mut impl FnMut(Decoded)) {
+    let decoded = match wire {
+        Wire::Pack { changes } => {
+            for wire in changes {
+                unpack(wire, each);
+            }
+            return;
+        }
         Wire::Upsert {
             src,
             off,
@@ -91,7 +141,8 @@ pub(super) fn decode(wire: Wire) -> Decoded {
             max_time,
             idle,
         },
-    }
+    };
+    each(decoded);
 }
 
 fn change(src: i32, offset: i64, seq: u32, start: i64, group: &str, key: &str, op: Op) -> Change {
