@@ -14,7 +14,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -69,6 +69,8 @@ struct Script {
     last: Option<(Bytes, String, String)>,
     generation: u64,
     served: Vec<&'static str>,
+    /// When each [`Step::Json`] was taken from the script, in order.
+    json_served_at: Vec<Instant>,
 }
 
 /// A running fake server.
@@ -154,6 +156,15 @@ impl FakeServer {
             .unwrap_or_default()
     }
 
+    /// When each [`Step::Json`] body was first served, in order (taken from the script, before
+    /// its response is written): where a latency measured from the feed's side starts.
+    pub fn json_served_at(&self) -> Vec<Instant> {
+        self.script
+            .lock()
+            .map(|s| s.json_served_at.clone())
+            .unwrap_or_default()
+    }
+
     /// Steps not served yet.
     pub fn pending(&self) -> usize {
         self.script.lock().map(|s| s.steps.len()).unwrap_or(0)
@@ -171,6 +182,9 @@ impl FakeServer {
             match script.steps.pop_front() {
                 Some(step) => {
                     script.served.push(step.name());
+                    if matches!(step, Step::Json(_)) {
+                        script.json_served_at.push(Instant::now());
+                    }
                     Some(step)
                 }
                 None => {

@@ -116,16 +116,50 @@ impl Handler for Alerts<'_> {
             self.alerter = Alerter::new(self.alerter.rules().to_vec(), self.config.magnitude_step);
             rebuild(&mut self.alerter, self.settings, &self.config.output).await?;
         }
+        // The batch's alerts are sent together and told (log, console, webhooks) once the
+        // broker has acknowledged them: one wait per batch instead of one per alert.
+        let mut sends = Vec::new();
+        let mut raised = Vec::new();
         for record in batch {
             self.metrics.records.inc();
             match self.decide(record) {
-                Ok(Some((event, alert))) => self.emit(&event, &alert).await?,
+                Ok(Some((event, alert))) => {
+                    let body = serde_json::to_vec(&alert).unwrap_or_default();
+                    let send = self
+                        .producer
+                        .enqueue(
+                            &self.config.output,
+                            None,
+                            Some(&event.key),
+                            &body,
+                            event.time,
+                        )
+                        .await?;
+                    sends.push(send);
+                    raised.push((event.key, alert));
+                }
                 Ok(None) => {}
                 Err(Refused(reason)) => {
                     self.metrics.bad.inc();
                     out.refuse(record, format!("bad record: {reason}"));
                 }
             }
+        }
+        let mut failed = None;
+        for (delivery, (key, alert)) in futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .zip(raised)
+        {
+            match delivery {
+                // An alert on the topic is told even when another of the batch failed: after
+                // the restart it is read back as already raised, and would never be told.
+                Ok(_) => self.tell(&key, &alert)?,
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         out.release_all(batch);
         Ok(())
@@ -160,19 +194,15 @@ impl Alerts<'_> {
             .map(|alert| (event, alert)))
     }
 
-    /// An alert on the topic (acknowledged), in the log, on the console and queued for the
-    /// webhooks.
-    async fn emit(&mut self, event: &Event, alert: &Alert) -> Result<()> {
-        let body = serde_json::to_vec(alert).unwrap_or_default();
-        self.producer
-            .send(&self.config.output, Some(&event.key), &body, event.time)
-            .await?;
+    /// An alert the broker has acknowledged: counted, in the log, on the console and queued
+    /// for the webhooks.
+    fn tell(&mut self, key: &str, alert: &Alert) -> Result<()> {
         match alert.kind {
             Kind::New => self.metrics.new.inc(),
             Kind::Upgrade => self.metrics.upgrades.inc(),
             Kind::Cancel => self.metrics.cancels.inc(),
         }
-        self.log.write(&event.key, alert)?;
+        self.log.write(key, alert)?;
         if self.config.console {
             crate::process::console::print_out(&console::alert_box(
                 alert,

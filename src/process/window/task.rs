@@ -302,7 +302,7 @@ impl Processor {
     }
 
     /// Handles one batch; returns the offsets to commit once everything it sent is delivered.
-    /// Sends the progress of the input partitions assigned here, which moves the watermark: the
+    /// Packs the progress of the input partitions assigned here, which moves the watermark: the
     /// largest event time of each, and whether it is idle (nothing new for `idle_after` since
     /// it was assigned). A partition that never had a record is announced once it is idle.
     async fn announce(&mut self, assigned: &[i32], sends: &mut Vec<Pending>) -> Result<()> {
@@ -327,18 +327,15 @@ impl Processor {
                 None if idle && self.announced_empty.insert(partition) => (None, true),
                 None => continue,
             };
-            let wire = serde_json::to_vec(&Wire::Time {
+            let wire = Wire::Time {
                 src: partition,
                 max_time,
                 idle,
-            })
-            .unwrap_or_default();
+            };
             for q in 0..self.repartitions {
-                sends.push(Box::pin(
-                    self.producer
-                        .enqueue(&self.repartition, Some(q), None, &wire, max_time)
-                        .await?,
-                ));
+                if let Some(full) = self.packer.add(q, &wire) {
+                    sends.push(self.send_pack(q, &full).await?);
+                }
             }
         }
         Ok(())
@@ -363,12 +360,13 @@ impl Processor {
                 self.on_change(message, &mut sends).await?;
             }
         }
-        // The batch's changes, before the announcements that may close their windows.
-        for (q, pack) in self.packer.finish() {
-            sends.push(self.send_pack(q, &pack).await?);
-        }
         if announce {
             self.announce(assigned, &mut sends).await?;
+        }
+        // The batch's changes, then the announcements that may close their windows: one pack
+        // per repartition partition.
+        for (q, pack) in self.packer.finish() {
+            sends.push(self.send_pack(q, &pack).await?);
         }
         let now = chrono::Utc::now().timestamp_millis();
         let every = if draining {
