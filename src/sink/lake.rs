@@ -30,7 +30,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart, path::Path as Key};
 
 pub use self::config::LakeConfig;
-use self::encode::{FileEncoder, FileSchema, Format};
+use self::encode::{FileEncoder, FileSchema};
 use self::partition::Partitioner;
 use self::schema::parse_time;
 use self::template::Template;
@@ -269,6 +269,8 @@ impl Schemas {
 struct OpenFile {
     encoder: FileEncoder,
     first_offset: i64,
+    /// The file name's extension: its format's, compression included.
+    ext: &'static str,
 }
 
 /// One Kafka partition's segment: what was read since its last commit.
@@ -277,8 +279,8 @@ struct Segment {
     partition: i32,
     staging: PathBuf,
     schema: FileSchema,
-    /// The open files by partition directory and format.
-    files: BTreeMap<(String, Format), OpenFile>,
+    /// The open files by partition directory: one per configured format, in their order.
+    files: BTreeMap<String, Vec<OpenFile>>,
     objects: Vec<(String, Vec<u8>)>,
     first_offset: Option<i64>,
     next_offset: i64,
@@ -397,10 +399,9 @@ impl Lake<'_> {
                     Some(field) => event_time(payload, field),
                 };
                 let dir = self.partitioner.dir(time);
-                let mut outcome = Ok(());
-                for format in self.config.format.iter() {
-                    let slot = (dir.to_string(), format);
-                    if !segment.files.contains_key(&slot) {
+                if !segment.files.contains_key(dir) {
+                    let mut open = Vec::new();
+                    for format in self.config.format.iter() {
                         let compression = self
                             .config
                             .format
@@ -410,15 +411,16 @@ impl Lake<'_> {
                         let encoder =
                             FileEncoder::create(&temp, format, compression, &segment.schema)?
                                 .keep_raw_text(self.config.csv_raw_text);
-                        segment.files.insert(
-                            slot.clone(),
-                            OpenFile {
-                                encoder,
-                                first_offset: offset,
-                            },
-                        );
+                        open.push(OpenFile {
+                            encoder,
+                            first_offset: offset,
+                            ext,
+                        });
                     }
-                    let file = segment.files.get_mut(&slot).expect("just inserted");
+                    segment.files.insert(dir.to_string(), open);
+                }
+                let mut outcome = Ok(());
+                for file in segment.files.get_mut(dir).expect("just inserted") {
                     // A record one format cannot hold (a CSV or Parquet column type it does
                     // not fit) is refused; the formats that could hold it keep it.
                     if let Err(reason) = file.encoder.push(payload)? {
@@ -453,25 +455,22 @@ impl Lake<'_> {
         }
         let (topic, partition) = (segment.topic.clone(), segment.partition);
         let mut files = 0;
-        for ((dir, format), file) in std::mem::take(&mut segment.files) {
-            if file.encoder.records() == 0 {
+        for (dir, open) in std::mem::take(&mut segment.files) {
+            for file in open {
+                if file.encoder.records() == 0 {
+                    let temp = file.encoder.finish()?;
+                    let _ = std::fs::remove_file(temp);
+                    continue;
+                }
                 let temp = file.encoder.finish()?;
-                let _ = std::fs::remove_file(temp);
-                continue;
+                let name = format!(
+                    "{topic}/{dir}/{topic}-{partition}-{:020}.{}",
+                    file.first_offset, file.ext
+                );
+                retry(|| self.store.publish(&temp, &name)).await?;
+                files += 1;
+                crash_point();
             }
-            let temp = file.encoder.finish()?;
-            let ext = format.extension(
-                self.config
-                    .format
-                    .compression(format, self.config.compression),
-            );
-            let name = format!(
-                "{topic}/{dir}/{topic}-{partition}-{:020}.{ext}",
-                file.first_offset
-            );
-            retry(|| self.store.publish(&temp, &name)).await?;
-            files += 1;
-            crash_point();
         }
         let objects = std::mem::take(&mut segment.objects);
         let count = objects.len();
