@@ -137,6 +137,7 @@ fn main() {
         what: "broker produce (idempotent producer, lz4; RSS: the broker's, whole run)".into(),
         time: Some(produced),
         first_commit: None,
+        steady: None,
         rate: Some(n as f64 / produced.as_secs_f64()),
         rss_kb: broker_rss,
     });
@@ -144,6 +145,7 @@ fn main() {
         what: "raw read: plain rdkafka consumer, no commits (the ceiling)".into(),
         time: Some(raw),
         first_commit: None,
+        steady: None,
         rate: Some(ceiling),
         rss_kb: None,
     });
@@ -151,6 +153,7 @@ fn main() {
         what: "python3 `json.loads` per line (JSON Lines, in memory)".into(),
         time: python,
         first_commit: None,
+        steady: None,
         rate: python.map(|t| n as f64 / t.as_secs_f64()),
         rss_kb: None,
     });
@@ -167,6 +170,7 @@ fn main() {
             time: Some(drained.time),
             first_commit: drained.first_commit,
             rate: Some(n as f64 / drained.time.as_secs_f64()),
+            steady: drained.steady_rate(n),
             rss_kb: drained.rss_kb,
         });
     }
@@ -322,7 +326,21 @@ fn python_loads(dir: &Path, records: &[Record]) -> Option<Duration> {
 struct Drained {
     time: Duration,
     first_commit: Option<Duration>,
+    /// Input records covered by the group's first commit.
+    first_committed: i64,
     rss_kb: Option<u64>,
+}
+
+impl Drained {
+    /// The drain rate once running: the records after the first commit over the time after it
+    /// (what a component does once its group has formed, comparable with the raw read, which
+    /// joins no group).
+    fn steady_rate(&self, n: usize) -> Option<f64> {
+        let first = self.first_commit?;
+        let left = n as f64 - self.first_committed as f64;
+        let time = self.time.checked_sub(first)?.as_secs_f64();
+        (left > 0.0 && time > 0.0).then(|| left / time)
+    }
 }
 
 /// Runs one component against the filled topic until its group has committed all of it.
@@ -352,6 +370,7 @@ fn drain(bin: &Path, root: &Path, addr: &str, component: &str, ends: &[(i32, i64
     let start = Instant::now();
     let mut proc = Proc::start(component, &mut command, &data);
     let mut first_commit = None;
+    let mut first_committed = 0;
     let mut until_covered = |topic: &str, ends: &[(i32, i64)], proc: &mut Proc| loop {
         proc.check_running();
         assert!(
@@ -362,6 +381,7 @@ fn drain(bin: &Path, root: &Path, addr: &str, component: &str, ends: &[(i32, i64
         let committed = committed(&watcher, topic, ends);
         if first_commit.is_none() && committed.iter().any(Option::is_some) {
             first_commit = Some(start.elapsed());
+            first_committed = committed.iter().flatten().sum();
         }
         let covered = ends
             .iter()
@@ -384,6 +404,7 @@ fn drain(bin: &Path, root: &Path, addr: &str, component: &str, ends: &[(i32, i64
     Drained {
         time,
         first_commit,
+        first_committed,
         rss_kb,
     }
 }
@@ -608,6 +629,8 @@ struct Row {
     /// A component's start: from the spawn to its group's first commit.
     first_commit: Option<Duration>,
     rate: Option<f64>,
+    /// A component's rate after its first commit.
+    steady: Option<f64>,
     rss_kb: Option<u64>,
 }
 
@@ -621,13 +644,13 @@ fn table(
 ) -> String {
     let mut out = format!(
         "\n## Pipeline, end to end: N = {} records ({size:.0} bytes each on average)\n\n\
-         | what | time | of which to first commit | records/s | ratio to raw read | peak RSS |\n\
-         |---|---|---|---|---|---|\n",
+         | what | time | of which to first commit | records/s | ratio to raw read | records/s after first commit | its ratio to raw read | peak RSS |\n\
+         |---|---|---|---|---|---|---|---|\n",
         thousands(n as f64)
     );
     for row in rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
             row.what,
             row.time
                 .map_or("—".into(), |t| format!("{:.2} s", t.as_secs_f64())),
@@ -635,6 +658,9 @@ fn table(
                 .map_or("—".into(), |t| format!("{:.1} s", t.as_secs_f64())),
             row.rate.map_or("—".into(), thousands),
             row.rate
+                .map_or("—".into(), |r| format!("{:.2}", r / ceiling)),
+            row.steady.map_or("—".into(), thousands),
+            row.steady
                 .map_or("—".into(), |r| format!("{:.2}", r / ceiling)),
             row.rss_kb.map_or("—".into(), mib),
         ));

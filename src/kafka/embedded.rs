@@ -26,14 +26,15 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use super::front;
+use super::{front, store::Store};
 use crate::{
     config::BrokerConfig,
     error::{Error, Result},
 };
 
-/// tansu's broker with its group coordinator, over the storage engine chosen by URL.
-type TansuBroker = Broker<Controller<StorageContainer>, StorageContainer>;
+/// tansu's broker with its group coordinator, over tansu's SQLite engine wrapped in our
+/// [`Store`].
+type TansuBroker = Broker<Controller<Store>, Store>;
 
 /// File name of the broker's SQLite database inside `<data_dir>/broker`.
 pub const DB_FILE: &str = "tansu.db";
@@ -94,19 +95,30 @@ impl EmbeddedBroker {
         let storage = storage_url(&db)?;
         tracing::debug!(%addr, %internal_url, %advertised_url, %storage, "starting embedded broker");
 
-        let mut broker = TansuBroker::builder()
-            .node_id(NODE_ID)
+        let storage = StorageContainer::builder()
             .cluster_id(config.cluster_id.clone())
-            .incarnation_id(uuid::Uuid::new_v4())
-            .advertised_listener(advertised_url)
+            .node_id(NODE_ID)
+            .advertised_listener(advertised_url.clone())
             .storage(storage)
-            .listener(internal_url)
             .silent(true)
             .build()
             .await
             .map_err(|e| Error::Broker(format!("cannot open storage {}: {e}", db.display())))?;
-
         prepare_storage(&db).await?;
+        let store = Store::new(storage, &config.cluster_id, &db)
+            .await
+            .map_err(|e| Error::Broker(format!("cannot open storage {}: {e}", db.display())))?;
+        let groups = Controller::with_storage(store.clone())
+            .map_err(|e| Error::Broker(format!("cannot start the group coordinator: {e}")))?;
+        let mut broker = TansuBroker::new(
+            NODE_ID,
+            &config.cluster_id,
+            internal_url,
+            advertised_url,
+            store.clone(),
+            groups,
+            uuid::Uuid::new_v4(),
+        );
 
         let mut task = tokio::spawn({
             let shutdown = shutdown.clone();
@@ -122,7 +134,7 @@ impl EmbeddedBroker {
 
         wait_listening(&mut task, internal).await?;
         // Connections made meanwhile waited in the listener's backlog.
-        let front = tokio::spawn(front::serve(listener, internal, shutdown));
+        let front = tokio::spawn(front::serve(listener, internal, Some(store), shutdown));
         Ok(EmbeddedBroker {
             addr,
             advertised,

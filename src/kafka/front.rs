@@ -21,6 +21,8 @@
 
 use std::{collections::HashSet, io, net::SocketAddr, sync::Mutex};
 
+use tansu_sans_io::{FetchRequest, Frame as KafkaFrame};
+use tansu_storage::Topition;
 use tokio::{
     io::{
         AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
@@ -28,8 +30,12 @@ use tokio::{
     },
     net::{TcpListener, TcpStream},
     task::JoinSet,
+    time::{Duration, Instant},
 };
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::store::Store;
 
 /// Each direction of a connection reads and writes through buffers this large: fetch responses
 /// and produce requests move in big chunks, small frames in one write each.
@@ -42,6 +48,12 @@ const MAX_REQUEST: usize = 100 << 20;
 
 /// An ApiVersions answer larger than this is not one tansu wrote: it is forwarded unread.
 const MAX_API_VERSIONS: usize = 64 << 10;
+
+/// Fetch is API key 1. Its versions from 12 on have a flexible request header (with tags); from
+/// 15 on the body no longer starts with a replica id.
+const FETCH: i16 = 1;
+const FETCH_FLEXIBLE: i16 = 12;
+const FETCH_WITHOUT_REPLICA: i16 = 15;
 
 /// ApiVersions is API key 18; version 3 is its first flexible version, the one with tags.
 const API_VERSIONS: i16 = 18;
@@ -62,16 +74,22 @@ const DEFAULT_TAGS: [(u32, &[u8]); 4] = [
 
 /// Accepts connections on `listener` and relays each to the broker at `upstream`, until
 /// `shutdown` is cancelled: then it stops accepting, closes every connection and returns.
-pub async fn serve(listener: TcpListener, upstream: SocketAddr, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    store: Option<Store>,
+    shutdown: CancellationToken,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((client, peer)) => {
                     let shutdown = shutdown.clone();
+                    let store = store.clone();
                     connections.spawn(async move {
                         tokio::select! {
-                            result = relay(client, upstream) => {
+                            result = relay(client, upstream, store.as_ref()) => {
                                 if let Err(error) = result {
                                     tracing::debug!(%peer, %error, "broker connection ended");
                                 }
@@ -97,7 +115,11 @@ pub async fn serve(listener: TcpListener, upstream: SocketAddr, shutdown: Cancel
 }
 
 /// Relays one client connection until either side closes it or fails.
-async fn relay(mut client: TcpStream, upstream: SocketAddr) -> io::Result<()> {
+async fn relay(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    store: Option<&Store>,
+) -> io::Result<()> {
     let mut broker = TcpStream::connect(upstream).await?;
     // Kafka is request/response: Nagle's algorithm would hold small frames back.
     client.set_nodelay(true)?;
@@ -110,6 +132,7 @@ async fn relay(mut client: TcpStream, upstream: SocketAddr) -> io::Result<()> {
         BufReader::with_capacity(BUFFER, client_read),
         BufWriter::with_capacity(BUFFER, broker_write),
         &pending,
+        store,
     );
     let responses = responses(
         BufReader::with_capacity(BUFFER, broker_read),
@@ -128,12 +151,14 @@ async fn relay(mut client: TcpStream, upstream: SocketAddr) -> io::Result<()> {
     }
 }
 
-/// Client to broker: each frame is forwarded unchanged; the correlation ids of ApiVersions v3+
+/// Client to broker: each frame is forwarded unchanged, but for fetches, which the front holds
+/// until there is something to fetch ([`hold`]); the correlation ids of ApiVersions v3+
 /// requests are remembered for [`responses`].
 async fn requests(
     mut from: impl AsyncBufRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
     pending: &Mutex<HashSet<i32>>,
+    store: Option<&Store>,
 ) -> io::Result<()> {
     // size, api_key, api_version, correlation_id
     let mut head = [0u8; 12];
@@ -144,6 +169,15 @@ async fn requests(
             if key == API_VERSIONS && version >= FIRST_FLEXIBLE {
                 let correlation = i32::from_be_bytes([head[8], head[9], head[10], head[11]]);
                 lock(pending).insert(correlation);
+            }
+            if let Some(store) = store.filter(|_| key == FETCH) {
+                let mut frame = vec![0u8; 4 + size];
+                frame[..12].copy_from_slice(&head);
+                from.read_exact(&mut frame[12..]).await?;
+                hold(store, &mut frame).await;
+                to.write_all(&frame).await?;
+                to.flush().await?;
+                continue;
             }
         }
         forward(&mut from, &mut to, &head[..4 + header], size - header).await?;
@@ -236,6 +270,102 @@ async fn forward(
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
     Ok(())
+}
+
+/// Holds a fetch request until one of the partitions it reads has records past the offset it
+/// reads from, or until the client's `max_wait_ms` has passed, then sets its `max_wait_ms` to
+/// zero, so that tansu answers at once with what there is.
+///
+/// tansu 0.6 answers a fetch late whatever it finds: after reading, it sleeps half the time
+/// left of `max_wait_ms` (all of it under 250 ms), records or not. With librdkafka's 500 ms
+/// default a record produced while a consumer waited reached it 250 ms or more later, and a
+/// consumer catching up lost 250 ms per fetch. Here the wait is ours: it ends when the store
+/// reports a produce to one of the partitions asked for.
+///
+/// A request that cannot be read (or names a topic the broker does not know) is left as it is:
+/// tansu answers it as it always did.
+async fn hold(store: &Store, frame: &mut [u8]) {
+    let version = i16::from_be_bytes([frame[6], frame[7]]);
+    let Some(at) = max_wait_at(frame, version) else {
+        return;
+    };
+    let max_wait = i32::from_be_bytes([frame[at], frame[at + 1], frame[at + 2], frame[at + 3]]);
+    let Some(wanted) = wanted(store, frame).await else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_millis(u64::try_from(max_wait).unwrap_or(0));
+    let tide = store.tide();
+    loop {
+        // Armed before looking, so that a produce between the look and the wait is not missed.
+        let produced = tide.produced();
+        tokio::pin!(produced);
+        produced.as_mut().enable();
+        if ready(store, &wanted).await || tokio::time::timeout_at(deadline, produced).await.is_err()
+        {
+            break;
+        }
+    }
+    frame[at..at + 4].copy_from_slice(&0i32.to_be_bytes());
+}
+
+/// The partitions a fetch request reads and the offset it reads each from; `None` when the
+/// request cannot be read or names a topic by an id the broker does not know.
+async fn wanted(store: &Store, frame: &[u8]) -> Option<Vec<(Topition, i64)>> {
+    let decoded = KafkaFrame::request_from_bytes(frame).ok()?;
+    let request = FetchRequest::try_from(decoded.body).ok()?;
+    let mut wanted = Vec::new();
+    for topic in request.topics.unwrap_or_default() {
+        let name = match (topic.topic, topic.topic_id) {
+            (Some(name), _) => name,
+            (None, Some(id)) => store.topic_name(Uuid::from_bytes(id)).await.ok()??,
+            (None, None) => return None,
+        };
+        for partition in topic.partitions.unwrap_or_default() {
+            wanted.push((
+                Topition::new(name.clone(), partition.partition),
+                partition.fetch_offset,
+            ));
+        }
+    }
+    Some(wanted)
+}
+
+/// Whether any of the partitions has records at or past the offset asked for (or its end
+/// offset cannot be read: tansu will say why).
+async fn ready(store: &Store, wanted: &[(Topition, i64)]) -> bool {
+    for (topition, offset) in wanted {
+        match store.end_offset(topition).await {
+            Ok(end) if end <= *offset => {}
+            _ => return true,
+        }
+    }
+    // Nothing asked for: nothing to wait for either.
+    wanted.is_empty()
+}
+
+/// Where a fetch request frame (size prefix included) holds its `max_wait_ms`, checked to lie
+/// inside the frame.
+fn max_wait_at(frame: &[u8], version: i16) -> Option<usize> {
+    let mut r = Reader {
+        bytes: frame,
+        at: 12, // size, api_key, api_version, correlation_id
+    };
+    let client_id = i16::from_be_bytes(r.array()?);
+    if client_id > 0 {
+        r.skip(usize::try_from(client_id).ok()?)?;
+    }
+    if version >= FETCH_FLEXIBLE {
+        let tags = r.uvarint()?;
+        for _ in 0..tags {
+            r.tag()?;
+        }
+    }
+    if version < FETCH_WITHOUT_REPLICA {
+        r.skip(4)?; // replica_id
+    }
+    let at = r.at;
+    r.skip(4)?;
+    Some(at)
 }
 
 /// The set holds plain integers: a panic elsewhere cannot leave it inconsistent.
@@ -549,7 +679,7 @@ mod tests {
     async fn front(upstream: SocketAddr, shutdown: &CancellationToken) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, upstream, shutdown.clone()));
+        tokio::spawn(serve(listener, upstream, None, shutdown.clone()));
         addr
     }
 
@@ -621,5 +751,103 @@ mod tests {
         client.write_all(&(i32::MAX).to_be_bytes()).await.unwrap();
         assert_closed(&mut client).await;
         shutdown.cancel();
+    }
+
+    /// A fetch request frame of `version` as a client writes it, with `max_wait_ms` 321.
+    fn fetch_frame(version: i16, client_id: Option<&str>) -> Vec<u8> {
+        use tansu_sans_io::{
+            Header,
+            fetch_request::{FetchPartition, FetchTopic},
+        };
+        let mut partition = FetchPartition::default();
+        partition.partition = 2;
+        partition.fetch_offset = 77;
+        partition.partition_max_bytes = 1 << 20;
+        partition.current_leader_epoch = Some(-1);
+        partition.last_fetched_epoch = Some(-1);
+        partition.log_start_offset = Some(-1);
+        let mut topic = FetchTopic::default();
+        if version >= 13 {
+            topic.topic_id = Some([7; 16]);
+        } else {
+            topic.topic = Some("earthquakes".into());
+        }
+        topic.partitions = Some(vec![partition]);
+        let mut request = FetchRequest::default();
+        request.replica_id = (version < FETCH_WITHOUT_REPLICA).then_some(-1);
+        request.max_wait_ms = 321;
+        request.min_bytes = 1;
+        request.max_bytes = Some(52_428_800);
+        request.isolation_level = Some(0);
+        request.session_id = Some(0);
+        request.session_epoch = Some(-1);
+        request.topics = Some(vec![topic]);
+        request.forgotten_topics_data = Some(vec![]);
+        request.rack_id = Some(String::new());
+        let header = Header::Request {
+            api_key: FETCH,
+            api_version: version,
+            correlation_id: 9,
+            client_id: client_id.map(str::to_owned),
+        };
+        KafkaFrame::request(header, request.into())
+            .expect("encoded")
+            .to_vec()
+    }
+
+    #[test]
+    fn max_wait_is_found_in_every_fetch_version() {
+        for version in [4, 7, 11, 12, 13, 15, 16] {
+            for client_id in [None, Some(""), Some("quakestream-window")] {
+                let mut frame = fetch_frame(version, client_id);
+                let at = max_wait_at(&frame, version)
+                    .unwrap_or_else(|| panic!("v{version} {client_id:?}: not found"));
+                assert_eq!(
+                    &frame[at..at + 4],
+                    &321i32.to_be_bytes(),
+                    "v{version} {client_id:?}"
+                );
+                // Patched in place, the request still decodes, with the new wait.
+                frame[at..at + 4].copy_from_slice(&0i32.to_be_bytes());
+                let decoded = KafkaFrame::request_from_bytes(&frame[..]).expect("decodes");
+                let request = FetchRequest::try_from(decoded.body).expect("a fetch");
+                assert_eq!(request.max_wait_ms, 0, "v{version} {client_id:?}");
+                let topics = request.topics.expect("topics");
+                let partitions = topics[0].partitions.as_ref().expect("partitions");
+                assert_eq!(
+                    (partitions[0].partition, partitions[0].fetch_offset),
+                    (2, 77)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_cut_fetch_frame_has_no_max_wait() {
+        for version in [4, 12, 15] {
+            let frame = fetch_frame(version, Some("client"));
+            let at = max_wait_at(&frame, version).expect("whole frame");
+            for len in 12..at + 4 {
+                assert_eq!(
+                    max_wait_at(&frame[..len], version),
+                    None,
+                    "v{version} cut at {len}"
+                );
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_fetch_frames_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..200),
+            version in 0i16..20,
+        ) {
+            let mut frame = vec![0u8; 12];
+            frame.extend_from_slice(&bytes);
+            if let Some(at) = max_wait_at(&frame, version) {
+                prop_assert!(at + 4 <= frame.len());
+            }
+        }
     }
 }

@@ -10,6 +10,7 @@ pub mod embedded;
 pub mod front;
 pub mod producer;
 pub mod reader;
+pub mod store;
 pub mod topic;
 mod wire;
 
