@@ -85,6 +85,10 @@ impl Consumer {
             // consumers, peaked at 347 MiB on 200,000 records). 16 MiB is still over three
             // of the embedded broker's largest fetch answers (5 MiB).
             ("queued.max.messages.kbytes", QUEUED_KB.into()),
+            // Once the queue is over that, librdkafka waits `fetch.queue.backoff.ms` (1 s by
+            // default) before it fetches again, whether or not the queue has drained
+            // meanwhile: a component catching up idled for most of each second.
+            ("fetch.queue.backoff.ms", "10".into()),
         ];
         // A static member id lets a restarted process take its old place in the group at once.
         // With the broker in this same process there is no old place to take: it restarted

@@ -164,6 +164,9 @@ const HEADERS: &str = "select offset_id, k, v from header \
 const TOPITION: &str = "select tp.id from cluster c join topic t on t.cluster = c.id \
      join topition tp on tp.topic = t.id where c.name = ?1 and t.name = ?2 and tp.partition = ?3";
 
+/// The compression codec's bits of a batch's attributes.
+const COMPRESSION: i16 = 0b111;
+
 /// One stored record, as read.
 struct Row {
     offset: i64,
@@ -243,7 +246,10 @@ impl Reads {
             }
             found.push(Row {
                 offset: row.get::<i64>(0)?,
-                attributes: row.get::<Option<i32>>(1)?.unwrap_or(0) as i16,
+                // Stored uncompressed, served uncompressed: the codec the producer used (in
+                // the low three bits) would make tansu compress every answer again, and each
+                // client decompress it, for a loopback hop.
+                attributes: row.get::<Option<i32>>(1)?.unwrap_or(0) as i16 & !COMPRESSION,
                 timestamp: row.get::<Option<i64>>(2)?.unwrap_or(0),
                 key,
                 value,
