@@ -350,7 +350,12 @@ fn drain(bin: &Path, root: &Path, addr: &str, component: &str, ends: &[(i32, i64
     let config = data.join("bench.toml");
     std::fs::write(
         &config,
-        format!("[files]\ntopics = [\"{TOPIC}\"]\nroll_age = \"{FILES_ROLL_AGE}\"\n"),
+        // `--brokers` names the bench's broker, so `compression = "auto"` would mean lz4; the
+        // embedded broker stores records uncompressed, and `auto` picks none for it.
+        format!(
+            "[client]\ncompression = \"none\"\n\
+             [files]\ntopics = [\"{TOPIC}\"]\nroll_age = \"{FILES_ROLL_AGE}\"\n"
+        ),
     )
     .expect("bench config");
     let mut command = quakestream(bin, &data);

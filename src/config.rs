@@ -141,7 +141,9 @@ pub struct ClientConfig {
     /// the first connection).
     #[serde(with = "duration")]
     pub timeout: Duration,
-    /// Producer compression: `none`, `gzip`, `snappy`, `lz4` or `zstd`.
+    /// Producer compression: `auto`, `none`, `gzip`, `snappy`, `lz4` or `zstd`. `auto` is
+    /// `none` against the embedded broker (which stores records uncompressed, so compressing
+    /// them for a loopback hop only costs both sides CPU) and `lz4` against a cluster.
     pub compression: String,
     /// How long a producer waits to batch messages (`linger.ms`).
     #[serde(with = "duration")]
@@ -153,7 +155,7 @@ impl Default for ClientConfig {
         ClientConfig {
             id: "quakestream".into(),
             timeout: Duration::from_secs(10),
-            compression: "lz4".into(),
+            compression: "auto".into(),
             linger: Duration::from_millis(5),
         }
     }
@@ -242,6 +244,15 @@ impl Config {
         self.brokers.is_none()
     }
 
+    /// The codec quakestream's producers use: `client.compression`, with `auto` resolved.
+    pub fn compression(&self) -> String {
+        match self.client.compression.as_str() {
+            "auto" if self.embedded() => "none".into(),
+            "auto" => "lz4".into(),
+            other => other.into(),
+        }
+    }
+
     /// The bootstrap servers clients connect to.
     pub fn bootstrap(&self) -> String {
         match &self.brokers {
@@ -306,9 +317,11 @@ impl Config {
                 )));
             }
         }
-        if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&self.client.compression.as_str()) {
+        if !["auto", "none", "gzip", "snappy", "lz4", "zstd"]
+            .contains(&self.client.compression.as_str())
+        {
             return Err(bad(format!(
-                "client.compression = {:?}: expected none, gzip, snappy, lz4 or zstd",
+                "client.compression = {:?}: expected auto, none, gzip, snappy, lz4 or zstd",
                 self.client.compression
             )));
         }
@@ -577,6 +590,34 @@ mod tests {
         assert!(config.embedded());
         assert_eq!(config.bootstrap(), "127.0.0.1:9092");
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn automatic_compression_is_none_on_the_embedded_broker_and_lz4_on_a_cluster() {
+        let embedded = load_text("", &[]).unwrap();
+        assert_eq!(embedded.compression(), "none");
+        let cluster = load_text("brokers = \"kafka:9092\"\n", &[]).unwrap();
+        assert_eq!(cluster.compression(), "lz4");
+        let chosen = load_text(
+            "brokers = \"kafka:9092\"\n[client]\ncompression = \"zstd\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(chosen.compression(), "zstd");
+        let chosen = load_text("[client]\ncompression = \"lz4\"\n", &[]).unwrap();
+        assert_eq!(
+            chosen.compression(),
+            "lz4",
+            "a choice is kept on the embedded broker too"
+        );
+        let err = load_text("[client]\ncompression = \"brotli\"\n", &[])
+            .and_then(|c| c.validate())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("expected auto, none, gzip, snappy, lz4 or zstd"),
+            "{err}"
+        );
     }
 
     /// The error loading `text` with `env`, as the user reads it.

@@ -425,3 +425,98 @@ async fn kill_9_and_two_processes_give_the_finals_of_one_uninterrupted_process()
         assert!(process.wait(Duration::from_secs(30)).success());
     }
 }
+
+/// A record later than the allowed lateness goes to the dead-letter topic with its reason and
+/// the record itself, byte for byte, as it was on the input topic (read back from there: the
+/// repartition topic carries only the values the windows need).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_record_is_dead_lettered_with_the_record_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, stop_broker, mut settings) = common::embedded_broker(dir.path()).await;
+    settings.partitions = 1;
+    let base = 1_746_316_800_000i64; // 2025-05-04T00:00Z
+    let config = WindowConfig {
+        lateness: Duration::from_secs(60),
+        emit_interval: Duration::ZERO,
+        ..WindowConfig::default()
+    };
+    let input: TopicName = config.input.parse().unwrap();
+    Admin::connect(&settings)
+        .await
+        .unwrap()
+        .ensure_topics(std::slice::from_ref(&input))
+        .await
+        .unwrap();
+    let metrics = Arc::new(WindowMetrics::default());
+    let stop_window = tokio_util::sync::CancellationToken::new();
+    let window = tokio::spawn({
+        let (config, settings, metrics, stop) = (
+            config.clone(),
+            settings.clone(),
+            metrics.clone(),
+            stop_window.clone(),
+        );
+        let data_dir = dir.path().to_path_buf();
+        async move {
+            let ctx = Context::new(&settings, "quakestream-dlq", &data_dir, stop);
+            quakestream::runtime::StageSettings::run(&config, &ctx, metrics).await
+        }
+    });
+    let producer = Producer::new(&settings).unwrap();
+    let send = |key: &'static str, time: i64, mag: f64| {
+        let producer = &producer;
+        let input = input.clone();
+        async move {
+            let body = quake(key, time, time + MINUTE, Some(mag), false);
+            producer
+                .send(input.as_str(), Some(key), &body, Some(time))
+                .await
+                .unwrap();
+            body
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    // On time, then two hours later: the watermark passes the first one's window.
+    send("on-time", base, 2.0).await;
+    send("later", base + 120 * MINUTE, 3.0).await;
+    while metrics.watermark_ms.get() < base + 119 * MINUTE {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the watermark did not advance: {}",
+            metrics.watermark_ms.get()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let late = send("too-late", base + MINUTE, 4.5).await;
+    while metrics.late.get() < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the late record was not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_window.cancel();
+    window.await.unwrap().expect("the window processor ran");
+
+    let letters = read_topic(&settings, "quakestream-dlq").await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let (key, letter) = &letters[0];
+    assert_eq!(key, "too-late");
+    let reason = letter["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("late: event time 2025-05-04T00:01:00"),
+        "{reason}"
+    );
+    assert_eq!(letter["source"], "window");
+    assert_eq!(letter["topic"], "earthquakes");
+    assert_eq!(letter["offset"], 2);
+    assert_eq!(
+        letter["payload"].as_str().unwrap().as_bytes(),
+        &late[..],
+        "the letter carries the record as it was written"
+    );
+    assert_eq!(metrics.late.get(), 1);
+
+    stop_broker.cancel();
+    broker.stopped().await.unwrap();
+}

@@ -61,7 +61,7 @@ impl KafkaSettings {
             in_process_broker: false,
             client_id: config.client.id.clone(),
             timeout: config.client.timeout,
-            compression: config.client.compression.clone(),
+            compression: config.compression(),
             linger: config.client.linger,
             partitions: config.topics.partitions,
             replication_factor: config.topics.replication_factor,

@@ -18,7 +18,7 @@
 //! this file is the processor and its side of the consume loop.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     future::Future,
     pin::Pin,
     sync::Arc,
@@ -511,7 +511,9 @@ impl Processor {
                     t: *time,
                     v: values.to_vec(),
                     last: *last,
-                    raw: last.then(|| String::from_utf8_lossy(payload).into_owned()),
+                    // A late record's dead letter reads its record back from the input topic
+                    // (`input_payloads`): carrying it here doubled the repartition bytes.
+                    raw: None,
                 },
                 Op::Retract => Wire::Retract {
                     src: change.src,
@@ -578,7 +580,7 @@ impl Processor {
                              than the allowed lateness",
                             format_millis(time).unwrap_or_default()
                         );
-                        late.push((change, reason, raw.unwrap_or_default()));
+                        late.push((change, reason, raw));
                     }
                 }
             }
@@ -587,14 +589,52 @@ impl Processor {
             self.last_change
                 .insert(message.partition, std::time::Instant::now());
         }
-        for (change, reason, payload) in late {
+        let missing: Vec<(i32, i64)> = late
+            .iter()
+            .filter(|(_, _, raw)| raw.is_none())
+            .map(|(change, _, _)| (change.src, change.offset))
+            .collect();
+        let mut found = self.input_payloads(&missing).await?;
+        for (change, reason, raw) in late {
             let at = (change.src, change.offset);
+            // Gone from the input topic (retention): the letter still says where it was.
+            let payload = raw.or_else(|| found.remove(&at)).unwrap_or_default();
             sends.push(
                 self.dead_letter(Some(&change.key), reason, at, payload)
                     .await?,
             );
         }
         Ok(())
+    }
+
+    /// The payloads of the input records at `wanted` (partition, offset), read back from the
+    /// input topic: one read per partition, over the range the offsets span.
+    async fn input_payloads(&self, wanted: &[(i32, i64)]) -> Result<HashMap<(i32, i64), String>> {
+        if wanted.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+        for &(partition, offset) in wanted {
+            let range = ranges.entry(partition).or_insert((offset, offset + 1));
+            range.0 = range.0.min(offset);
+            range.1 = range.1.max(offset + 1);
+        }
+        let wanted: HashSet<(i32, i64)> = wanted.iter().copied().collect();
+        let (settings, topic) = (self.settings.clone(), self.config.input.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut found = HashMap::new();
+            for (partition, (from, to)) in ranges {
+                reader::scan_partition(&settings, &topic, partition, from, to, |m| {
+                    if wanted.contains(&(partition, m.offset())) {
+                        let payload = String::from_utf8_lossy(m.payload().unwrap_or_default());
+                        found.insert((partition, m.offset()), payload.into_owned());
+                    }
+                })?;
+            }
+            Ok::<_, Error>(found)
+        })
+        .await
+        .map_err(|e| Error::Broker(format!("reading back late records: {e}")))?
     }
 
     /// Queues one pack of changes for repartition partition `q`.

@@ -23,7 +23,8 @@ pub(super) enum Wire {
         v: Vec<Option<f64>>,
         last: bool,
         /// The input record, on the record's last window only: what a late record's dead
-        /// letter carries.
+        /// letter carries. No longer written (the letter reads the record back from the input
+        /// topic); read when a repartition topic written before holds it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         raw: Option<String>,
     },
