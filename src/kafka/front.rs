@@ -300,8 +300,15 @@ async fn hold(store: &Store, frame: &mut [u8]) {
         let produced = tide.produced();
         tokio::pin!(produced);
         produced.as_mut().enable();
-        if ready(store, &wanted).await || tokio::time::timeout_at(deadline, produced).await.is_err()
-        {
+        match ready(store, &wanted).await {
+            Some(true) => break,
+            Some(false) => {}
+            // A partition the broker cannot tell the end of (a topic deleted meanwhile): tansu
+            // answers as it always did, after its own wait, so a client that keeps asking does
+            // not spin.
+            None => return,
+        }
+        if tokio::time::timeout_at(deadline, produced).await.is_err() {
             break;
         }
     }
@@ -330,17 +337,17 @@ async fn wanted(store: &Store, frame: &[u8]) -> Option<Vec<(Topition, i64)>> {
     Some(wanted)
 }
 
-/// Whether any of the partitions has records at or past the offset asked for (or its end
-/// offset cannot be read: tansu will say why).
-async fn ready(store: &Store, wanted: &[(Topition, i64)]) -> bool {
+/// Whether any of the partitions has records at or past the offset asked for; `None` when the
+/// end offset of one cannot be read.
+async fn ready(store: &Store, wanted: &[(Topition, i64)]) -> Option<bool> {
     for (topition, offset) in wanted {
-        match store.end_offset(topition).await {
-            Ok(end) if end <= *offset => {}
-            _ => return true,
+        let end = store.end_offset(topition).await.ok()?;
+        if end > *offset {
+            return Some(true);
         }
     }
     // Nothing asked for: nothing to wait for either.
-    wanted.is_empty()
+    Some(wanted.is_empty())
 }
 
 /// Where a fetch request frame (size prefix included) holds its `max_wait_ms`, checked to lie

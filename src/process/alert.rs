@@ -289,7 +289,13 @@ impl Alerter {
     }
 
     /// The alert a revision raises, if any. Older revisions than one already seen raise nothing.
-    pub fn decide(&mut self, e: &Event, quake: &Value, now_ms: i64) -> Option<Alert> {
+    /// `quake` gives the whole record, asked for only when an alert is raised.
+    pub fn decide(
+        &mut self,
+        e: &Event,
+        quake: impl FnOnce() -> Value,
+        now_ms: i64,
+    ) -> Option<Alert> {
         let last = self.events.get(&e.key);
         if let (Some(last), Some(updated)) = (last, e.updated)
             && last.updated.is_some_and(|seen| updated <= seen)
@@ -346,7 +352,7 @@ impl Alerter {
             rules,
             reason,
             severity,
-            quake: quake.clone(),
+            quake: quake(),
             emitted_at: format_millis(now_ms).unwrap_or_default(),
         })
     }

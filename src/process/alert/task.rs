@@ -170,6 +170,47 @@ impl Handler for Alerts<'_> {
     }
 }
 
+/// The fields of a quake record that [`Event::from_json`] reads, and its id.
+#[derive(serde::Deserialize)]
+struct RuleFields {
+    id: Option<serde_json::Value>,
+    time: Option<serde_json::Value>,
+    updated: Option<serde_json::Value>,
+    mag: Option<serde_json::Value>,
+    alert: Option<serde_json::Value>,
+    tsunami: Option<serde_json::Value>,
+    lat: Option<serde_json::Value>,
+    lon: Option<serde_json::Value>,
+    status: Option<serde_json::Value>,
+}
+
+/// A JSON object holding only the fields of `payload` that the rules read (a null field left
+/// out, which they read alike); `None` when `payload` is not a JSON object or not read that
+/// way (a field given twice).
+fn rule_fields(payload: &[u8]) -> Option<serde_json::Value> {
+    // A derived struct also reads an array, by position.
+    if payload.trim_ascii_start().first() != Some(&b'{') {
+        return None;
+    }
+    let f: RuleFields = serde_json::from_slice(payload).ok()?;
+    let fields = [
+        ("id", f.id),
+        ("time", f.time),
+        ("updated", f.updated),
+        ("mag", f.mag),
+        ("alert", f.alert),
+        ("tsunami", f.tsunami),
+        ("lat", f.lat),
+        ("lon", f.lon),
+        ("status", f.status),
+    ];
+    let map = fields
+        .into_iter()
+        .filter_map(|(name, value)| Some((name.to_string(), value?)))
+        .collect();
+    Some(serde_json::Value::Object(map))
+}
+
 /// A record the alert processor cannot read, with the reason.
 struct Refused(&'static str);
 
@@ -177,7 +218,12 @@ impl Alerts<'_> {
     /// The alert one record calls for, if any.
     fn decide(&mut self, record: &Record) -> std::result::Result<Option<(Event, Alert)>, Refused> {
         let key = record.key_text();
-        let (event, quake) = serde_json::from_slice::<serde_json::Value>(&record.payload)
+        // Most records raise nothing: read only the fields the rules look at, and the whole
+        // record only for an alert. Anything the short read refuses (not an object, a field
+        // given twice) is read whole, as before.
+        let (event, quake) = rule_fields(&record.payload)
+            .map(Ok)
+            .unwrap_or_else(|| serde_json::from_slice::<serde_json::Value>(&record.payload))
             .map_err(|_| "the record is not valid JSON")
             .and_then(|v| {
                 let key = key
@@ -188,9 +234,10 @@ impl Alerts<'_> {
             })
             .map_err(Refused)?;
         let now = chrono::Utc::now().timestamp_millis();
+        let whole = || serde_json::from_slice(&record.payload).unwrap_or(quake);
         Ok(self
             .alerter
-            .decide(&event, &quake, now)
+            .decide(&event, whole, now)
             .map(|alert| (event, alert)))
     }
 
@@ -368,5 +415,94 @@ impl StageSettings for AlertsConfig {
         let result = consume::run(ctx, &spec, &mut handler).await;
         handler.webhooks.stop(Duration::from_secs(5)).await;
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// What the rules see of `payload`: read short, and read whole.
+    fn both(
+        payload: &[u8],
+    ) -> (
+        Option<Result<Event, &'static str>>,
+        Result<Event, &'static str>,
+    ) {
+        let short = rule_fields(payload).map(|v| Event::from_json("k", &v));
+        let whole = serde_json::from_slice::<Value>(payload)
+            .map_err(|_| "not JSON")
+            .and_then(|v| Event::from_json("k", &v));
+        (short, whole)
+    }
+
+    #[test]
+    fn the_short_read_sees_what_the_whole_read_sees() {
+        let quake = json!({
+            "id": "us7000abcd", "time": "2023-10-07T06:41:03.000Z",
+            "updated": "2023-10-07T07:00:00.000Z", "mag": 6.3, "alert": "red", "tsunami": 0,
+            "lat": 34.5, "lon": 62.0, "status": "reviewed", "place": "40 km NW of Herat",
+            "nested": {"mag": 1.0, "time": "x"}, "list": [1, 2, {"status": "deleted"}],
+        });
+        let (short, whole) = both(&serde_json::to_vec(&quake).unwrap());
+        assert_eq!(short.expect("read short"), whole);
+        assert_eq!(whole.as_ref().map(|e| e.mag), Ok(Some(6.3)));
+    }
+
+    #[test]
+    fn what_the_short_read_refuses_is_read_whole() {
+        // Not an object, a field twice, not JSON.
+        for payload in [
+            &b"[1, 2]"[..],
+            b"  \"text\"",
+            br#"{"mag": 5, "mag": 6}"#,
+            b"{",
+            b"",
+        ] {
+            assert!(rule_fields(payload).is_none(), "{payload:?}");
+        }
+    }
+
+    fn field() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-20.0f64..20.0).prop_map(|x| json!(x)),
+            (-400i64..400).prop_map(|x| json!(x)),
+            prop_oneof![
+                Just("2023-10-07T06:41:03.000Z"),
+                Just("deleted"),
+                Just("red"),
+                Just(""),
+                Just("yellow ")
+            ]
+            .prop_map(|s| json!(s)),
+            Just(json!([1, "a"])),
+            Just(json!({"mag": 9})),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn short_and_whole_reads_agree(
+            values in proptest::collection::vec(proptest::option::of(field()), 11),
+        ) {
+            let names = [
+                "id", "time", "updated", "mag", "alert", "tsunami", "lat", "lon", "status",
+                "place", "depth",
+            ];
+            let mut object = serde_json::Map::new();
+            for (name, value) in names.iter().zip(values) {
+                if let Some(value) = value {
+                    object.insert(name.to_string(), value);
+                }
+            }
+            let payload = serde_json::to_vec(&Value::Object(object)).unwrap();
+            let (short, whole) = both(&payload);
+            prop_assert_eq!(short.expect("an object is read short"), whole);
+        }
     }
 }

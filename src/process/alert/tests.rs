@@ -12,7 +12,7 @@ fn quake(mag: Option<f64>, alert: Option<&str>, tsunami: bool, updated: &str) ->
 
 fn decide(alerter: &mut Alerter, q: &Value) -> Option<Alert> {
     let event = Event::from_json("us1", q).unwrap();
-    alerter.decide(&event, q, 0)
+    alerter.decide(&event, || q.clone(), 0)
 }
 
 /// What `alerter` decides for a reviewed revision of magnitude `mag` updated at `updated`.
@@ -129,7 +129,7 @@ fn rules_combine_their_conditions() {
     let mut far = quake(Some(6.3), Some("red"), false, "2023-10-07T07:00:00Z");
     far["lat"] = json!(-33.0);
     let event = Event::from_json("far", &far).unwrap();
-    assert_eq!(a.decide(&event, &far, 0), None);
+    assert_eq!(a.decide(&event, || far.clone(), 0), None);
 }
 
 #[test]
