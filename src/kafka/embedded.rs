@@ -192,7 +192,7 @@ impl EmbeddedBroker {
 ///   summary records=0`). Forgetting the members at start makes each group form afresh with
 ///   the first member that joins as its leader. Committed offsets live in another table and
 ///   are kept.
-async fn prepare_storage(db: &Path) -> Result<()> {
+pub(super) async fn prepare_storage(db: &Path) -> Result<()> {
     let failed = |e: libsql::Error| Error::Broker(format!("preparing {}: {e}", db.display()));
     let database = libsql::Builder::new_local(db)
         .build()
@@ -201,6 +201,16 @@ async fn prepare_storage(db: &Path) -> Result<()> {
     let connection = database.connect().map_err(failed)?;
     for statement in [
         "create index if not exists quakestream_header_record on header (topition, offset_id)",
+        // Where the last batches of each idempotent producer went (see `store::Writes`): a
+        // batch sent again after its acknowledgement was lost is answered with its offset.
+        "create table if not exists quakestream_batch (\
+           producer_epoch integer not null references producer_epoch (id) on delete cascade, \
+           topition integer not null references topition (id) on delete cascade, \
+           base_sequence integer not null, \
+           last_sequence integer not null, \
+           base_offset integer not null, \
+           primary key (producer_epoch, topition, base_sequence))",
+        "create index if not exists quakestream_batch_topition on quakestream_batch (topition)",
         "delete from consumer_group_detail",
     ] {
         connection.execute(statement, ()).await.map_err(failed)?;
@@ -264,7 +274,7 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 /// tansu resolves a `sqlite://` URL's path against the working directory by pushing it onto
 /// it; an empty host and a path that starts with `//` make that push an absolute path, so the
 /// database lands exactly at `db` wherever the process runs.
-fn storage_url(db: &Path) -> Result<Url> {
+pub(super) fn storage_url(db: &Path) -> Result<Url> {
     let unusable = || {
         Error::Broker(format!(
             "the data directory path {} has characters the embedded broker cannot use (spaces, \
