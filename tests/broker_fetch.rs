@@ -86,18 +86,32 @@ fn payload(i: usize) -> Vec<u8> {
     (0..len).map(|j| b'a' + ((i + j) % 26) as u8).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_read_back_exactly_as_written_from_any_offset() {
-    let dir = tempfile::tempdir().unwrap();
-    let (broker, shutdown, mut settings) = common::embedded_broker(dir.path()).await;
+/// An embedded broker with a topic of one partition, and settings for its clients.
+async fn one_partition_topic(
+    dir: &std::path::Path,
+    name: &str,
+) -> (
+    quakestream::kafka::embedded::EmbeddedBroker,
+    tokio_util::sync::CancellationToken,
+    quakestream::kafka::KafkaSettings,
+    TopicName,
+) {
+    let (broker, shutdown, mut settings) = common::embedded_broker(dir).await;
     settings.partitions = 1;
-    let topic: TopicName = "fetch-check".parse().unwrap();
+    let topic: TopicName = name.parse().unwrap();
     Admin::connect(&settings)
         .await
         .unwrap()
         .ensure_topics(std::slice::from_ref(&topic))
         .await
         .unwrap();
+    (broker, shutdown, settings, topic)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_read_back_exactly_as_written_from_any_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, shutdown, settings, topic) = one_partition_topic(dir.path(), "fetch-check").await;
     let producer = Producer::new(&settings).unwrap();
     const N: usize = 1_500;
     let base_time = 1_700_000_000_000i64;
@@ -182,15 +196,7 @@ async fn records_read_back_exactly_as_written_from_any_offset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_fetch_is_answered_when_a_record_arrives() {
     let dir = tempfile::tempdir().unwrap();
-    let (broker, shutdown, mut settings) = common::embedded_broker(dir.path()).await;
-    settings.partitions = 1;
-    let topic: TopicName = "fetch-wait".parse().unwrap();
-    Admin::connect(&settings)
-        .await
-        .unwrap()
-        .ensure_topics(std::slice::from_ref(&topic))
-        .await
-        .unwrap();
+    let (broker, shutdown, settings, topic) = one_partition_topic(dir.path(), "fetch-wait").await;
     let producer = Producer::new(&settings).unwrap();
     producer
         .send(topic.as_str(), Some("before"), b"{}", None)
