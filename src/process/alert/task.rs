@@ -120,9 +120,11 @@ impl Handler for Alerts<'_> {
         // broker has acknowledged them: one wait per batch instead of one per alert.
         let mut sends = Vec::new();
         let mut raised = Vec::new();
+        // One clock reading for the batch: it stamps the alerts it raises.
+        let now = chrono::Utc::now().timestamp_millis();
         for record in batch {
             self.metrics.records.inc();
-            match self.decide(record) {
+            match self.decide(record, now) {
                 Ok(Some((event, alert))) => {
                     let body = serde_json::to_vec(&alert).unwrap_or_default();
                     let send = self
@@ -184,60 +186,67 @@ struct RuleFields {
     status: Option<serde_json::Value>,
 }
 
-/// A JSON object holding only the fields of `payload` that the rules read (a null field left
-/// out, which they read alike); `None` when `payload` is not a JSON object or not read that
-/// way (a field given twice).
-fn rule_fields(payload: &[u8]) -> Option<serde_json::Value> {
-    // A derived struct also reads an array, by position.
-    if payload.trim_ascii_start().first() != Some(&b'{') {
-        return None;
+impl RuleFields {
+    /// The fields of `payload` that the rules read; `None` when `payload` is not a JSON object
+    /// or not read that way (a field given twice).
+    fn of(payload: &[u8]) -> Option<RuleFields> {
+        // A derived struct also reads an array, by position.
+        if payload.trim_ascii_start().first() != Some(&b'{') {
+            return None;
+        }
+        serde_json::from_slice(payload).ok()
     }
-    let f: RuleFields = serde_json::from_slice(payload).ok()?;
-    let fields = [
-        ("id", f.id),
-        ("time", f.time),
-        ("updated", f.updated),
-        ("mag", f.mag),
-        ("alert", f.alert),
-        ("tsunami", f.tsunami),
-        ("lat", f.lat),
-        ("lon", f.lon),
-        ("status", f.status),
-    ];
-    let map = fields
-        .into_iter()
-        .filter_map(|(name, value)| Some((name.to_string(), value?)))
-        .collect();
-    Some(serde_json::Value::Object(map))
+
+    fn get(&self, name: &str) -> Option<&serde_json::Value> {
+        match name {
+            "id" => self.id.as_ref(),
+            "time" => self.time.as_ref(),
+            "updated" => self.updated.as_ref(),
+            "mag" => self.mag.as_ref(),
+            "alert" => self.alert.as_ref(),
+            "tsunami" => self.tsunami.as_ref(),
+            "lat" => self.lat.as_ref(),
+            "lon" => self.lon.as_ref(),
+            "status" => self.status.as_ref(),
+            _ => None,
+        }
+        // A null field reads as a missing one, as in a whole record.
+        .filter(|value| !value.is_null())
+    }
 }
 
 /// A record the alert processor cannot read, with the reason.
 struct Refused(&'static str);
 
 impl Alerts<'_> {
-    /// The alert one record calls for, if any.
-    fn decide(&mut self, record: &Record) -> std::result::Result<Option<(Event, Alert)>, Refused> {
+    /// The alert one record calls for, if any, at `now_ms`.
+    fn decide(
+        &mut self,
+        record: &Record,
+        now_ms: i64,
+    ) -> std::result::Result<Option<(Event, Alert)>, Refused> {
         let key = record.key_text();
+        let key_of = |id: Option<&serde_json::Value>| {
+            key.clone()
+                .or_else(|| id.and_then(|i| i.as_str()).map(String::from))
+                .ok_or("the record has neither a key nor an id")
+        };
         // Most records raise nothing: read only the fields the rules look at, and the whole
         // record only for an alert. Anything the short read refuses (not an object, a field
         // given twice) is read whole, as before.
-        let (event, quake) = rule_fields(&record.payload)
-            .map(Ok)
-            .unwrap_or_else(|| serde_json::from_slice::<serde_json::Value>(&record.payload))
-            .map_err(|_| "the record is not valid JSON")
-            .and_then(|v| {
-                let key = key
-                    .clone()
-                    .or_else(|| v.get("id").and_then(|i| i.as_str()).map(String::from))
-                    .ok_or("the record has neither a key nor an id")?;
-                Event::from_json(&key, &v).map(|e| (e, v))
-            })
-            .map_err(Refused)?;
-        let now = chrono::Utc::now().timestamp_millis();
-        let whole = || serde_json::from_slice(&record.payload).unwrap_or(quake);
+        let event = match RuleFields::of(&record.payload) {
+            Some(fields) => key_of(fields.get("id"))
+                .and_then(|key| Event::from_fields(&key, |name| fields.get(name))),
+            None => serde_json::from_slice::<serde_json::Value>(&record.payload)
+                .map_err(|_| "the record is not valid JSON")
+                .and_then(|v| key_of(v.get("id")).and_then(|key| Event::from_json(&key, &v))),
+        }
+        .map_err(Refused)?;
+        // Read whole once already, or short: either way the record is valid JSON.
+        let whole = || serde_json::from_slice(&record.payload).unwrap_or_default();
         Ok(self
             .alerter
-            .decide(&event, whole, now)
+            .decide(&event, whole, now_ms)
             .map(|alert| (event, alert)))
     }
 
@@ -432,7 +441,7 @@ mod tests {
         Option<Result<Event, &'static str>>,
         Result<Event, &'static str>,
     ) {
-        let short = rule_fields(payload).map(|v| Event::from_json("k", &v));
+        let short = RuleFields::of(payload).map(|f| Event::from_fields("k", |name| f.get(name)));
         let whole = serde_json::from_slice::<Value>(payload)
             .map_err(|_| "not JSON")
             .and_then(|v| Event::from_json("k", &v));
@@ -462,7 +471,7 @@ mod tests {
             b"{",
             b"",
         ] {
-            assert!(rule_fields(payload).is_none(), "{payload:?}");
+            assert!(RuleFields::of(payload).is_none(), "{payload:?}");
         }
     }
 
