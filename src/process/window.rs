@@ -873,6 +873,20 @@ impl Extractor {
         partition: i32,
         offset: i64,
     ) -> Result<Input, Reject> {
+        let now = chrono::Utc::now().timestamp_millis();
+        self.extract_at(payload, message_key, partition, offset, now)
+    }
+
+    /// [`Extractor::extract`] with the clock read by the caller (`now_ms`, epoch milliseconds;
+    /// what an event time may not be ahead of by more than the tolerance).
+    pub fn extract_at(
+        &self,
+        payload: &[u8],
+        message_key: Option<&[u8]>,
+        partition: i32,
+        offset: i64,
+        now_ms: i64,
+    ) -> Result<Input, Reject> {
         let value: Value =
             serde_json::from_slice(payload).map_err(|_| "the record is not valid JSON")?;
         let Value::Object(record) = &value else {
@@ -889,9 +903,7 @@ impl Extractor {
             Some(Value::Null) | None => return Err("the record has no event time"),
             Some(_) => return Err("the event time is neither a string nor a number"),
         };
-        let latest = chrono::Utc::now()
-            .timestamp_millis()
-            .saturating_add(self.ahead);
+        let latest = now_ms.saturating_add(self.ahead);
         if time > latest {
             return Err(
                 "the event time is ahead of the clock by more than [checks] future_tolerance",

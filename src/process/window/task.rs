@@ -180,6 +180,23 @@ struct Processor {
     changes: Vec<Change>,
 }
 
+/// The time a batch is handled at, read once for all its records.
+#[derive(Clone, Copy)]
+struct Clock {
+    instant: std::time::Instant,
+    /// Wall-clock epoch milliseconds.
+    millis: i64,
+}
+
+impl Clock {
+    fn now() -> Clock {
+        Clock {
+            instant: std::time::Instant::now(),
+            millis: chrono::Utc::now().timestamp_millis(),
+        }
+    }
+}
+
 /// A message taken out of the consumer.
 struct Incoming {
     input: bool,
@@ -354,12 +371,14 @@ impl Processor {
     ) -> Result<Vec<(String, i32, i64)>> {
         let mut sends: Vec<Pending> = Vec::new();
         let mut next: BTreeMap<(bool, i32), i64> = BTreeMap::new();
+        // One clock reading for the batch (two per record were 6% of a drain).
+        let clock = Clock::now();
         for message in batch {
             next.insert((message.input, message.partition), message.offset + 1);
             if message.input {
-                self.on_input(message, &mut sends).await?;
+                self.on_input(message, &mut sends, clock).await?;
             } else {
-                self.on_change(message, &mut sends).await?;
+                self.on_change(message, &mut sends, clock).await?;
             }
         }
         if announce {
@@ -459,7 +478,12 @@ impl Processor {
         Ok(commits)
     }
 
-    async fn on_input(&mut self, message: Incoming, sends: &mut Vec<Pending>) -> Result<()> {
+    async fn on_input(
+        &mut self,
+        message: Incoming,
+        sends: &mut Vec<Pending>,
+        clock: Clock,
+    ) -> Result<()> {
         if !self.assigners.contains_key(&message.partition) {
             let assigner = self
                 .rebuild_input(message.partition, message.offset)
@@ -467,15 +491,15 @@ impl Processor {
             self.assigners.insert(message.partition, assigner);
         }
         self.metrics.records.inc();
-        self.last_record
-            .insert(message.partition, std::time::Instant::now());
+        self.last_record.insert(message.partition, clock.instant);
         self.announced_empty.remove(&message.partition);
         let payload = message.payload.as_deref().unwrap_or_default();
-        let input = match self.extractor.extract(
+        let input = match self.extractor.extract_at(
             payload,
             message.key.as_deref(),
             message.partition,
             message.offset,
+            clock.millis,
         ) {
             Ok(input) => input,
             Err(reason) => {
@@ -535,7 +559,12 @@ impl Processor {
         Ok(())
     }
 
-    async fn on_change(&mut self, message: Incoming, sends: &mut Vec<Pending>) -> Result<()> {
+    async fn on_change(
+        &mut self,
+        message: Incoming,
+        sends: &mut Vec<Pending>,
+        clock: Clock,
+    ) -> Result<()> {
         if !self.combiners.contains_key(&message.partition) {
             let combiner = self
                 .rebuild_combiner(message.partition, message.offset)
@@ -588,8 +617,7 @@ impl Processor {
             }
         });
         if changed {
-            self.last_change
-                .insert(message.partition, std::time::Instant::now());
+            self.last_change.insert(message.partition, clock.instant);
         }
         let missing: Vec<(i32, i64)> = late
             .iter()
