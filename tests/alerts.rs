@@ -16,7 +16,6 @@ use quakestream::{
     fake::{FakeServer, Step},
     kafka::{KafkaSettings, producer::Producer},
     process::alert::{AlertsConfig, Geofence, RuleConfig, task::AlertMetrics},
-    runtime::Context,
     source::{fetch::HttpConfig, usgs::UsgsConfig},
 };
 use tokio_util::sync::CancellationToken;
@@ -58,20 +57,7 @@ struct Running {
 }
 
 fn start(config: AlertsConfig, settings: &KafkaSettings, data_dir: &std::path::Path) -> Running {
-    let metrics = Arc::new(AlertMetrics::default());
-    let stop = CancellationToken::new();
-    let task = tokio::spawn({
-        let (settings, metrics, stop, dir) = (
-            settings.clone(),
-            metrics.clone(),
-            stop.clone(),
-            data_dir.to_path_buf(),
-        );
-        async move {
-            let ctx = Context::new(&settings, "quakestream-dlq", &dir, stop);
-            quakestream::runtime::StageSettings::run(&config, &ctx, metrics).await
-        }
-    });
+    let (task, metrics, stop) = common::spawn_stage(&config, settings, data_dir);
     Running {
         metrics,
         stop,

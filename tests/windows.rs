@@ -72,34 +72,6 @@ fn results(records: &[(String, serde_json::Value)]) -> (Results, Results) {
     (last, finals)
 }
 
-/// The window processor as a task of this test: its handle, metrics and stop token.
-fn spawn_window(
-    config: &WindowConfig,
-    settings: &quakestream::kafka::KafkaSettings,
-    data_dir: &std::path::Path,
-) -> (
-    tokio::task::JoinHandle<quakestream::error::Result<()>>,
-    Arc<WindowMetrics>,
-    tokio_util::sync::CancellationToken,
-) {
-    let metrics = Arc::new(WindowMetrics::default());
-    let stop = tokio_util::sync::CancellationToken::new();
-    let window = tokio::spawn({
-        let (config, settings, metrics, stop) = (
-            config.clone(),
-            settings.clone(),
-            metrics.clone(),
-            stop.clone(),
-        );
-        let data_dir = data_dir.to_path_buf();
-        async move {
-            let ctx = Context::new(&settings, "quakestream-dlq", &data_dir, stop);
-            quakestream::runtime::StageSettings::run(&config, &ctx, metrics).await
-        }
-    });
-    (window, metrics, stop)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_revision_sequence_through_source_and_window_equals_the_fixture_oracle() {
     let dir = tempfile::tempdir().unwrap();
@@ -143,7 +115,7 @@ async fn the_revision_sequence_through_source_and_window_equals_the_fixture_orac
         emit_interval: Duration::ZERO,
         ..WindowConfig::default()
     };
-    let (window, metrics, stop_window) = spawn_window(&window_config, &settings, dir.path());
+    let (window, metrics, stop_window) = common::spawn_stage(&window_config, &settings, dir.path());
 
     let steps = files
         .iter()
@@ -461,7 +433,7 @@ async fn a_late_record_is_dead_lettered_with_the_record_itself() {
         .ensure_topics(std::slice::from_ref(&input))
         .await
         .unwrap();
-    let (window, metrics, stop_window) = spawn_window(&config, &settings, dir.path());
+    let (window, metrics, stop_window) = common::spawn_stage(&config, &settings, dir.path());
     let producer = Producer::new(&settings).unwrap();
     let send = |key: &'static str, time: i64, mag: f64| {
         let producer = &producer;

@@ -1214,6 +1214,24 @@ mod produce_tests {
         }
     }
 
+    /// A new idempotent producer in both databases: its (id, epoch), the same in both.
+    async fn new_producer(theirs: &StorageContainer, ours: &Store) -> (i64, i16) {
+        let a = theirs
+            .init_producer(None, 0, Some(-1), Some(-1))
+            .await
+            .expect("producer");
+        let b = ours
+            .init_producer(None, 0, Some(-1), Some(-1))
+            .await
+            .expect("producer");
+        assert_eq!(
+            (a.id, a.epoch),
+            (b.id, b.epoch),
+            "both databases give the same ids"
+        );
+        (a.id, a.epoch)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_store_answers_every_produce_as_tansu_does() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1230,35 +1248,12 @@ mod produce_tests {
             .await
             .expect("topic");
         ours.create_topic(topic, false).await.expect("topic");
-        let a = theirs
-            .init_producer(None, 0, Some(-1), Some(-1))
-            .await
-            .expect("producer");
-        let b = ours
-            .init_producer(None, 0, Some(-1), Some(-1))
-            .await
-            .expect("producer");
-        assert_eq!(
-            (a.id, a.epoch),
-            (b.id, b.epoch),
-            "fresh databases give the same ids"
-        );
-        let producer = (a.id, a.epoch);
-
-        let second = theirs
-            .init_producer(None, 0, Some(-1), Some(-1))
-            .await
-            .expect("producer");
-        let also = ours
-            .init_producer(None, 0, Some(-1), Some(-1))
-            .await
-            .expect("producer");
-        assert_eq!((second.id, second.epoch), (also.id, also.epoch));
+        let producer = new_producer(&theirs, &ours).await;
+        let second = new_producer(&theirs, &ours).await;
         assert_ne!(
-            second.id, producer.0,
+            second.0, producer.0,
             "tansu gives each producer an id of its own"
         );
-        let second = (second.id, second.epoch);
 
         use Expect::*;
         let script = [

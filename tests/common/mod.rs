@@ -741,3 +741,33 @@ impl SplitMix {
         (z ^ (z >> 31)) % n.max(1)
     }
 }
+
+/// A processor or sink run by a test as a task of its own, as the runtime runs one stage: its
+/// handle, counters and stop token.
+pub fn spawn_stage<S: quakestream::runtime::StageSettings>(
+    stage: &S,
+    settings: &quakestream::kafka::KafkaSettings,
+    data_dir: &Path,
+) -> (
+    tokio::task::JoinHandle<quakestream::error::Result<()>>,
+    std::sync::Arc<S::Counters>,
+    tokio_util::sync::CancellationToken,
+) {
+    let counters = std::sync::Arc::new(stage.counters());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let (stage, settings, counters, stop) = (
+            stage.clone(),
+            settings.clone(),
+            counters.clone(),
+            stop.clone(),
+        );
+        let data_dir = data_dir.to_path_buf();
+        async move {
+            let ctx =
+                quakestream::runtime::Context::new(&settings, "quakestream-dlq", &data_dir, stop);
+            stage.run(&ctx, counters).await
+        }
+    });
+    (task, counters, stop)
+}
