@@ -6,7 +6,6 @@ mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::Arc,
     time::Duration,
 };
 
@@ -14,9 +13,8 @@ use common::{fixture, read_topic, revision_sequence};
 use quakestream::{
     fake::{FakeServer, Step},
     kafka::{KafkaSettings, TopicName, admin::Admin, producer::Producer},
-    process::window::{WindowConfig, task::WindowMetrics},
+    process::window::WindowConfig,
     record::format_millis,
-    runtime::Context,
     source::{fetch::HttpConfig, usgs::UsgsConfig},
 };
 
