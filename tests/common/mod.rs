@@ -10,16 +10,55 @@ use std::{
     net::TcpListener,
     path::Path,
     process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc::{Receiver, RecvTimeoutError, channel},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc::{Receiver, RecvTimeoutError, channel},
+    },
     time::{Duration, Instant},
 };
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, below the system's ephemeral range.
+///
+/// A test that kills and restarts a broker binds the same port again. A port from the
+/// ephemeral range (what binding port 0 gives) can meanwhile become the source port of any
+/// outgoing connection on the machine (a parallel test's client, or a client connecting to
+/// the dead port, which Linux may then connect to itself), and the restart fails with
+/// "Address already in use". Ports below the range are never handed out that way. Within one
+/// test binary the ports are taken in turn from a random start, so parallel tests do not pick
+/// the same one.
 pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let (low, high) = fixed_port_range();
+    let span = u32::from(high - low);
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    let _ = NEXT.compare_exchange(u32::MAX, seed % span, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..span {
+        let port = low + (NEXT.fetch_add(1, Ordering::SeqCst) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
+}
+
+/// Up to 10,000 ports just below Linux's ephemeral range (32768 by default), above 10,000.
+fn fixed_port_range() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let high = ephemeral_low.max(12_000);
+    (
+        high.saturating_sub(10_000).max(10_000).min(high - 1_000),
+        high,
+    )
 }
 
 /// The `quakestream` binary, with a clean environment for its settings.
