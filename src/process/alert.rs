@@ -49,9 +49,29 @@ pub struct Event {
     pub deleted: bool,
 }
 
+/// A field's value as the rules read it: a number, a text or a boolean, anything else (or the
+/// wrong kind) read as missing.
+pub trait FieldValue {
+    fn number(&self) -> Option<f64>;
+    fn text(&self) -> Option<&str>;
+    fn boolean(&self) -> Option<bool>;
+}
+
+impl FieldValue for Value {
+    fn number(&self) -> Option<f64> {
+        self.as_f64()
+    }
+    fn text(&self) -> Option<&str> {
+        self.as_str()
+    }
+    fn boolean(&self) -> Option<bool> {
+        self.as_bool()
+    }
+}
+
 impl Event {
     /// Reads a quake record. Errors say what is wrong; the caller dead-letters the record.
-    pub fn from_json(key: &str, record: &Value) -> Result<Event, &'static str> {
+    pub fn from_json(key: impl Into<String>, record: &Value) -> Result<Event, &'static str> {
         let Value::Object(q) = record else {
             return Err("the record is not a JSON object");
         };
@@ -60,44 +80,33 @@ impl Event {
 
     /// [`Event::from_json`] over a record's fields as `field` gives them by name (`None`: not
     /// there).
-    pub fn from_fields<'a>(
-        key: &str,
-        field: impl Fn(&str) -> Option<&'a Value>,
+    pub fn from_fields<'a, V: FieldValue + 'a>(
+        key: impl Into<String>,
+        field: impl Fn(&str) -> Option<&'a V>,
     ) -> Result<Event, &'static str> {
-        let q = Fields(field);
-        let number = |name: &str| {
-            q.get(name)
-                .and_then(Value::as_f64)
-                .filter(|x| x.is_finite())
-        };
-        let time = |name: &str| q.get(name).and_then(Value::as_str).and_then(parse_millis);
+        let number = |name: &str| field(name).and_then(V::number).filter(|x| x.is_finite());
+        let text = |name: &str| field(name).and_then(V::text);
+        let time = |name: &str| text(name).and_then(parse_millis);
         let lat = number("lat").filter(|x| crate::record::LAT_RANGE.contains(x));
         let lon = number("lon").filter(|x| crate::record::LON_RANGE.contains(x));
-        let deleted = q
-            .get("status")
-            .and_then(Value::as_str)
-            .is_some_and(|s| s.eq_ignore_ascii_case("deleted"));
-        if !deleted && q.get("time").and_then(Value::as_str).is_none() {
+        let deleted = text("status").is_some_and(|s| s.eq_ignore_ascii_case("deleted"));
+        if !deleted && text("time").is_none() {
             return Err("the record has no origin time");
         }
         if number("mag").is_some_and(|m| !crate::record::MAG_RANGE.contains(&m)) {
             return Err("the magnitude is outside [-3, 10]");
         }
         Ok(Event {
-            key: key.to_string(),
+            key: key.into(),
             updated: time("updated"),
             time: time("time"),
             mag: number("mag"),
-            level: q
-                .get("alert")
-                .and_then(Value::as_str)
-                .and_then(level_rank)
-                .unwrap_or(0),
-            tsunami: match q.get("tsunami") {
-                Some(Value::Bool(b)) => *b,
-                Some(Value::Number(n)) => n.as_f64().is_some_and(|x| x != 0.0),
-                _ => false,
-            },
+            level: text("alert").and_then(level_rank).unwrap_or(0),
+            tsunami: field("tsunami").is_some_and(|t| {
+                t.boolean()
+                    .or_else(|| t.number().map(|x| x != 0.0))
+                    .unwrap_or(false)
+            }),
             lat,
             lon,
             deleted,
@@ -246,15 +255,6 @@ struct Last {
 }
 
 /// The rules and what each event has been alerted at.
-/// A record's fields by name, for [`Event::from_fields`].
-struct Fields<F>(F);
-
-impl<'a, F: Fn(&str) -> Option<&'a Value>> Fields<F> {
-    fn get(&self, name: &str) -> Option<&'a Value> {
-        (self.0)(name)
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Alerter {
     rules: Vec<Rule>,
