@@ -26,7 +26,13 @@ pub fn lookup_in<'v>(record: &'v Map<String, Value>, path: &str) -> Option<&'v V
 /// Whether [`lookup_in`] may use a top-level member named `name` for `path`: the member of
 /// exactly that name, or the first step of the walk.
 pub fn reaches(path: &str, name: &str) -> bool {
-    path == name || path.split_once('.').is_some_and(|(first, _)| first == name)
+    // Asked for every member of every record: compared as bytes, without searching for '.'
+    // in `path` (the first step is `name` when `path` goes on with a dot after it, and `name`
+    // has none).
+    path == name
+        || (path.as_bytes().get(name.len()) == Some(&b'.')
+            && path.starts_with(name)
+            && !name.as_bytes().contains(&b'.'))
 }
 
 /// Parses `payload` as one JSON value and, when it is an object, keeps only the top-level
@@ -213,6 +219,21 @@ mod tests {
             .unwrap()
             .unwrap();
         (find(&whole), find(&picked))
+    }
+
+    #[test]
+    fn a_path_reaches_its_own_name_and_its_first_step() {
+        assert!(reaches("a", "a"));
+        assert!(reaches("a.b", "a.b"));
+        assert!(reaches("a.b", "a"));
+        assert!(reaches("a.b.c", "a"));
+        assert!(!reaches("a.b.c", "a.b"));
+        assert!(!reaches("ab.c", "a"));
+        assert!(!reaches("a", "a.b"));
+        assert!(!reaches("a.b", "b"));
+        assert!(!reaches("a.b", ""));
+        assert!(reaches(".b", ""));
+        assert!(reaches("é.b", "é"));
     }
 
     #[test]
