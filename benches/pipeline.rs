@@ -14,11 +14,17 @@
 //! 4. **Drain** of each component, one after another against the filled topic, each its own
 //!    process (`quakestream --brokers … run alerts|files|window`) with a fresh data directory
 //!    and consumer group: from the spawn (so process start and joining the group are in the
-//!    figure) until the group's committed offsets, read every 200 ms, cover the whole topic.
+//!    figure) until the group's committed offsets, read every 100 ms, cover the whole topic.
+//!    Its rate *once joined* counts from the moment its last group assigned it partitions (the
+//!    timestamp of its `partitions assigned` log line) instead of the spawn: what it does once
+//!    running, without the join, which on the embedded broker tansu holds 3 s for each static
+//!    member's JoinGroup and SyncGroup. Each round's alert processor writes a topic of its own
+//!    (it reads its output back at the start, and an event alerted before raises nothing).
 //!    The window processor has two stages; it is done when its repartition topic is covered
 //!    too, up to the end it had when the input was covered. The files sink (Parquet, snappy)
 //!    reads only `earthquakes` and rolls every [`FILES_ROLL_AGE`] instead of 60 s, since it
-//!    commits only when files roll and the default would make the figure mostly waiting. Peak
+//!    commits only when files roll: the last files of a drain wait that long before they are
+//!    written and committed, so at 2 s (as before) most of its figure was that wait. Peak
 //!    RSS is `VmHWM` of `/proc/<pid>/status` just before the process is stopped with SIGINT.
 //! 5. **Feed-to-browser latency**: `quakestream up` (embedded broker, defaults) polls a
 //!    [`FakeServer`] every 730 ms; the bench follows the dashboard's live stream
@@ -28,10 +34,18 @@
 //!    event's `quake` message arrives on the stream. The poll interval is not in the figure; a
 //!    random 0–1 s pause before each sample keeps samples off the phase of any timer.
 //!
+//! Steps 2–4 run in rounds (default 3; `QS_BENCH_ROUNDS`): a round is one raw read, one
+//! Python pass and one drain of each component, so that each ratio compares figures taken
+//! within a minute or two of each other. `QS_BENCH_COMPONENTS` (say `alerts,window`) drains
+//! only those. The table gives the median of the rounds, each round's ratio once joined, and
+//! the highest peak RSS. `QS_BENCH_QUAKESTREAM=/path/to/quakestream` runs another build of the
+//! binary (an earlier commit's) in the same harness.
+//!
 //! It prints one markdown table. Timing is reported, never asserted. Not run by `cargo test`.
 //!
 //!     scripts/bench-pipeline.sh            # or: cargo bench --bench pipeline
 //!     QS_BENCH_RECORDS=50000 QS_BENCH_LATENCY_SAMPLES=10 scripts/bench-pipeline.sh
+//!     QS_BENCH_ROUNDS=5 QS_BENCH_COMPONENTS=alerts scripts/bench-pipeline.sh
 
 use std::{
     fs::File,
@@ -63,9 +77,9 @@ const FEED_PATH: &str = "/earthquakes/feed/v1.0/summary/all_day.geojson";
 /// Sends waiting for their acknowledgement at once (below librdkafka's 100,000-message queue).
 const IN_FLIGHT: usize = 20_000;
 /// Between two reads of a group's committed offsets.
-const WATCH_EVERY: Duration = Duration::from_millis(200);
+const WATCH_EVERY: Duration = Duration::from_millis(100);
 /// The files sink's `roll_age` here (see the module comment).
-const FILES_ROLL_AGE: &str = "2s";
+const FILES_ROLL_AGE: &str = "250ms";
 /// The fake feed's poll interval under `up`: not a multiple of any round timer in the pipeline
 /// (librdkafka's 500 ms fetch wait, 1 s ticks), so successive samples meet those timers at
 /// different phases instead of drifting slowly across them.
@@ -80,7 +94,11 @@ fn main() {
     // `cargo bench` passes `--bench`; this harness takes no arguments.
     let n = env_number("QS_BENCH_RECORDS").unwrap_or(200_000).max(1);
     let samples = env_number("QS_BENCH_LATENCY_SAMPLES").unwrap_or(30).max(1);
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_quakestream"));
+    // Another build to compare with (an earlier commit's, say), run by the same harness.
+    let bin = std::env::var_os("QS_BENCH_QUAKESTREAM").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_quakestream")),
+        PathBuf::from,
+    );
     let runtime = Runtime::new().expect("tokio runtime");
     let dir = tempfile::tempdir().expect("temp dir");
     let records = records(n);
@@ -90,7 +108,12 @@ fn main() {
         "pipeline bench: {n} records, {size:.0} bytes each on average, {samples} latency samples, binary {}",
         bin.display()
     );
-    let mut rows = Vec::new();
+    let rounds = env_number("QS_BENCH_ROUNDS").unwrap_or(3).max(1);
+    let components = components();
+    eprintln!(
+        "{rounds} rounds of the raw read, python3 and {}",
+        components.join(", ")
+    );
 
     // 1. Produce.
     let broker_dir = data_dir(dir.path(), "broker");
@@ -103,61 +126,70 @@ fn main() {
     broker.wait_for_line("Press Ctrl+C", START_LIMIT);
     let produced = runtime.block_on(produce(&addr, &records));
     eprintln!("produce: {}", rate(n, produced));
-
-    // 2. Raw read.
-    let (raw, read) = raw_read(&addr, n);
-    eprintln!("raw read: {} ({read} payload bytes)", rate(n, raw));
-    let ceiling = n as f64 / raw.as_secs_f64();
-
-    // 3. Python.
-    let python = python_loads(dir.path(), &records);
-    match python {
-        Some(t) => eprintln!("python3 json.loads: {}", rate(n, t)),
-        None => eprintln!("python3 json.loads: not measured (no python3)"),
-    }
+    let jsonl = write_jsonl(dir.path(), &records);
     drop(records);
 
-    // 4. Each component's drain.
+    // 2.–4., `rounds` times: the raw read, python3's pass and each component's drain one after
+    // another, so that a round's ratios compare figures taken within a minute or two of each
+    // other (on this shared machine the raw read alone moves by up to 2x between runs).
     let ends = end_offsets(&addr, TOPIC);
-    let mut drains = Vec::new();
-    for component in ["alerts", "files", "window"] {
-        let drained = drain(&bin, dir.path(), &addr, component, &ends);
+    let mut raws = Vec::new();
+    let mut pythons = Vec::new();
+    let mut drains: Vec<(&str, Vec<Drained>)> =
+        components.iter().map(|c| (*c, Vec::new())).collect();
+    for round in 1..=rounds {
+        let (raw, read) = raw_read(&addr, n);
         eprintln!(
-            "run {component}: {} (first commit after {:.1} s), peak RSS {}",
-            rate(n, drained.time),
-            drained.first_commit.map_or(f64::NAN, |t| t.as_secs_f64()),
-            mib(drained.rss_kb)
+            "round {round}: raw read: {} ({read} payload bytes)",
+            rate(n, raw)
         );
-        drains.push((component, drained));
+        raws.push(raw);
+        match python_loads(&jsonl) {
+            Some(t) => {
+                eprintln!("round {round}: python3 json.loads: {}", rate(n, t));
+                pythons.push(t);
+            }
+            None => eprintln!("round {round}: python3 json.loads: not measured (no python3)"),
+        }
+        for (component, runs) in &mut drains {
+            let drained = drain(&bin, dir.path(), &addr, component, round, &ends);
+            eprintln!(
+                "round {round}: run {component}: {} (partitions assigned after {:.1} s), peak RSS {}",
+                rate(n, drained.time),
+                drained.joined.map_or(f64::NAN, |t| t.as_secs_f64()),
+                mib(drained.rss_kb)
+            );
+            runs.push(drained);
+        }
     }
+    let _ = std::fs::remove_file(&jsonl);
     let broker_rss = broker.peak_rss_kb();
     broker.stop();
 
-    rows.push(Row {
-        what: "broker produce (idempotent producer, lz4; RSS: the broker's, whole run)".into(),
-        time: Some(produced),
-        first_commit: None,
-        steady: None,
-        rate: Some(n as f64 / produced.as_secs_f64()),
-        rss_kb: broker_rss,
-    });
-    rows.push(Row {
-        what: "raw read: plain rdkafka consumer, no commits (the ceiling)".into(),
-        time: Some(raw),
-        first_commit: None,
-        steady: None,
-        rate: Some(ceiling),
-        rss_kb: None,
-    });
-    rows.push(Row {
-        what: "python3 `json.loads` per line (JSON Lines, in memory)".into(),
-        time: python,
-        first_commit: None,
-        steady: None,
-        rate: python.map(|t| n as f64 / t.as_secs_f64()),
-        rss_kb: None,
-    });
-    for (component, drained) in &drains {
+    let ceilings: Vec<f64> = raws.iter().map(|t| n as f64 / t.as_secs_f64()).collect();
+    let timed = |t: &Duration| Run {
+        time: Some(*t),
+        rate: Some(n as f64 / t.as_secs_f64()),
+        ..Run::default()
+    };
+    let mut rows = vec![
+        Row {
+            what: "broker produce (idempotent producer, lz4; RSS: the broker's, whole run)".into(),
+            runs: vec![timed(&produced)],
+            rss_kb: broker_rss,
+        },
+        Row {
+            what: "raw read: plain rdkafka consumer, no commits (the ceiling)".into(),
+            runs: raws.iter().map(timed).collect(),
+            rss_kb: None,
+        },
+        Row {
+            what: "python3 `json.loads` per line (JSON Lines, in memory)".into(),
+            runs: pythons.iter().map(timed).collect(),
+            rss_kb: None,
+        },
+    ];
+    for (component, runs) in &drains {
         let what = match *component {
             "files" => {
                 format!("`run files` (Parquet snappy, earthquakes only, roll_age {FILES_ROLL_AGE})")
@@ -167,18 +199,23 @@ fn main() {
         };
         rows.push(Row {
             what,
-            time: Some(drained.time),
-            first_commit: drained.first_commit,
-            rate: Some(n as f64 / drained.time.as_secs_f64()),
-            steady: drained.steady_rate(n),
-            rss_kb: drained.rss_kb,
+            runs: runs
+                .iter()
+                .map(|drained| Run {
+                    time: Some(drained.time),
+                    joined: drained.joined,
+                    rate: Some(n as f64 / drained.time.as_secs_f64()),
+                    once_joined: drained.rate_once_joined(n),
+                })
+                .collect(),
+            rss_kb: runs.iter().filter_map(|d| d.rss_kb).max(),
         });
     }
 
     // 5. Feed-to-browser latency.
     let latencies = latency(&bin, dir.path(), &runtime, samples);
 
-    println!("{}", table(n, size, ceiling, &rows, python, &latencies));
+    println!("{}", table(n, size, &ceilings, &rows, &latencies));
 }
 
 /// One record as it goes to the topic.
@@ -290,8 +327,8 @@ fn raw_read(addr: &str, n: usize) -> (Duration, usize) {
     (start.elapsed(), bytes)
 }
 
-/// Times `json.loads` over the records' values in `python3`, or `None` without python3.
-fn python_loads(dir: &Path, records: &[Record]) -> Option<Duration> {
+/// The records' values as a JSON Lines file for python3.
+fn write_jsonl(dir: &Path, records: &[Record]) -> PathBuf {
     let path = dir.join("records.jsonl");
     let mut file = std::io::BufWriter::new(File::create(&path).expect("jsonl file"));
     for r in records {
@@ -299,7 +336,11 @@ fn python_loads(dir: &Path, records: &[Record]) -> Option<Duration> {
         file.write_all(b"\n").expect("write jsonl");
     }
     file.flush().expect("write jsonl");
-    drop(file);
+    path
+}
+
+/// Times `json.loads` over the lines of `jsonl` in `python3`, or `None` without python3.
+fn python_loads(jsonl: &Path) -> Option<Duration> {
     let script = "import json, sys, time\n\
                   lines = open(sys.argv[1], 'rb').read().splitlines()\n\
                   start = time.perf_counter()\n\
@@ -307,10 +348,9 @@ fn python_loads(dir: &Path, records: &[Record]) -> Option<Duration> {
                   print(time.perf_counter() - start)\n";
     let output = Command::new("python3")
         .args(["-c", script])
-        .arg(&path)
+        .arg(jsonl)
         .output()
         .ok()?;
-    let _ = std::fs::remove_file(&path);
     if !output.status.success() {
         eprintln!("python3: {}", String::from_utf8_lossy(&output.stderr));
         return None;
@@ -325,28 +365,53 @@ fn python_loads(dir: &Path, records: &[Record]) -> Option<Duration> {
 /// What one component's drain came to.
 struct Drained {
     time: Duration,
-    first_commit: Option<Duration>,
-    /// Input records covered by the group's first commit.
-    first_committed: i64,
+    /// From the spawn to the moment the last of its consumer groups assigned it partitions (its
+    /// `partitions assigned` log line).
+    joined: Option<Duration>,
     rss_kb: Option<u64>,
 }
 
 impl Drained {
-    /// The drain rate once running: the records after the first commit over the time after it
-    /// (what a component does once its group has formed, comparable with the raw read, which
-    /// joins no group).
-    fn steady_rate(&self, n: usize) -> Option<f64> {
-        let first = self.first_commit?;
-        let left = n as f64 - self.first_committed as f64;
-        let time = self.time.checked_sub(first)?.as_secs_f64();
-        (left > 0.0 && time > 0.0).then(|| left / time)
+    /// The drain rate once the component's groups have formed: all N records over the time
+    /// from joining to the commit that covers them (what it does once running, comparable with
+    /// the raw read, which joins no group; tansu holds each static member's join 3 s).
+    fn rate_once_joined(&self, n: usize) -> Option<f64> {
+        let time = self.time.checked_sub(self.joined?)?.as_secs_f64();
+        (time > 0.0).then(|| n as f64 / time)
     }
 }
 
+/// When, after `spawned`, the last of a component's groups was assigned partitions, read from
+/// the timestamps of its `partitions assigned` log lines (the first line of each group).
+fn joined(stderr: &Path, spawned: std::time::SystemTime) -> Option<Duration> {
+    let log = std::fs::read_to_string(stderr).ok()?;
+    let mut groups: Vec<(&str, chrono::DateTime<chrono::FixedOffset>)> = Vec::new();
+    for line in log.lines().filter(|l| l.contains("partitions assigned")) {
+        let at = chrono::DateTime::parse_from_rfc3339(line.split_whitespace().next()?).ok()?;
+        let group = line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("group="))
+            .unwrap_or("");
+        if !groups.iter().any(|(g, _)| *g == group) {
+            groups.push((group, at));
+        }
+    }
+    let last = groups.iter().map(|(_, at)| *at).max()?;
+    let spawned: chrono::DateTime<chrono::Utc> = spawned.into();
+    (last.with_timezone(&chrono::Utc) - spawned).to_std().ok()
+}
+
 /// Runs one component against the filled topic until its group has committed all of it.
-fn drain(bin: &Path, root: &Path, addr: &str, component: &str, ends: &[(i32, i64)]) -> Drained {
-    let data = data_dir(root, component);
-    let group = format!("quakestream-bench-{component}");
+fn drain(
+    bin: &Path,
+    root: &Path,
+    addr: &str,
+    component: &str,
+    round: usize,
+    ends: &[(i32, i64)],
+) -> Drained {
+    let data = data_dir(root, &format!("{component}-{round}"));
+    let group = format!("quakestream-bench-{component}-{round}");
     let config = data.join("bench.toml");
     std::fs::write(
         &config,
@@ -366,17 +431,19 @@ fn drain(bin: &Path, root: &Path, addr: &str, component: &str, ends: &[(i32, i64
         .env(
             format!("QUAKESTREAM_{}_GROUP_ID", component.to_uppercase()),
             &group,
-        );
+        )
+        // A round of its own: the alert processor reads its output topic back at the start,
+        // and events alerted in an earlier round would raise nothing.
+        .env("QUAKESTREAM_ALERTS_OUTPUT", format!("bench-alerts-{round}"));
     let watcher: BaseConsumer = client(addr)
         .set("group.id", &group)
         .set("enable.auto.commit", "false")
         .create()
         .expect("offsets reader");
     let start = Instant::now();
+    let spawned = std::time::SystemTime::now();
     let mut proc = Proc::start(component, &mut command, &data);
-    let mut first_commit = None;
-    let mut first_committed = 0;
-    let mut until_covered = |topic: &str, ends: &[(i32, i64)], proc: &mut Proc| loop {
+    let until_covered = |topic: &str, ends: &[(i32, i64)], proc: &mut Proc| loop {
         proc.check_running();
         assert!(
             start.elapsed() < DRAIN_LIMIT,
@@ -384,10 +451,6 @@ fn drain(bin: &Path, root: &Path, addr: &str, component: &str, ends: &[(i32, i64
             proc.tail()
         );
         let committed = committed(&watcher, topic, ends);
-        if first_commit.is_none() && committed.iter().any(Option::is_some) {
-            first_commit = Some(start.elapsed());
-            first_committed = committed.iter().flatten().sum();
-        }
         let covered = ends
             .iter()
             .zip(&committed)
@@ -408,8 +471,7 @@ fn drain(bin: &Path, root: &Path, addr: &str, component: &str, ends: &[(i32, i64
     proc.stop();
     Drained {
         time,
-        first_commit,
-        first_committed,
+        joined: joined(&proc.stderr, spawned),
         rss_kb,
     }
 }
@@ -630,51 +692,123 @@ fn collection(features: &[serde_json::Value]) -> Vec<u8> {
 /// One line of the table.
 struct Row {
     what: String,
-    time: Option<Duration>,
-    /// A component's start: from the spawn to its group's first commit.
-    first_commit: Option<Duration>,
-    rate: Option<f64>,
-    /// A component's rate after its first commit.
-    steady: Option<f64>,
+    /// One per round (the produce: one).
+    runs: Vec<Run>,
+    /// The highest of the rounds.
     rss_kb: Option<u64>,
 }
 
-fn table(
-    n: usize,
-    size: f64,
-    ceiling: f64,
-    rows: &[Row],
-    python: Option<Duration>,
-    latencies: &[Duration],
-) -> String {
+/// One round's figures of a row.
+#[derive(Clone, Copy, Default)]
+struct Run {
+    time: Option<Duration>,
+    /// A component's start: from the spawn to its groups' partitions.
+    joined: Option<Duration>,
+    rate: Option<f64>,
+    /// A component's rate once its groups formed.
+    once_joined: Option<f64>,
+}
+
+/// The components to drain: `QS_BENCH_COMPONENTS` (comma-separated), or all three.
+fn components() -> Vec<&'static str> {
+    const ALL: [&str; 3] = ["alerts", "files", "window"];
+    let Ok(wanted) = std::env::var("QS_BENCH_COMPONENTS") else {
+        return ALL.to_vec();
+    };
+    wanted
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(|name| {
+            ALL.into_iter().find(|c| *c == name).unwrap_or_else(|| {
+                panic!(
+                    "QS_BENCH_COMPONENTS: {name:?} is not one of {}",
+                    ALL.join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+/// The median of what is there (the mean of the middle two of an even count).
+fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
+    let mut values: Vec<f64> = values.into_iter().filter(|v| v.is_finite()).collect();
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    match values.len() {
+        0 => None,
+        len if len % 2 == 1 => Some(values[mid]),
+        _ => Some((values[mid - 1] + values[mid]) / 2.0),
+    }
+}
+
+fn table(n: usize, size: f64, ceilings: &[f64], rows: &[Row], latencies: &[Duration]) -> String {
+    let rounds = ceilings.len();
+    let ceiling = median(ceilings.iter().copied()).unwrap_or(f64::NAN);
+    // A round's ratio is against that round's raw read; the produce, measured once, against the
+    // median raw read.
+    let ratios = |runs: &[Run], pick: fn(&Run) -> Option<f64>| -> Vec<f64> {
+        runs.iter()
+            .enumerate()
+            .filter_map(|(i, run)| Some(pick(run)? / ceilings.get(i).copied().unwrap_or(ceiling)))
+            .collect()
+    };
+    let each = |values: &[f64]| -> String {
+        if values.len() < 2 {
+            return "—".into();
+        }
+        values
+            .iter()
+            .map(|v| format!("{v:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let or_dash = |value: Option<f64>, show: &dyn Fn(f64) -> String| value.map_or("—".into(), show);
     let mut out = format!(
-        "\n## Pipeline, end to end: N = {} records ({size:.0} bytes each on average)\n\n\
-         | what | time | of which to first commit | records/s | ratio to raw read | records/s after first commit | its ratio to raw read | peak RSS |\n\
-         |---|---|---|---|---|---|---|---|\n",
+        "\n## Pipeline, end to end: N = {} records ({size:.0} bytes each on average), medians of {rounds} round(s)\n\n\
+         | what | time | of which joining its groups | records/s | ratio to raw read | records/s once joined | its ratio to raw read | that ratio, each round | peak RSS |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
         thousands(n as f64)
     );
     for row in rows {
+        let joined_ratios = ratios(&row.runs, |r| r.once_joined);
+        let med = |pick: fn(&Run) -> Option<f64>| median(row.runs.iter().filter_map(pick));
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             row.what,
-            row.time
-                .map_or("—".into(), |t| format!("{:.2} s", t.as_secs_f64())),
-            row.first_commit
-                .map_or("—".into(), |t| format!("{:.1} s", t.as_secs_f64())),
-            row.rate.map_or("—".into(), thousands),
-            row.rate
-                .map_or("—".into(), |r| format!("{:.2}", r / ceiling)),
-            row.steady.map_or("—".into(), thousands),
-            row.steady
-                .map_or("—".into(), |r| format!("{:.2}", r / ceiling)),
+            or_dash(med(|r| r.time.map(|t| t.as_secs_f64())), &|t| format!(
+                "{t:.2} s"
+            )),
+            or_dash(med(|r| r.joined.map(|t| t.as_secs_f64())), &|t| format!(
+                "{t:.1} s"
+            )),
+            or_dash(med(|r| r.rate), &thousands),
+            or_dash(median(ratios(&row.runs, |r| r.rate)), &|r| format!(
+                "{r:.2}"
+            )),
+            or_dash(med(|r| r.once_joined), &thousands),
+            or_dash(median(joined_ratios.iter().copied()), &|r| format!(
+                "{r:.2}"
+            )),
+            each(&joined_ratios),
             row.rss_kb.map_or("—".into(), mib),
         ));
     }
-    if let Some(t) = python {
-        let python_rate = n as f64 / t.as_secs_f64();
+    // The raw read against python3's pass, round by round.
+    let python = rows
+        .iter()
+        .find(|row| row.what.starts_with("python3"))
+        .map(|row| ratios(&row.runs, |r| r.rate))
+        .unwrap_or_default();
+    let raw_over_python: Vec<f64> = python.iter().map(|p| 1.0 / p).collect();
+    if let Some(median) = median(raw_over_python.iter().copied()) {
         out.push_str(&format!(
-            "\nraw read / python3 json.loads: {:.2}×\n",
-            ceiling / python_rate
+            "\nraw read / python3 json.loads: {median:.2}× (each round: {})\n",
+            raw_over_python
+                .iter()
+                .map(|v| format!("{v:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     let mut sorted = latencies.to_vec();

@@ -6,6 +6,10 @@
 #
 #   scripts/bench-pipeline.sh                                    # N = 200,000, 30 samples
 #   QS_BENCH_RECORDS=50000 QS_BENCH_LATENCY_SAMPLES=10 scripts/bench-pipeline.sh
+#   QS_BENCH_ROUNDS=5 QS_BENCH_COMPONENTS=alerts scripts/bench-pipeline.sh  # medians of 5 rounds
+#
+# The raw read, python3's pass and the drains run in rounds (default 3) and the table shows
+# their medians: on a shared machine one run's ceiling can be off by 2x.
 #
 # Not part of scripts/test.sh: `cargo test` does not run benches. Needs python3 for the
 # json.loads line (without it that line says "—").
